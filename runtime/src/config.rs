@@ -1,0 +1,1 @@
+//! Runtime and pipeline configuration.

@@ -1,0 +1,6 @@
+//! Change events: the Debezium decoder and the comparable source positions.
+
+pub mod debezium;
+pub mod position;
+
+pub use crate::plugin::bindings::{ChangeEvent, Op};

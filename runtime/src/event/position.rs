@@ -1,0 +1,1 @@
+//! Fixed-width, lexically comparable source positions.

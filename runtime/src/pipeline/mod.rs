@@ -1,0 +1,1 @@
+//! Pipelines: route, plan keys, recompute, write, ack.

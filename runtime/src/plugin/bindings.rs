@@ -1,0 +1,12 @@
+//! Host-side bindings generated from `wit/evercache.wit`, the one plugin contract.
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub use evercache::plugin::types::{
+    CacheValue, DbValue, Entry, LogLevel, Op, Rows,
+};

@@ -1,0 +1,3 @@
+//! The WebAssembly plugin host.
+
+pub mod bindings;

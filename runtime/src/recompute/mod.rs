@@ -1,0 +1,3 @@
+//! Recomputing cache values: the host's read-only database queries.
+
+pub mod query;

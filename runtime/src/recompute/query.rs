@@ -1,0 +1,1 @@
+//! The host `query` function.

@@ -1,0 +1,1 @@
+//! Wiring: builds everything from the configuration and runs it.

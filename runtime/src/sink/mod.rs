@@ -1,0 +1,3 @@
+//! Writing recomputed values to Redis.
+
+pub mod redis_writer;

@@ -1,0 +1,1 @@
+//! The version-guarded Redis writer.
