@@ -1,1 +1,172 @@
-//! Runtime and pipeline configuration.
+//! Runtime and pipeline configuration: one runtime file naming the shared
+//! resources, and one TOML file per pipeline in `pipelines_dir`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pipeline::config::PipelineConfig;
+use crate::plugin::SandboxConfig;
+use crate::recompute::query::DatabaseConfig;
+use crate::sink::CacheConfig;
+use crate::source::SourceConfig;
+
+/// The runtime file, e.g. `evercache.toml`. Relative paths are relative to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Directory of plugin components (`*.wasm`), e.g. "plugins".
+    pub plugins_dir: PathBuf,
+    /// Directory of pipeline files (`*.toml`), e.g. "pipelines".
+    pub pipelines_dir: PathBuf,
+    /// Postgres databases the plugins read, by name.
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Redis caches written to, by name.
+    #[serde(default)]
+    pub caches: BTreeMap<String, CacheConfig>,
+    /// Change sources, by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Limits for plugin calls.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// A loaded and cross-checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The runtime file's path.
+    pub path: PathBuf,
+    /// The runtime file, with `plugins_dir` and `pipelines_dir` made absolute.
+    pub runtime: RuntimeConfig,
+    /// Pipelines by name (the file stem).
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// A configuration problem, naming the file and, where known, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML or has unknown or mistyped fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and field.
+        message: String,
+    },
+    /// Values that parse but do not fit together.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads the runtime file and every pipeline file, and checks their references.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut runtime: RuntimeConfig = parse_file(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        runtime.plugins_dir = base.join(&runtime.plugins_dir);
+        runtime.pipelines_dir = base.join(&runtime.pipelines_dir);
+        let mut pipelines = BTreeMap::new();
+        for file in toml_files(&runtime.pipelines_dir)? {
+            let pipeline: PipelineConfig = parse_file(&file)?;
+            check_pipeline(&runtime, &file, &pipeline)?;
+            let name = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            pipelines.insert(name, pipeline);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            runtime,
+            pipelines,
+        })
+    }
+}
+
+/// Parses one TOML file into `T`, naming the file in errors.
+pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn check_pipeline(runtime: &RuntimeConfig, file: &Path, pipeline: &PipelineConfig) -> Result<(), ConfigError> {
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        path: file.to_owned(),
+        field: field.to_owned(),
+        message,
+    };
+    let known = |names: Vec<&String>| names.into_iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+    if !runtime.sources.contains_key(&pipeline.source) {
+        return Err(invalid(
+            "source",
+            format!("no [sources.{}]; known: {}", pipeline.source, known(runtime.sources.keys().collect())),
+        ));
+    }
+    if !runtime.caches.contains_key(&pipeline.cache) {
+        return Err(invalid(
+            "cache",
+            format!("no [caches.{}]; known: {}", pipeline.cache, known(runtime.caches.keys().collect())),
+        ));
+    }
+    if let Some(database) = &pipeline.database
+        && !runtime.databases.contains_key(database)
+    {
+        return Err(invalid(
+            "database",
+            format!("no [databases.{database}]; known: {}", known(runtime.databases.keys().collect())),
+        ));
+    }
+    if pipeline.tables.is_empty() {
+        return Err(invalid("tables", "list at least one \"schema.table\"".to_owned()));
+    }
+    for table in &pipeline.tables {
+        let parts: Vec<&str> = table.split('.').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(invalid("tables", format!("\"{table}\" is not of the form \"schema.table\"")));
+        }
+    }
+    if pipeline.max_attempts == 0 {
+        return Err(invalid("max_attempts", "must be at least 1".to_owned()));
+    }
+    if pipeline.recompute_batch == 0 {
+        return Err(invalid("recompute_batch", "must be at least 1".to_owned()));
+    }
+    Ok(())
+}

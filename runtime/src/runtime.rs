@@ -1,1 +1,159 @@
-//! Wiring: builds everything from the configuration and runs it.
+//! Wiring: builds engines, pools, caches, plugins, pipelines and sources from a
+//! [`Config`], checks them, and runs every source until shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pipeline::{Pipeline, SourceRunner};
+use crate::plugin::{CallError, LoadError, LoadedPlugin, PluginEngine, PluginInstance, load_dir};
+use crate::recompute::query::{QueryError, QueryRunner};
+use crate::sink::{RedisCache, SinkError, WriteSettings};
+use crate::source::{SourceConfig, SourceError};
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The wasmtime engine could not be built.
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    /// A plugin file could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A pipeline names a plugin that is not in `plugins_dir`.
+    #[error("pipeline '{pipeline}': plugin '{plugin}' not found in {dir}; build it with scripts/build-plugins.sh (found: {found})")]
+    MissingPlugin {
+        /// The pipeline.
+        pipeline: String,
+        /// The plugin name it asked for.
+        plugin: String,
+        /// The plugins directory.
+        dir: String,
+        /// The plugins that are there.
+        found: String,
+    },
+    /// The plugin's `init` failed for a pipeline.
+    #[error("pipeline '{pipeline}': {source}")]
+    Init {
+        /// The pipeline.
+        pipeline: String,
+        /// The failed call.
+        source: CallError,
+    },
+    /// A database pool could not be built.
+    #[error(transparent)]
+    Database(#[from] QueryError),
+    /// A cache could not be reached.
+    #[error("cache '{cache}': {source}")]
+    Cache {
+        /// The `[caches.<name>]` name.
+        cache: String,
+        /// The error.
+        source: SinkError,
+    },
+    /// A source could not be reached.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Everything built from the configuration, ready to run.
+pub struct Runtime {
+    config: Config,
+    plugins: HashMap<String, Arc<LoadedPlugin>>,
+    pipelines: Vec<(String, Arc<Pipeline>)>,
+}
+
+impl Runtime {
+    /// Loads plugins, builds pools and caches, and instantiates and `init`s the
+    /// plugin of every pipeline. Fails on the first problem.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let engine = PluginEngine::new(config.runtime.sandbox.clone()).map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let plugins = load_dir(&engine, &config.runtime.plugins_dir).await?;
+        let mut databases: HashMap<&str, QueryRunner> = HashMap::new();
+        for (name, database) in &config.runtime.databases {
+            databases.insert(name, database.build(name)?);
+        }
+        let mut caches: HashMap<&str, RedisCache> = HashMap::new();
+        for (name, cache) in &config.runtime.caches {
+            let built = cache.build(name).await.map_err(|source| StartError::Cache {
+                cache: name.clone(),
+                source,
+            })?;
+            caches.insert(name, built);
+        }
+        let mut pipelines = Vec::new();
+        for (name, pipeline) in &config.pipelines {
+            let plugin = plugins.get(&pipeline.plugin).ok_or_else(|| {
+                let mut found: Vec<&str> = plugins.keys().map(String::as_str).collect();
+                found.sort();
+                StartError::MissingPlugin {
+                    pipeline: name.clone(),
+                    plugin: pipeline.plugin.clone(),
+                    dir: config.runtime.plugins_dir.display().to_string(),
+                    found: found.join(", "),
+                }
+            })?;
+            let database = pipeline.database.as_deref().and_then(|d| databases.get(d)).cloned();
+            let mut instance = PluginInstance::new(&engine, plugin.clone(), name, database, pipeline.plugin_config());
+            instance.init().await.map_err(|source| StartError::Init {
+                pipeline: name.clone(),
+                source,
+            })?;
+            // Config::load checked that the cache exists.
+            let Some(cache) = caches.get(pipeline.cache.as_str()) else {
+                continue;
+            };
+            let writer = cache.writer(WriteSettings {
+                pipeline: name.clone(),
+                safety_ttl: pipeline.ttl,
+            });
+            tracing::info!(pipeline = %name, plugin = %plugin.label(), tables = ?pipeline.tables, "pipeline ready");
+            pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), instance, writer))));
+        }
+        Ok(Self {
+            config,
+            plugins,
+            pipelines,
+        })
+    }
+
+    /// The loaded plugins by name.
+    pub fn plugins(&self) -> &HashMap<String, Arc<LoadedPlugin>> {
+        &self.plugins
+    }
+
+    /// The pipelines' names.
+    pub fn pipeline_names(&self) -> Vec<&str> {
+        self.pipelines.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Connects the sources and runs until `shutdown` is cancelled; in-flight
+    /// batches are drained before this returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let mut tasks = JoinSet::new();
+        for (source_name, source) in &self.config.runtime.sources {
+            let pipelines: Vec<Arc<Pipeline>> = self
+                .pipelines
+                .iter()
+                .filter(|(name, _)| self.config.pipelines[name].source == *source_name)
+                .map(|(_, p)| p.clone())
+                .collect();
+            if pipelines.is_empty() {
+                tracing::warn!(source = %source_name, "no pipeline uses this source; not started");
+                continue;
+            }
+            let SourceConfig::RedisStream(stream) = source;
+            let source = stream.build(source_name).await?;
+            tasks.spawn(SourceRunner::new(source, pipelines).run(shutdown.clone()));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                tracing::error!(error = %e, "source task failed");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,11 @@
-//! Pipelines: route, plan keys, recompute, write, ack.
+//! Pipelines: route events by table, plan keys with the plugin, recompute,
+//! write with the version guard, then acknowledge; retry or dead-letter failures.
+
+mod batch;
+pub mod config;
+pub mod plan;
+mod runner;
+
+pub use batch::{ApplyError, Failure, Interrupted, Pipeline, now_ms};
+pub use config::{OnChange, PipelineConfig};
+pub use runner::SourceRunner;

@@ -1,0 +1,248 @@
+//! One pipeline's share of a batch: plan keys with the plugin, recompute, write.
+//! Permanent failures are retried, then isolated to the records that cause them;
+//! transient ones (database or Redis down) are waited out without limit.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{OnChange, PipelineConfig};
+use super::plan::KeyPlan;
+use crate::event::ChangeEvent;
+use crate::plugin::bindings::Outcome;
+use crate::plugin::{CallError, PluginInstance};
+use crate::sink::{KeyAction, KeyWrite, RedisWriter, SinkError, WriteReport};
+
+/// Longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why one attempt at a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A plugin call failed.
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    /// The cache write failed.
+    #[error("cache write failed: {0}")]
+    Sink(#[from] SinkError),
+}
+
+impl ApplyError {
+    /// Transient failures never count as attempts and are never dead-lettered.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Plugin(e) => e.is_transient(),
+            ApplyError::Sink(e) => e.is_transient(),
+        }
+    }
+}
+
+/// A record this pipeline gave up on.
+#[derive(Debug)]
+pub struct Failure {
+    /// Index of the record in the source batch.
+    pub record: usize,
+    /// The last error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Shutdown was requested while the batch could not complete; nothing of it may be acked.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by shutdown")]
+pub struct Interrupted;
+
+/// A running pipeline.
+pub struct Pipeline {
+    name: String,
+    config: PipelineConfig,
+    tables: HashSet<String>,
+    instance: Mutex<PluginInstance>,
+    writer: RedisWriter,
+}
+
+impl Pipeline {
+    /// Wires a pipeline from its parts; the instance should already be `init`-ed.
+    pub fn new(name: &str, config: PipelineConfig, instance: PluginInstance, writer: RedisWriter) -> Self {
+        Self {
+            name: name.to_owned(),
+            tables: config.tables.iter().cloned().collect(),
+            config,
+            instance: Mutex::new(instance),
+            writer,
+        }
+    }
+
+    /// The pipeline's name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The `schema.table` names it handles.
+    pub fn tables(&self) -> &HashSet<String> {
+        &self.tables
+    }
+
+    /// Applies `events` (record index, event). Returns the records that failed
+    /// permanently, to be dead-lettered; everything else was written.
+    pub async fn process(
+        &self,
+        events: &[(usize, ChangeEvent)],
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Failure>, Interrupted> {
+        let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
+        let error = match self.retry(&all, self.config.max_attempts, shutdown).await? {
+            None => return Ok(Vec::new()),
+            Some(error) => error,
+        };
+        if events.len() == 1 {
+            return Ok(vec![self.failure(events[0].0, &error, self.config.max_attempts)]);
+        }
+        // Find the records that fail on their own so the rest are still applied.
+        tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; applying its records one by one");
+        let mut failures = Vec::new();
+        for (record, event) in events {
+            if let Some(error) = self.retry(&[event], 1, shutdown).await? {
+                failures.push(self.failure(*record, &error, self.config.max_attempts + 1));
+            }
+        }
+        Ok(failures)
+    }
+
+    fn failure(&self, record: usize, error: &ApplyError, attempts: u32) -> Failure {
+        tracing::error!(pipeline = %self.name, error = %error, attempts, "record failed permanently; dead-lettered");
+        Failure {
+            record,
+            error: error.to_string(),
+            attempts,
+        }
+    }
+
+    /// Tries up to `attempts` times; transient errors are retried without
+    /// counting. Returns the last permanent error, or `None` on success.
+    async fn retry(
+        &self,
+        events: &[&ChangeEvent],
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<ApplyError>, Interrupted> {
+        let mut failed = 0;
+        let mut transient_waits = 0u32;
+        loop {
+            let error = match self.apply(events).await {
+                Ok(report) => {
+                    tracing::debug!(pipeline = %self.name, events = events.len(), applied = report.applied, deleted = report.deleted, stale = report.stale, "batch written");
+                    return Ok(None);
+                }
+                Err(error) => error,
+            };
+            let delay = if error.is_transient() {
+                transient_waits += 1;
+                tracing::warn!(pipeline = %self.name, error = %error, "dependency unavailable; waiting, nothing acked");
+                backoff(self.config.retry_backoff, transient_waits)
+            } else {
+                failed += 1;
+                if failed >= attempts {
+                    return Ok(Some(error));
+                }
+                tracing::warn!(pipeline = %self.name, error = %error, attempt = failed, "batch failed; retrying");
+                backoff(self.config.retry_backoff, failed)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Interrupted),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One attempt: keys for every event, coalesce, recompute, write.
+    async fn apply(&self, events: &[&ChangeEvent]) -> Result<WriteReport, ApplyError> {
+        let mut instance = self.instance.lock().await;
+        let mut plan = KeyPlan::default();
+        for event in events {
+            for key in instance.keys(event).await? {
+                if key.is_empty() {
+                    return Err(CallError::Contract {
+                        plugin: instance.plugin().label(),
+                        call: "keys",
+                        message: "returned an empty key".to_owned(),
+                    }
+                    .into());
+                }
+                plan.add(key, event);
+            }
+        }
+        if plan.is_empty() {
+            return Ok(WriteReport::default());
+        }
+        let mut writes = Vec::with_capacity(plan.len());
+        match self.config.on_change {
+            OnChange::Invalidate => {
+                let read_at_ms = now_ms();
+                for key in plan.keys() {
+                    writes.push(planned_write(&plan, key, KeyAction::Delete, read_at_ms));
+                }
+            }
+            OnChange::Recompute => {
+                for chunk in plan.keys().chunks(self.config.recompute_batch) {
+                    // Stamped before the call: the value reflects the database at least as of now.
+                    let read_at_ms = now_ms();
+                    let outcomes = instance.recompute(chunk).await?;
+                    for (key, outcome) in chunk.iter().zip(outcomes) {
+                        let action = match outcome {
+                            Outcome::Put(value) => KeyAction::Put(value),
+                            Outcome::Delete => KeyAction::Delete,
+                            Outcome::Keep => continue,
+                        };
+                        writes.push(planned_write(&plan, key, action, read_at_ms));
+                    }
+                }
+            }
+        }
+        let label = instance.plugin().label();
+        drop(instance);
+        Ok(self.writer.write(&label, &writes).await?)
+    }
+}
+
+fn planned_write(plan: &KeyPlan, key: &str, action: KeyAction, read_at_ms: u64) -> KeyWrite {
+    let version = plan.version(key).map(|v| v.at(read_at_ms));
+    KeyWrite {
+        key: key.to_owned(),
+        action,
+        version: version.unwrap_or(crate::sink::KeyVersion {
+            position: String::new(),
+            snapshot: false,
+            committed_at_ms: 0,
+            read_at_ms,
+        }),
+    }
+}
+
+fn backoff(first: Duration, attempt: u32) -> Duration {
+    first.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let first = Duration::from_millis(100);
+        assert_eq!(backoff(first, 1), Duration::from_millis(100));
+        assert_eq!(backoff(first, 3), Duration::from_millis(400));
+        assert_eq!(backoff(first, 40), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,82 @@
+//! A pipeline file (`<pipelines_dir>/<name>.toml`): which tables feed which
+//! plugin, on which database, into which cache.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What a change does to the keys it touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnChange {
+    /// Rebuild each key with the plugin's `recompute` and store the result.
+    #[default]
+    Recompute,
+    /// Delete the keys; the application refills them on its next miss.
+    Invalidate,
+}
+
+/// One pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The `[sources.<name>]` to consume, e.g. "shop".
+    pub source: String,
+    /// The `[databases.<name>]` the plugin's queries run on, e.g. "shop".
+    /// Optional for `on_change = "invalidate"` plugins that never query.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The `[caches.<name>]` written to, e.g. "main".
+    pub cache: String,
+    /// Plugin file stem in `plugins_dir`, e.g. "specialist_status" for `specialist_status.wasm`.
+    pub plugin: String,
+    /// Tables whose changes this pipeline handles, as "schema.table", e.g. ["public.session"].
+    pub tables: Vec<String>,
+    /// "recompute" (default) or "invalidate".
+    #[serde(default)]
+    pub on_change: OnChange,
+    /// Safety TTL for every written key, e.g. "24h"; a plugin's own TTL wins. Default: none.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Attempts for a failing batch before its records are isolated and the
+    /// failing ones dead-lettered (default 5).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to 5s (default "100ms").
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Most keys handed to one `recompute` call (default 500).
+    #[serde(default = "default_recompute_batch")]
+    pub recompute_batch: usize,
+    /// Handed to the plugin's `init` as string pairs, e.g. `key_prefix = "specialist"`.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_recompute_batch() -> usize {
+    500
+}
+
+impl PipelineConfig {
+    /// The `[config]` table as the string pairs `init` receives: strings as they
+    /// are, other values in their TOML form.
+    pub fn plugin_config(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,125 @@
+//! Key planning: the keys a batch touches, each once, with the newest source
+//! position among the events that touched it.
+
+use std::collections::HashMap;
+
+use crate::event::{ChangeEvent, Op};
+use crate::sink::KeyVersion;
+
+/// The version a key is written with: the newest event that touched it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedVersion {
+    /// Highest source position among the key's events ("" when none had one).
+    pub position: String,
+    /// True only when every event for the key was a snapshot read.
+    pub snapshot: bool,
+    /// Commit time of the event with the highest position.
+    pub committed_at_ms: u64,
+}
+
+impl PlannedVersion {
+    /// The version for the writer, stamped with when the value was read.
+    pub fn at(&self, read_at_ms: u64) -> KeyVersion {
+        KeyVersion {
+            position: self.position.clone(),
+            snapshot: self.snapshot,
+            committed_at_ms: self.committed_at_ms,
+            read_at_ms,
+        }
+    }
+}
+
+/// The deduplicated keys of one batch, in first-seen order.
+#[derive(Debug, Default)]
+pub struct KeyPlan {
+    keys: Vec<String>,
+    versions: HashMap<String, PlannedVersion>,
+}
+
+impl KeyPlan {
+    /// Records that `event` touches `key`.
+    pub fn add(&mut self, key: String, event: &ChangeEvent) {
+        let snapshot = event.op == Op::SnapshotRead;
+        match self.versions.get_mut(&key) {
+            Some(version) => {
+                if event.position > version.position {
+                    version.position.clone_from(&event.position);
+                    version.committed_at_ms = event.committed_at_ms;
+                }
+                version.snapshot &= snapshot;
+            }
+            None => {
+                self.versions.insert(
+                    key.clone(),
+                    PlannedVersion {
+                        position: event.position.clone(),
+                        snapshot,
+                        committed_at_ms: event.committed_at_ms,
+                    },
+                );
+                self.keys.push(key);
+            }
+        }
+    }
+
+    /// The keys, each once, in the order first seen.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The version planned for `key`.
+    pub fn version(&self, key: &str) -> Option<&PlannedVersion> {
+        self.versions.get(key)
+    }
+
+    /// How many distinct keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no event touched any key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(op: Op, position: &str, committed_at_ms: u64) -> ChangeEvent {
+        ChangeEvent {
+            op,
+            source: "s".into(),
+            schema: Some("public".into()),
+            table: "t".into(),
+            key: "{}".into(),
+            before: None,
+            after: None,
+            position: position.into(),
+            committed_at_ms,
+        }
+    }
+
+    #[test]
+    fn keeps_each_key_once_with_the_highest_position() {
+        let mut plan = KeyPlan::default();
+        plan.add("a".into(), &event(Op::Update, "pg:2", 20));
+        plan.add("b".into(), &event(Op::Update, "pg:1", 10));
+        plan.add("a".into(), &event(Op::Update, "pg:1", 10));
+        plan.add("a".into(), &event(Op::Update, "pg:3", 30));
+        assert_eq!(plan.keys(), ["a", "b"]);
+        let a = plan.version("a").unwrap();
+        assert_eq!((a.position.as_str(), a.committed_at_ms), ("pg:3", 30));
+    }
+
+    #[test]
+    fn snapshot_only_when_every_event_was_a_snapshot_read() {
+        let mut plan = KeyPlan::default();
+        plan.add("a".into(), &event(Op::SnapshotRead, "pg:1", 1));
+        plan.add("b".into(), &event(Op::SnapshotRead, "pg:1", 1));
+        plan.add("b".into(), &event(Op::Update, "pg:2", 2));
+        assert!(plan.version("a").unwrap().snapshot);
+        assert!(!plan.version("b").unwrap().snapshot);
+    }
+}

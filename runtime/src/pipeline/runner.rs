@@ -1,0 +1,156 @@
+//! The loop that drives one source: read a batch, decode, route to pipelines,
+//! dead-letter what failed for good, then acknowledge the whole batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{Interrupted, Pipeline};
+use crate::event::debezium::{Decoded, decode_stream_entry};
+use crate::event::ChangeEvent;
+use crate::source::redis_stream::DeadLetter;
+use crate::source::{RawRecord, RedisStreamSource, SourceError};
+
+/// Wait between attempts to reach an unavailable source.
+const SOURCE_RETRY: Duration = Duration::from_millis(500);
+
+/// Drives one source and the pipelines fed by it.
+pub struct SourceRunner {
+    source: RedisStreamSource,
+    pipelines: Vec<Arc<Pipeline>>,
+    /// `schema.table` → indexes into `pipelines`.
+    routes: HashMap<String, Vec<usize>>,
+}
+
+impl SourceRunner {
+    /// Routes each pipeline's tables to it.
+    pub fn new(source: RedisStreamSource, pipelines: Vec<Arc<Pipeline>>) -> Self {
+        let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, pipeline) in pipelines.iter().enumerate() {
+            for table in pipeline.tables() {
+                routes.entry(table.clone()).or_default().push(index);
+            }
+        }
+        Self {
+            source,
+            pipelines,
+            routes,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. The batch in flight is finished
+    /// (drained) when it can be; one that cannot is left unacknowledged and is
+    /// read again on the next start.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let name = self.source.name().to_owned();
+        tracing::info!(source = %name, consumer = %self.source.consumer(), pipelines = self.pipelines.len(), "source started");
+        while !shutdown.is_cancelled() {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                batch = self.source.next_batch() => batch,
+            };
+            let records = match batch {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "source unavailable; retrying");
+                    sleep_unless(&shutdown, SOURCE_RETRY).await;
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                continue;
+            }
+            if self.process(&records, &shutdown).await.is_err() {
+                tracing::info!(source = %name, records = records.len(), "shutdown during a failing batch; left pending for the next start");
+                break;
+            }
+        }
+        tracing::info!(source = %name, "source stopped");
+    }
+
+    /// Handles one batch end to end; on success every record is acknowledged.
+    async fn process(&mut self, records: &[RawRecord], shutdown: &CancellationToken) -> Result<(), Interrupted> {
+        let mut per_pipeline: Vec<Vec<(usize, ChangeEvent)>> = vec![Vec::new(); self.pipelines.len()];
+        let mut undecodable = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            match decode_stream_entry(&record.stream, &record.fields) {
+                Ok(Decoded::Change(event)) => {
+                    let table = format!("{}.{}", event.schema.as_deref().unwrap_or(""), event.table);
+                    match self.routes.get(&table) {
+                        Some(targets) => {
+                            for &target in targets {
+                                per_pipeline[target].push((index, event.clone()));
+                            }
+                        }
+                        None => tracing::debug!(stream = %record.stream, id = %record.id, %table, "no pipeline for table; acked"),
+                    }
+                }
+                Ok(Decoded::Skip(reason)) => {
+                    tracing::debug!(stream = %record.stream, id = %record.id, reason = reason.as_str(), "record skipped");
+                }
+                Err(e) => {
+                    tracing::error!(stream = %record.stream, id = %record.id, error = %e, "undecodable record; dead-lettered");
+                    undecodable.push((index, e.to_string()));
+                }
+            }
+        }
+        let runs = self
+            .pipelines
+            .iter()
+            .zip(&per_pipeline)
+            .filter(|(_, events)| !events.is_empty())
+            .map(|(pipeline, events)| async move { (pipeline.name().to_owned(), pipeline.process(events, shutdown).await) });
+        let results = join_all(runs).await;
+        let mut letters: Vec<DeadLetter<'_>> = undecodable
+            .into_iter()
+            .map(|(index, error)| DeadLetter {
+                record: &records[index],
+                pipeline: None,
+                error,
+                attempts: 1,
+            })
+            .collect();
+        for (pipeline, result) in results {
+            for failure in result? {
+                letters.push(DeadLetter {
+                    record: &records[failure.record],
+                    pipeline: Some(pipeline.clone()),
+                    error: failure.error,
+                    attempts: failure.attempts,
+                });
+            }
+        }
+        // Dead letters first: a record is acked only once it is written somewhere.
+        loop {
+            match self.source.dead_letter(&letters).await {
+                Ok(()) => break,
+                Err(e) => self.wait_for_source(&e, shutdown).await?,
+            }
+        }
+        loop {
+            match self.source.ack(records).await {
+                Ok(()) => return Ok(()),
+                Err(e) => self.wait_for_source(&e, shutdown).await?,
+            }
+        }
+    }
+
+    async fn wait_for_source(&self, error: &SourceError, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+        tracing::warn!(source = %self.source.name(), error = %error, "source command failed; retrying");
+        if shutdown.is_cancelled() {
+            return Err(Interrupted);
+        }
+        sleep_unless(shutdown, SOURCE_RETRY).await;
+        Ok(())
+    }
+}
+
+async fn sleep_unless(shutdown: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}

@@ -1,0 +1,90 @@
+//! One wasmtime engine per process, with the linker that provides the host
+//! imports and a ticker that drives epoch deadlines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::Plugin;
+use super::host::PluginState;
+
+/// How often the epoch advances; deadlines are whole ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits every plugin call runs under (`[sandbox]` in the runtime file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Longest a single `init`, `keys` or `recompute` call may run, host queries
+    /// included (default "10s").
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Most linear memory one plugin instance may use, in MiB (default 64).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: usize,
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_memory_mib() -> usize {
+    64
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: default_call_timeout(),
+            memory_mib: default_memory_mib(),
+        }
+    }
+}
+
+/// The compiler, the linker and the sandbox limits shared by all plugins.
+#[derive(Clone)]
+pub struct PluginEngine {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<PluginState>>,
+    pub(crate) sandbox: SandboxConfig,
+}
+
+impl PluginEngine {
+    /// Builds the engine and starts the epoch ticker thread (it stops when the
+    /// last engine clone is dropped).
+    pub fn new(sandbox: SandboxConfig) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::<PluginState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("evercache-epoch".to_owned())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(wasmtime::Error::from)?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            sandbox,
+        })
+    }
+
+    /// The limits calls run under.
+    pub fn sandbox(&self) -> &SandboxConfig {
+        &self.sandbox
+    }
+
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        (self.sandbox.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}

@@ -1,0 +1,99 @@
+//! What a plugin instance can reach: the host's `query` and `log`, an empty
+//! WASI context, and the store limits.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{DbValue, LogLevel, Rows, evercache};
+use super::stdio::LogStream;
+use crate::recompute::query::QueryRunner;
+
+/// The data of one plugin instance's store.
+pub(crate) struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    plugin: Arc<str>,
+    pipeline: Arc<str>,
+    database: Option<QueryRunner>,
+    /// Set when a host query failed because the database was unreachable: the
+    /// call's failure is then transient, whatever the plugin made of it.
+    pub(crate) unavailable: Option<String>,
+}
+
+impl PluginState {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        pipeline: Arc<str>,
+        database: Option<QueryRunner>,
+        memory_bytes: usize,
+    ) -> Self {
+        // No preopens, env, args or network: stdout/stderr go to the log.
+        let wasi = WasiCtx::builder()
+            .stdout(LogStream::new(plugin.clone(), "stdout"))
+            .stderr(LogStream::new(plugin.clone(), "stderr"))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            plugin,
+            pipeline,
+            database,
+            unavailable: None,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl evercache::plugin::types::Host for PluginState {}
+
+impl evercache::plugin::host::Host for PluginState {
+    async fn query(&mut self, sql: String, params: Vec<DbValue>) -> Result<Rows, String> {
+        let Some(database) = &self.database else {
+            return Err(format!(
+                "pipeline '{}' has no database; set `database` in its pipeline file",
+                self.pipeline
+            ));
+        };
+        match database.query(&sql, &params).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                if e.is_transient() {
+                    self.unavailable = Some(e.to_string());
+                }
+                tracing::debug!(plugin = %self.plugin, pipeline = %self.pipeline, error = %e, "host query failed");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn log(&mut self, level: LogLevel, message: String) {
+        let (plugin, pipeline) = (&*self.plugin, &*self.pipeline);
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, pipeline, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, pipeline, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, pipeline, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, pipeline, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, pipeline, "{message}"),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! A plugin instantiated for one pipeline: `init`-ed with the pipeline's config,
+//! reused across batches, and rebuilt after a trap (a trapped instance is poisoned).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::Store;
+
+use super::bindings::{ChangeEvent, Outcome, Plugin, PluginError};
+use super::engine::PluginEngine;
+use super::host::PluginState;
+use super::loader::LoadedPlugin;
+use crate::recompute::query::QueryRunner;
+
+/// Why a plugin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned an error value.
+    #[error("plugin {plugin}: `{call}` returned an error: {message}")]
+    Plugin {
+        /// `name@version`.
+        plugin: String,
+        /// `init`, `keys` or `recompute`.
+        call: &'static str,
+        /// The plugin's own message, prefixed with its kind.
+        message: String,
+    },
+    /// The plugin trapped (panic, out of memory, unreachable, stack overflow).
+    #[error("plugin {plugin}: `{call}` trapped: {message}")]
+    Trap {
+        /// `name@version`.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// wasmtime's trap message with the wasm backtrace.
+        message: String,
+    },
+    /// The call ran past the sandbox's `call_timeout`.
+    #[error("plugin {plugin}: `{call}` timed out after {timeout:?}")]
+    Timeout {
+        /// `name@version`.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The plugin broke the contract (e.g. fewer outcomes than keys).
+    #[error("plugin {plugin}: `{call}` broke the contract: {message}")]
+    Contract {
+        /// `name@version`.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// A host query could not reach the database: transient, retried without limit.
+    #[error("plugin {plugin}: database unavailable during `{call}`: {message}")]
+    Unavailable {
+        /// `name@version`.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// The database error.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// Transient failures are retried until they pass and never dead-lettered.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::Unavailable { .. })
+    }
+}
+
+struct Live {
+    store: Store<PluginState>,
+    bindings: Plugin,
+}
+
+/// One pipeline's instance of a plugin.
+pub struct PluginInstance {
+    plugin: Arc<LoadedPlugin>,
+    engine: PluginEngine,
+    pipeline: Arc<str>,
+    database: Option<QueryRunner>,
+    config: Vec<(String, String)>,
+    live: Option<Live>,
+}
+
+impl PluginInstance {
+    /// Prepares an instance; it is instantiated and `init`-ed on first use or by [`Self::init`].
+    pub fn new(
+        engine: &PluginEngine,
+        plugin: Arc<LoadedPlugin>,
+        pipeline: &str,
+        database: Option<QueryRunner>,
+        config: Vec<(String, String)>,
+    ) -> Self {
+        Self {
+            plugin,
+            engine: engine.clone(),
+            pipeline: Arc::from(pipeline),
+            database,
+            config,
+            live: None,
+        }
+    }
+
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    /// Instantiates the component and calls its `init` with the pipeline's config.
+    pub async fn init(&mut self) -> Result<(), CallError> {
+        self.live = None;
+        let state = PluginState::new(
+            Arc::from(self.plugin.name.as_str()),
+            self.pipeline.clone(),
+            self.database.clone(),
+            self.engine.sandbox.memory_mib * 1024 * 1024,
+        );
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(self.engine.deadline_ticks());
+        store.epoch_deadline_trap();
+        let bindings = self
+            .plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.trap("init", e))?;
+        let mut live = Live { store, bindings };
+        let result = live.bindings.call_init(&mut live.store, &self.config).await;
+        let result = self.settle("init", &mut live, result)?;
+        result.map_err(|e| self.plugin_error("init", e))?;
+        self.live = Some(live);
+        Ok(())
+    }
+
+    /// The cache keys `event` touches.
+    pub async fn keys(&mut self, event: &ChangeEvent) -> Result<Vec<String>, CallError> {
+        let mut live = self.take_live().await?;
+        let result = live.bindings.call_keys(&mut live.store, event).await;
+        let result = self.settle("keys", &mut live, result)?;
+        self.live = Some(live);
+        result.map_err(|e| self.plugin_error("keys", e))
+    }
+
+    /// One outcome per key, in order.
+    pub async fn recompute(&mut self, keys: &[String]) -> Result<Vec<Outcome>, CallError> {
+        let mut live = self.take_live().await?;
+        let result = live.bindings.call_recompute(&mut live.store, keys).await;
+        let result = self.settle("recompute", &mut live, result)?;
+        self.live = Some(live);
+        let outcomes = result.map_err(|e| self.plugin_error("recompute", e))?;
+        if outcomes.len() != keys.len() {
+            return Err(CallError::Contract {
+                plugin: self.plugin.label(),
+                call: "recompute",
+                message: format!("returned {} outcomes for {} keys", outcomes.len(), keys.len()),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    async fn take_live(&mut self) -> Result<Live, CallError> {
+        if self.live.is_none() {
+            self.init().await?;
+        }
+        let mut live = self.live.take().ok_or_else(|| CallError::Contract {
+            plugin: self.plugin.label(),
+            call: "init",
+            message: "instance missing after init".to_owned(),
+        })?;
+        live.store.set_epoch_deadline(self.engine.deadline_ticks());
+        live.store.data_mut().unavailable = None;
+        Ok(live)
+    }
+
+    /// Classifies a finished call; an instance that trapped is dropped by the caller
+    /// not putting it back.
+    fn settle<T>(&self, call: &'static str, live: &mut Live, result: wasmtime::Result<T>) -> Result<T, CallError> {
+        if let Some(message) = live.store.data_mut().unavailable.take() {
+            return Err(CallError::Unavailable {
+                plugin: self.plugin.label(),
+                call,
+                message,
+            });
+        }
+        result.map_err(|e| self.trap(call, e))
+    }
+
+    fn trap(&self, call: &'static str, e: wasmtime::Error) -> CallError {
+        if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            return CallError::Timeout {
+                plugin: self.plugin.label(),
+                call,
+                timeout: self.engine.sandbox.call_timeout,
+            };
+        }
+        CallError::Trap {
+            plugin: self.plugin.label(),
+            call,
+            message: format!("{e:?}"),
+        }
+    }
+
+    fn plugin_error(&self, call: &'static str, error: PluginError) -> CallError {
+        let message = match error {
+            PluginError::BadEvent(m) => format!("bad event: {m}"),
+            PluginError::Query(m) => format!("query: {m}"),
+            PluginError::Other(m) => m,
+        };
+        CallError::Plugin {
+            plugin: self.plugin.label(),
+            call,
+            message,
+        }
+    }
+}
