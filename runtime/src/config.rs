@@ -170,3 +170,68 @@ fn check_pipeline(runtime: &RuntimeConfig, file: &Path, pipeline: &PipelineConfi
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, runtime: &str, pipeline: &str) -> PathBuf {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+        std::fs::write(dir.join("evercache.toml"), runtime).unwrap();
+        std::fs::write(dir.join("pipelines/p.toml"), pipeline).unwrap();
+        dir.join("evercache.toml")
+    }
+
+    const RUNTIME: &str = r#"
+plugins_dir = "plugins"
+pipelines_dir = "pipelines"
+[databases.shop]
+url = "postgres://ro@127.0.0.1/shop"
+[caches.main]
+url = "redis://127.0.0.1:6379"
+[sources.shop]
+type = "redis-stream"
+url = "redis://127.0.0.1:6379"
+streams = ["shop.public.product"]
+"#;
+
+    fn dir(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("evercache-config-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn loads_runtime_and_pipelines_with_defaults() {
+        let pipeline = "source = \"shop\"\ndatabase = \"shop\"\ncache = \"main\"\nplugin = \"p\"\ntables = [\"public.product\"]\nttl = \"24h\"\n[config]\nkey_prefix = \"product\"\nlimit = 5\n";
+        let config = Config::load(&write(&dir("ok"), RUNTIME, pipeline)).unwrap();
+        let p = &config.pipelines["p"];
+        assert_eq!(p.ttl, Some(std::time::Duration::from_secs(86_400)));
+        assert_eq!(p.max_attempts, 5);
+        assert_eq!(p.on_change, crate::pipeline::OnChange::Recompute);
+        assert_eq!(
+            p.plugin_config(),
+            vec![("key_prefix".into(), "product".into()), ("limit".into(), "5".into())]
+        );
+        assert!(config.runtime.plugins_dir.ends_with("plugins"));
+        assert!(config.runtime.plugins_dir.is_absolute() || config.runtime.plugins_dir.starts_with(std::env::temp_dir()));
+    }
+
+    #[test]
+    fn unknown_fields_name_the_file_line_and_field() {
+        let runtime = format!("plugin_dir = \"x\"{RUNTIME}");
+        let err = Config::load(&write(&dir("unknown"), &runtime, "")).unwrap_err().to_string();
+        assert!(err.contains("evercache.toml"), "{err}");
+        assert!(err.contains("line 1,"), "{err}");
+        assert!(err.contains("unknown field `plugin_dir`"), "{err}");
+    }
+
+    #[test]
+    fn dangling_references_name_the_pipeline_file_and_field() {
+        let pipeline = "source = \"nope\"\ncache = \"main\"\nplugin = \"p\"\ntables = [\"public.product\"]\n";
+        let err = Config::load(&write(&dir("dangling"), RUNTIME, pipeline)).unwrap_err().to_string();
+        assert!(err.contains("pipelines/p.toml: field `source`: no [sources.nope]; known: shop"), "{err}");
+        let pipeline = "source = \"shop\"\ncache = \"main\"\nplugin = \"p\"\ntables = [\"product\"]\n";
+        let err = Config::load(&write(&dir("table"), RUNTIME, pipeline)).unwrap_err().to_string();
+        assert!(err.contains("field `tables`"), "{err}");
+    }
+}

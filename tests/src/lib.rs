@@ -1,1 +1,296 @@
-//! placeholder
+//! Test harness for the end-to-end suites: real Redis and Postgres, the real
+//! runtime in-process, one key/stream prefix and one Postgres schema per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use evercache::config::Config;
+use evercache::runtime::Runtime;
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub mod debezium;
+
+/// Redis the tests use.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Postgres the tests use.
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+const SETUP_HINT: &str = "start the services with: bash scripts/dev-services.sh";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+}
+
+/// Builds the plugins once per test process (a no-op when they are up to date)
+/// and returns the directory holding the `.wasm` components.
+pub fn plugins_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = repo_root().join("scripts/build-plugins.sh");
+            let status = Command::new("bash").arg(&script).status();
+            match status {
+                Ok(s) if s.success() => repo_root().join("target/plugins"),
+                other => panic!("building plugins failed ({other:?}); run `bash scripts/build-plugins.sh` and read its output"),
+            }
+        })
+        .clone()
+}
+
+/// Installs a log subscriber once, honouring RUST_LOG.
+pub fn init_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// One test's private corner of the shared services.
+pub struct TestEnv {
+    /// Unique per test and process; used as Redis key/stream prefix and Postgres schema.
+    pub prefix: String,
+    /// Redis connection for assertions.
+    pub redis: MultiplexedConnection,
+    /// Postgres pool for the test's own writes.
+    pub pg: PgPool,
+    /// Scratch directory for config files.
+    pub dir: PathBuf,
+}
+
+impl TestEnv {
+    /// Connects to Redis and Postgres and creates schema `<prefix>`.
+    pub async fn new(name: &str) -> Result<Self> {
+        init_logging();
+        let prefix = format!("t{}_{}", std::process::id(), name);
+        let client = redis::Client::open(REDIS_URL)?;
+        let redis = client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("Redis at {REDIS_URL} is not reachable; {SETUP_HINT}"))?;
+        let pg = PgPool::connect(PG_URL)
+            .await
+            .with_context(|| format!("Postgres at {PG_URL} is not reachable; {SETUP_HINT}"))?;
+        sqlx::query(&format!("drop schema if exists {prefix} cascade")).execute(&pg).await?;
+        sqlx::query(&format!("create schema {prefix}")).execute(&pg).await?;
+        let dir = std::env::temp_dir().join("evercache-tests").join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("pipelines"))?;
+        let mut env = Self { prefix, redis, pg, dir };
+        env.clear_redis().await?;
+        Ok(env)
+    }
+
+    /// Runs SQL statements in the test's schema.
+    pub async fn sql(&self, statements: &str) -> Result<()> {
+        let mut conn = self.pg.acquire().await?;
+        sqlx::raw_sql(&format!("set search_path to {}; {statements}", self.prefix))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("running SQL: {statements}"))?;
+        sqlx::raw_sql("reset search_path").execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Name of a stream owned by this test.
+    pub fn stream(&self, table: &str) -> String {
+        format!("{}.{}.{}", self.prefix, self.prefix, table)
+    }
+
+    /// Deletes every Redis key of this test.
+    pub async fn clear_redis(&mut self) -> Result<()> {
+        let pattern = format!("*{}*", self.prefix);
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut self.redis).await?;
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(keys).query_async::<()>(&mut self.redis).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the runtime file and pipeline files, then loads them like `evercache run` does.
+    pub fn config(&self, runtime_toml: &str, pipelines: &[(&str, &str)]) -> Result<Config> {
+        let path = self.dir.join("evercache.toml");
+        std::fs::write(&path, runtime_toml)?;
+        for (name, text) in pipelines {
+            std::fs::write(self.dir.join("pipelines").join(format!("{name}.toml")), text)?;
+        }
+        Ok(Config::load(&path)?)
+    }
+
+    /// A runtime file with one database, one cache and one stream source named
+    /// "events" over `streams`.
+    pub fn runtime_toml(&self, streams: &[String], extra: &str) -> String {
+        format!(
+            r#"plugins_dir = "{plugins}"
+pipelines_dir = "pipelines"
+
+[databases.db]
+url = "{PG_URL}"
+
+[caches.main]
+url = "{REDIS_URL}"
+
+[sources.events]
+type = "redis-stream"
+url = "{REDIS_URL}"
+streams = {streams}
+group = "evercache"
+consumer = "{prefix}"
+block = "200ms"
+{extra}"#,
+            plugins = plugins_dir().display(),
+            streams = serde_json::to_string(streams).unwrap_or_default(),
+            prefix = self.prefix,
+        )
+    }
+
+    /// A pipeline file for the testkit plugin over `<prefix>.item`.
+    pub fn testkit_pipeline(&self, extra_config: &str) -> String {
+        format!(
+            r#"source = "events"
+database = "db"
+cache = "main"
+plugin = "testkit"
+tables = ["{p}.item"]
+max_attempts = 2
+retry_backoff = "10ms"
+
+[config]
+schema = "{p}"
+table = "item"
+key_prefix = "{p}:item"
+{extra_config}"#,
+            p = self.prefix
+        )
+    }
+
+    /// `XADD` in Debezium Server's compact layout: field = key JSON, value = value JSON.
+    pub async fn xadd_compact(&mut self, stream: &str, key: &str, value: &str) -> Result<String> {
+        Ok(redis::cmd("XADD").arg(stream).arg("*").arg(key).arg(value).query_async(&mut self.redis).await?)
+    }
+
+    /// `XADD` in Debezium Server's extended layout: `key`, `value`, then headers.
+    pub async fn xadd_extended(&mut self, stream: &str, key: &str, value: &str) -> Result<String> {
+        Ok(redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("key")
+            .arg(key)
+            .arg("value")
+            .arg(value)
+            .arg("__DEBEZIUM.CONTEXT.TASKID")
+            .arg("0")
+            .query_async(&mut self.redis)
+            .await?)
+    }
+
+    /// Entries delivered to the group but not acknowledged.
+    pub async fn pending(&mut self, stream: &str) -> Result<u64> {
+        let reply: Vec<redis::Value> = redis::cmd("XPENDING").arg(stream).arg("evercache").query_async(&mut self.redis).await?;
+        Ok(match reply.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        })
+    }
+
+    /// Entries the group has not been delivered yet (`lag`), or None when unknown.
+    pub async fn undelivered(&mut self, stream: &str) -> Result<Option<u64>> {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut self.redis).await?;
+        Ok(groups.iter().find_map(|g| match g.get("lag") {
+            Some(redis::Value::Int(n)) => Some(*n as u64),
+            _ => None,
+        }))
+    }
+
+    /// The entries of a dead-letter stream as field maps.
+    pub async fn dead_letters(&mut self, stream: &str) -> Result<Vec<std::collections::HashMap<String, String>>> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{stream}:dlq"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                entry
+                    .map
+                    .into_iter()
+                    .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap_or_default()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// GET a string key.
+    pub async fn get(&mut self, key: &str) -> Result<Option<String>> {
+        Ok(redis::cmd("GET").arg(key).query_async(&mut self.redis).await?)
+    }
+
+    /// GET a JSON key, parsed.
+    pub async fn get_json(&mut self, key: &str) -> Result<Option<Value>> {
+        Ok(match self.get(key).await? {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        })
+    }
+
+    /// HGETALL of a key as a JSON object (handy for comparing).
+    pub async fn hgetall(&mut self, key: &str) -> Result<Value> {
+        let map: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(&mut self.redis).await?;
+        Ok(json!(map))
+    }
+}
+
+/// A runtime running in-process until [`Running::stop`].
+pub struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), evercache::runtime::StartError>>,
+}
+
+impl Running {
+    /// Builds the runtime (loads plugins, inits pipelines) and starts it.
+    pub async fn start(config: Config) -> Result<Self> {
+        let runtime = Runtime::build(config).await?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(runtime.run(shutdown.clone()));
+        Ok(Self { shutdown, task })
+    }
+
+    /// Requests shutdown and waits for the drain.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await???;
+        Ok(())
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true, or fails after `timeout`
+/// with `what` in the message.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -5,6 +5,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: { default: async },
     exports: { default: async },
+    additional_derives: [PartialEq],
 });
 
 pub use evercache::plugin::types::{

@@ -1,0 +1,294 @@
+//! Debezium change records → [`ChangeEvent`]s. Accepts the Redis sink's
+//! `compact` and `extended` layouts and Kafka-style key/value pairs, with or
+//! without the JsonConverter `schema`/`payload` wrapper. Tombstones, heartbeats,
+//! transaction markers, schema changes and logical messages are set aside.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::position;
+use super::{ChangeEvent, Op};
+
+#[cfg(test)]
+mod tests;
+
+/// The Redis sink's stand-in for a null key or value.
+const REDIS_NULL: &str = "default";
+/// Debezium's heartbeat topics start with this.
+const HEARTBEAT_PREFIX: &str = "__debezium-heartbeat";
+
+/// What a record turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A row change for the pipelines.
+    Change(ChangeEvent),
+    /// A record that carries no row change; acknowledged without effect.
+    Skip(SkipReason),
+}
+
+/// Why a record carries no row change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The null value Debezium emits after a delete (log compaction marker).
+    Tombstone,
+    /// A connector heartbeat.
+    Heartbeat,
+    /// A transaction BEGIN/END marker.
+    TransactionMarker,
+    /// A schema change (DDL) record.
+    SchemaChange,
+    /// A Postgres logical decoding message (`op: m`).
+    Message,
+    /// A stream entry without fields (deleted after delivery).
+    Empty,
+}
+
+impl SkipReason {
+    /// A short name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SkipReason::Tombstone => "tombstone",
+            SkipReason::Heartbeat => "heartbeat",
+            SkipReason::TransactionMarker => "transaction-marker",
+            SkipReason::SchemaChange => "schema-change",
+            SkipReason::Message => "message",
+            SkipReason::Empty => "empty",
+        }
+    }
+}
+
+/// Why a record could not be decoded; such records are dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The key or value is not valid JSON (or not the expected shape).
+    #[error("{part} is not a valid Debezium JSON document: {source}")]
+    InvalidJson {
+        /// "key" or "value".
+        part: &'static str,
+        /// The parser's error, with line and column.
+        source: serde_json::Error,
+    },
+    /// An `op` this decoder does not know.
+    #[error("unknown op '{0}' (expected c, u, d, r, t or m)")]
+    UnknownOp(String),
+    /// A field every change event needs is missing.
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    /// A stream entry in neither the compact nor the extended layout.
+    #[error("stream entry has {fields} field(s) and no `value` field: neither compact nor extended layout")]
+    UnknownLayout {
+        /// How many fields it had.
+        fields: usize,
+    },
+}
+
+/// One Redis Stream entry written by Debezium Server's Redis sink: `compact`
+/// (one field; name = key JSON, value = value JSON) or `extended` (`key`,
+/// `value`, then upper-cased headers). `stream` is the Debezium topic.
+pub fn decode_stream_entry(stream: &str, fields: &[(String, String)]) -> Result<Decoded, DecodeError> {
+    let value = |name: &str| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str());
+    if let Some(val) = value("value") {
+        return decode_record(stream, value("key"), Some(val));
+    }
+    match fields {
+        [] => Ok(Decoded::Skip(SkipReason::Empty)),
+        [(key, val)] => decode_record(stream, Some(key), Some(val)),
+        _ => Err(DecodeError::UnknownLayout { fields: fields.len() }),
+    }
+}
+
+/// A record as Kafka delivers it: key and value text, either possibly null.
+pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Result<Decoded, DecodeError> {
+    if topic.starts_with(HEARTBEAT_PREFIX) {
+        return Ok(Decoded::Skip(SkipReason::Heartbeat));
+    }
+    let Some(value) = value.map(str::trim).filter(|v| *v != REDIS_NULL) else {
+        return Ok(Decoded::Skip(SkipReason::Tombstone));
+    };
+    let Some(envelope) = parse_envelope(value)? else {
+        return Ok(Decoded::Skip(SkipReason::Tombstone));
+    };
+    let Some(op) = envelope.op.as_deref() else {
+        return Ok(Decoded::Skip(classify_opless(&envelope)?));
+    };
+    let op = match op {
+        "c" => Op::Create,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "r" => Op::SnapshotRead,
+        "t" => Op::Truncate,
+        "m" => return Ok(Decoded::Skip(SkipReason::Message)),
+        other => return Err(DecodeError::UnknownOp(other.to_owned())),
+    };
+    let source = envelope.source.ok_or(DecodeError::MissingField("source"))?;
+    let table = source.table.as_deref().ok_or(DecodeError::MissingField("source.table"))?;
+    Ok(Decoded::Change(ChangeEvent {
+        op,
+        source: source.name.as_deref().unwrap_or_default().to_owned(),
+        schema: source.schema.as_deref().or(source.db.as_deref()).map(str::to_owned),
+        table: table.to_owned(),
+        key: decode_key(key)?,
+        before: row(envelope.before),
+        after: row(envelope.after),
+        position: source.position(),
+        committed_at_ms: source.ts_ms.or(envelope.ts_ms).unwrap_or(0),
+    }))
+}
+
+/// The fields of an envelope this decoder reads; everything else is ignored.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    schema: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    before: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    after: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    source: Option<Source<'a>>,
+    #[serde(default, borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts_ms: Option<u64>,
+    #[serde(default, borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    ddl: Option<&'a RawValue>,
+    #[serde(default, rename = "tableChanges", borrow)]
+    table_changes: Option<&'a RawValue>,
+    #[serde(default, rename = "databaseName", borrow)]
+    database_name: Option<&'a RawValue>,
+}
+
+/// The `source` block: where and when the change happened.
+#[derive(Deserialize)]
+struct Source<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    connector: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    db: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    schema: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    table: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts_ms: Option<u64>,
+    #[serde(default, borrow)]
+    sequence: Option<Cow<'a, str>>,
+    #[serde(default)]
+    lsn: Option<u64>,
+    #[serde(default, borrow)]
+    file: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pos: Option<u64>,
+    #[serde(default)]
+    row: Option<u32>,
+    #[serde(default, borrow)]
+    commit_lsn: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    change_lsn: Option<Cow<'a, str>>,
+    #[serde(default)]
+    event_serial_no: Option<u64>,
+}
+
+impl Source<'_> {
+    fn position(&self) -> String {
+        if let Some(position) = self.postgres_position() {
+            return position;
+        }
+        if let (Some(file), Some(pos)) = (&self.file, self.pos)
+            && let Some(number) = position::binlog_file_number(file)
+        {
+            return position::mysql(number, pos, self.row.unwrap_or(0));
+        }
+        if let (Some(commit), Some(change)) = (&self.commit_lsn, &self.change_lsn)
+            && let Some(position) = position::sqlserver(commit, change, self.event_serial_no.unwrap_or(0))
+        {
+            return position;
+        }
+        String::new()
+    }
+
+    /// `sequence` is `["<lastCommitLsn>","<lsn>"]` as a string; either part may be null.
+    fn postgres_position(&self) -> Option<String> {
+        if self.connector.as_deref() != Some("postgresql") && self.sequence.is_none() {
+            return None;
+        }
+        let sequence: Option<[Option<String>; 2]> = self.sequence.as_deref().and_then(|s| serde_json::from_str(s).ok());
+        let parse = |part: &Option<String>| part.as_deref().and_then(|p| p.parse::<u64>().ok());
+        let (commit, lsn) = match &sequence {
+            Some([commit, lsn]) => (parse(commit), parse(lsn).or(self.lsn)),
+            None => (None, self.lsn),
+        };
+        let lsn = lsn?;
+        // Without a commit LSN the change's own LSN is the best order available.
+        Some(position::postgres(commit.unwrap_or(lsn), lsn))
+    }
+}
+
+/// Parses a value, unwrapping `{"schema":…,"payload":…}`; `None` for a null payload.
+fn parse_envelope(text: &str) -> Result<Option<Envelope<'_>>, DecodeError> {
+    let invalid = |source| DecodeError::InvalidJson { part: "value", source };
+    let outer: Option<Envelope<'_>> = serde_json::from_str(text).map_err(invalid)?;
+    let Some(outer) = outer else { return Ok(None) };
+    match (outer.schema, outer.payload) {
+        (Some(_), Some(payload)) => serde_json::from_str(payload.get()).map_err(invalid),
+        _ => Ok(Some(outer)),
+    }
+}
+
+/// Keeps a field that is present even when it is `null`, unlike `Option`'s default.
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+fn classify_opless(envelope: &Envelope<'_>) -> Result<SkipReason, DecodeError> {
+    if matches!(envelope.status.as_deref(), Some("BEGIN" | "END")) {
+        return Ok(SkipReason::TransactionMarker);
+    }
+    if envelope.ddl.is_some() || envelope.table_changes.is_some() || envelope.database_name.is_some() {
+        return Ok(SkipReason::SchemaChange);
+    }
+    if envelope.ts_ms.is_some() && envelope.source.is_none() && envelope.before.is_none() && envelope.after.is_none() {
+        return Ok(SkipReason::Heartbeat);
+    }
+    Err(DecodeError::MissingField("op"))
+}
+
+/// The key's payload as JSON text; `"null"` when the record has no key.
+fn decode_key(key: Option<&str>) -> Result<String, DecodeError> {
+    let Some(key) = key.map(str::trim).filter(|k| *k != REDIS_NULL && *k != "null") else {
+        return Ok("null".to_owned());
+    };
+    #[derive(Deserialize)]
+    struct Wrapper<'a> {
+        #[serde(default, borrow)]
+        schema: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        payload: Option<&'a RawValue>,
+    }
+    let invalid = |source| DecodeError::InvalidJson { part: "key", source };
+    match serde_json::from_str::<Wrapper<'_>>(key) {
+        Ok(Wrapper {
+            schema: Some(_),
+            payload: Some(payload),
+        }) => Ok(payload.get().to_owned()),
+        Ok(_) => Ok(key.to_owned()),
+        // A scalar key (not an object) is still a key.
+        Err(_) => serde_json::from_str::<&RawValue>(key).map(|_| key.to_owned()).map_err(invalid),
+    }
+}
+
+/// A row image as JSON text, `None` when absent or null.
+fn row(raw: Option<&RawValue>) -> Option<String> {
+    raw.map(RawValue::get).filter(|text| *text != "null").map(str::to_owned)
+}

@@ -1,0 +1,233 @@
+//! Every real Debezium fixture in `runtime/tests/fixtures/debezium/` decoded.
+
+use super::*;
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/debezium/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn change(decoded: Result<Decoded, DecodeError>) -> ChangeEvent {
+    match decoded {
+        Ok(Decoded::Change(event)) => event,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+fn skip(decoded: Result<Decoded, DecodeError>) -> SkipReason {
+    match decoded {
+        Ok(Decoded::Skip(reason)) => reason,
+        other => panic!("expected a skip, got {other:?}"),
+    }
+}
+
+fn json(text: &Option<String>) -> serde_json::Value {
+    serde_json::from_str(text.as_deref().expect("row present")).expect("row is JSON")
+}
+
+/// Parses redis-cli's XRANGE output into the entry's field/value pairs.
+fn redis_cli_fields(text: &str) -> Vec<(String, String)> {
+    let mut strings = Vec::new();
+    for line in text.lines() {
+        let Some(start) = line.find('"') else { continue };
+        let quoted = &line[start + 1..line.rfind('"').unwrap_or(line.len())];
+        let mut out = String::new();
+        let mut chars = quoted.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some(other) => out.push(other),
+                    None => {}
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        strings.push(out);
+    }
+    // The first quoted string is the entry id; the rest alternate field, value.
+    strings[1..].chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect()
+}
+
+#[test]
+fn pg_insert_with_schema_wrapper() {
+    let event = change(decode_record("dbserver1.inventory.customers", None, Some(&fixture("pg_insert_with_schema.json"))));
+    assert_eq!(event.op, Op::Create);
+    assert_eq!(event.source, "PostgreSQL_server");
+    assert_eq!(event.schema.as_deref(), Some("public"));
+    assert_eq!(event.table, "customers");
+    assert_eq!(event.key, "null");
+    assert!(event.before.is_none());
+    assert_eq!(json(&event.after)["email"], "annek@noanswer.org");
+    assert_eq!(event.position, position::postgres(24023119, 24023128));
+    assert_eq!(event.committed_at_ms, 1559033904863);
+}
+
+#[test]
+fn pg_insert_and_update_without_wrapper_with_key() {
+    let key = fixture("pg_key_no_schema.json");
+    let insert = change(decode_record("dbserver1.inventory.orderline", Some(&key), Some(&fixture("pg_insert_no_schema.json"))));
+    assert_eq!(insert.op, Op::Create);
+    assert_eq!(insert.key, r#"{"id":2}"#);
+    assert_eq!(insert.schema.as_deref(), Some("inventory"));
+    assert_eq!(insert.table, "orderline");
+    assert_eq!(json(&insert.after)["totalprice"], "C7c=", "decimals stay as Debezium encodes them");
+    let update = change(decode_record("dbserver1.inventory.orderline", Some(&key), Some(&fixture("pg_update_no_schema.json"))));
+    assert_eq!(update.op, Op::Update);
+    assert!(update.before.is_none(), "DEFAULT replica identity gives no before image");
+    assert_eq!(json(&update.after)["status"], "CANCELLED");
+    assert_eq!(update.position, position::postgres(34251752, 34251752), "no sequence: the lsn orders it");
+    assert_eq!(update.committed_at_ms, 1610716988917);
+}
+
+#[test]
+fn pg_update_with_unavailable_toast_value() {
+    let event = change(decode_record("t", None, Some(&fixture("pg_update_toast_unavailable_value.json"))));
+    assert_eq!(event.op, Op::Update);
+    assert_eq!(json(&event.after)["biography"], "__debezium_unavailable_value");
+}
+
+#[test]
+fn pg_delete_and_truncate_payloads() {
+    let delete = change(decode_record("t", Some(r#"{"id":1}"#), Some(&fixture("pg_delete_payload.json"))));
+    assert_eq!(delete.op, Op::Delete);
+    assert!(delete.after.is_none());
+    assert_eq!(json(&delete.before)["id"], 1);
+    assert_eq!(delete.schema.as_deref(), Some("public"));
+    let truncate = change(decode_record("t", None, Some(&fixture("pg_truncate_payload.json"))));
+    assert_eq!(truncate.op, Op::Truncate);
+    assert_eq!(truncate.key, "null");
+    assert!(truncate.before.is_none() && truncate.after.is_none());
+}
+
+#[test]
+fn pg_transaction_markers_are_skipped() {
+    for name in ["pg_transaction_begin.json", "pg_transaction_end.json"] {
+        assert_eq!(skip(decode_record("dbserver1.transaction", None, Some(&fixture(name)))), SkipReason::TransactionMarker, "{name}");
+    }
+}
+
+#[test]
+fn mysql_fixtures() {
+    let insert = change(decode_record("t", None, Some(&fixture("mysql_insert_with_schema.json"))));
+    assert_eq!(insert.op, Op::Create);
+    assert_eq!(insert.key, "null");
+    assert!(insert.position.starts_with("my:"), "{}", insert.position);
+
+    let key = fixture("mysql_key_with_schema.json");
+    let delete = change(decode_record("dbserver1.inventory.customers", Some(&key), Some(&fixture("mysql_delete_payload.json"))));
+    assert_eq!(delete.op, Op::Delete);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&delete.key).unwrap()["id"], 1004);
+    assert!(delete.before.is_some() && delete.after.is_none());
+
+    let update = change(decode_record("wasm.inventory.customers", None, Some(&fixture("mysql_update_no_schema.json"))));
+    assert_eq!(update.op, Op::Update);
+    assert_eq!(update.source, "wasm");
+    assert_eq!(update.schema.as_deref(), Some("inventory"), "MySQL's database is the schema");
+    assert_eq!(update.table, "customers");
+    assert_eq!(json(&update.before)["first_name"], "Sally");
+    assert_eq!(json(&update.after)["first_name"], "Sarah");
+    assert_eq!(update.position, position::mysql(3, 1041, 0));
+    assert_eq!(update.committed_at_ms, 1731327659000);
+
+    let read = change(decode_record("wasm.inventory.customers", None, Some(&fixture("mysql_snapshot_read_no_schema.json"))));
+    assert_eq!(read.op, Op::SnapshotRead);
+    assert!(read.after.is_some());
+
+    assert_eq!(skip(decode_record("dbserver1", None, Some(&fixture("mysql_schema_change_event.json")))), SkipReason::SchemaChange);
+}
+
+#[test]
+fn legacy_jsonconverter_tombstone() {
+    assert_eq!(skip(decode_record("t", Some(r#"{"id":1}"#), Some(&fixture("tombstone_value_legacy_jsonconverter.json")))), SkipReason::Tombstone);
+}
+
+#[test]
+fn redis_sink_compact_and_extended_layouts_decode_alike() {
+    let compact = redis_cli_fields(&fixture("redis_xrange_compact_sqlserver_delete.txt"));
+    let extended = redis_cli_fields(&fixture("redis_xrange_extended_sqlserver_delete.txt"));
+    assert_eq!(compact.len(), 1);
+    assert_eq!(extended[0].0, "key");
+    assert_eq!(extended[1].0, "value");
+    let a = change(decode_stream_entry("redislabs.dbo.emp", &compact));
+    let b = change(decode_stream_entry("redislabs.dbo.emp", &extended));
+    assert_eq!(a, b);
+    assert_eq!(a.op, Op::Delete);
+    assert_eq!(a.schema.as_deref(), Some("dbo"));
+    assert_eq!(a.table, "emp");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&a.key).unwrap()["empno"], 11);
+    assert_eq!(json(&a.before)["sal"], "dzWUAA==");
+    assert!(a.after.is_none());
+    assert_eq!(a.position, "ms:0000003a00002f500005:0000003a00002f500002:0000000000000001");
+    assert_eq!(a.committed_at_ms, 1637859764960);
+}
+
+#[test]
+fn every_fixture_decodes() {
+    let dir = format!("{}/tests/fixtures/debezium", env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let decoded = match name.as_str() {
+            "SOURCES.md" => continue,
+            n if n.ends_with(".txt") => decode_stream_entry("t", &redis_cli_fields(&text)),
+            n if n.contains("_key_") => decode_key(Some(&text)).map(|_| Decoded::Skip(SkipReason::Empty)),
+            _ => decode_record("t", None, Some(&text)),
+        };
+        assert!(decoded.is_ok(), "{name}: {decoded:?}");
+        seen += 1;
+    }
+    assert_eq!(seen, 18, "every fixture is covered");
+}
+
+#[test]
+fn tombstones_heartbeats_and_errors() {
+    assert_eq!(skip(decode_stream_entry("s.public.t", &[(r#"{"id":1}"#.into(), "default".into())])), SkipReason::Tombstone);
+    assert_eq!(skip(decode_record("s.public.t", Some(r#"{"id":1}"#), None)), SkipReason::Tombstone);
+    assert_eq!(skip(decode_record("s.public.t", None, Some("null"))), SkipReason::Tombstone);
+    assert_eq!(
+        skip(decode_record("__debezium-heartbeat.s", Some(r#"{"serverName":"s"}"#), Some(r#"{"ts_ms":1}"#))),
+        SkipReason::Heartbeat
+    );
+    assert_eq!(skip(decode_record("s.beat", None, Some(r#"{"ts_ms":1}"#))), SkipReason::Heartbeat);
+    assert_eq!(skip(decode_stream_entry("s.public.t", &[])), SkipReason::Empty);
+    assert_eq!(
+        skip(decode_record("s.public.t", None, Some(r#"{"op":"m","source":{"table":"t"}}"#))),
+        SkipReason::Message
+    );
+
+    let err = decode_record("s.public.t", None, Some(r#"{"op":"x","source":{"table":"t"}}"#)).unwrap_err();
+    assert!(matches!(err, DecodeError::UnknownOp(ref op) if op == "x"), "{err}");
+    let err = decode_record("s.public.t", None, Some("{not json")).unwrap_err();
+    assert!(err.to_string().starts_with("value is not a valid"), "{err}");
+    let err = decode_stream_entry("s.public.t", &[("{not json".into(), r#"{"op":"c","source":{"table":"t"}}"#.into())]).unwrap_err();
+    assert!(err.to_string().starts_with("key is not a valid"), "{err}");
+    let err = decode_record("s.public.t", None, Some(r#"{"op":"c"}"#)).unwrap_err();
+    assert!(matches!(err, DecodeError::MissingField("source")), "{err}");
+    let err = decode_record("s.public.t", None, Some(r#"{"after":{"id":1}}"#)).unwrap_err();
+    assert!(matches!(err, DecodeError::MissingField("op")), "{err}");
+    let err = decode_stream_entry("s", &[("a".into(), "1".into()), ("b".into(), "2".into())]).unwrap_err();
+    assert!(matches!(err, DecodeError::UnknownLayout { fields: 2 }), "{err}");
+}
+
+#[test]
+fn extended_headers_are_ignored_and_key_wrapper_unwrapped() {
+    let value = r#"{"before":null,"after":{"id":5},"source":{"connector":"postgresql","name":"s","schema":"public","table":"t","sequence":"[\"100\",\"120\"]","lsn":120,"ts_ms":7},"op":"c","ts_ms":9}"#;
+    let fields = vec![
+        ("key".to_owned(), r#"{"schema":{"type":"struct"},"payload":{"id":5}}"#.to_owned()),
+        ("value".to_owned(), value.to_owned()),
+        ("__DEBEZIUM.CONTEXT.TASKID".to_owned(), "0".to_owned()),
+        ("__DEBEZIUM.NEWKEY".to_owned(), r#"{"id":5}"#.to_owned()),
+    ];
+    let event = change(decode_stream_entry("s.public.t", &fields));
+    assert_eq!(event.key, r#"{"id":5}"#);
+    assert_eq!(event.after.as_deref(), Some(r#"{"id":5}"#));
+    assert_eq!(event.position, position::postgres(100, 120));
+    assert_eq!(event.committed_at_ms, 7);
+    let null_commit = value.replace(r#"[\"100\",\"120\"]"#, r#"[null,\"120\"]"#);
+    let event = change(decode_record("s.public.t", None, Some(&null_commit)));
+    assert_eq!(event.position, position::postgres(120, 120));
+}

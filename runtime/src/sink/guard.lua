@@ -1,0 +1,53 @@
+-- evercache version guard: one atomic write of one key and its metadata.
+-- KEYS[1] value key, KEYS[2] metadata hash (same cluster slot).
+-- ARGV: 1 action ("put" | "del"), 2 kind ("text" | "hash" | "set" | "zset"),
+--       3 position ("" = unknown), 4 snapshot ("1" = apply only to unversioned keys),
+--       5 committed_at_ms, 6 read_at_ms, 7 plugin, 8 pipeline,
+--       9 ttl_ms ("0" = none), 10 tombstone_ttl_ms, 11.. the value's members.
+-- Returns 0 when stale (nothing written), 1 when stored, 2 when deleted.
+local key, meta = KEYS[1], KEYS[2]
+local position = ARGV[3]
+local stored = redis.call('HGET', meta, 'pos')
+
+if ARGV[4] == '1' then
+  -- A snapshot read has no order against the stream: it only fills gaps.
+  if redis.call('EXISTS', meta) == 1 then return 0 end
+elseif position ~= '' and stored and stored ~= '' and position <= stored then
+  return 0
+end
+-- A change without a position still applies, but never moves the version back.
+if position == '' and stored then position = stored end
+
+local function fields(deleted)
+  redis.call('HSET', meta, 'pos', position, 'committed_at_ms', ARGV[5], 'read_at_ms', ARGV[6],
+    'plugin', ARGV[7], 'pipeline', ARGV[8], 'deleted', deleted)
+end
+
+if ARGV[1] == 'del' then
+  redis.call('DEL', key)
+  fields('1')
+  redis.call('PEXPIRE', meta, ARGV[10])
+  return 2
+end
+
+local kind = ARGV[2]
+if kind == 'text' then
+  redis.call('SET', key, ARGV[11])
+else
+  redis.call('DEL', key)
+  local command = ({hash = 'HSET', set = 'SADD', zset = 'ZADD'})[kind]
+  -- unpack() is bounded by Lua's C stack, so large values go in slices.
+  local step = 4000
+  for first = 11, #ARGV, step do
+    redis.call(command, key, unpack(ARGV, first, math.min(first + step - 1, #ARGV)))
+  end
+end
+fields('0')
+local ttl = tonumber(ARGV[9])
+if ttl > 0 then
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', meta, ttl + tonumber(ARGV[10]))
+else
+  redis.call('PERSIST', meta)
+end
+return 1

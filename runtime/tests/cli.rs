@@ -1,0 +1,167 @@
+//! The `evercache` binary as users run it: `check` on good and bad files, and
+//! `run` draining its in-flight batch and exiting 0 on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+}
+
+fn plugins_dir() -> PathBuf {
+    let status = Command::new("bash").arg(repo_root().join("scripts/build-plugins.sh")).status();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "building plugins failed; run `bash scripts/build-plugins.sh` and read its output"
+    );
+    repo_root().join("target/plugins")
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([PG_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("psql runs; start the services with: bash scripts/dev-services.sh");
+    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Writes a runtime file and one testkit pipeline for schema/stream `name`.
+fn write_config(name: &str, pipeline_extra: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("evercache-cli-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    let runtime = format!(
+        r#"plugins_dir = "{plugins}"
+pipelines_dir = "pipelines"
+[databases.db]
+url = "{PG_URL}"
+[caches.main]
+url = "{REDIS_URL}"
+[sources.events]
+type = "redis-stream"
+url = "{REDIS_URL}"
+streams = ["{name}.stream"]
+consumer = "{name}"
+batch_size = 50
+block = "100ms"
+"#,
+        plugins = plugins_dir().display()
+    );
+    std::fs::write(dir.join("evercache.toml"), runtime).unwrap();
+    let pipeline = format!(
+        r#"source = "events"
+database = "db"
+cache = "main"
+plugin = "testkit"
+tables = ["{name}.item"]
+{pipeline_extra}
+[config]
+schema = "{name}"
+key_prefix = "{name}:item"
+"#
+    );
+    std::fs::write(dir.join("pipelines/items.toml"), pipeline).unwrap();
+    dir.join("evercache.toml")
+}
+
+fn evercache(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_evercache")).args(args).output().unwrap()
+}
+
+#[test]
+fn check_loads_and_inits_plugins() {
+    let name = format!("cli_check_{}", std::process::id());
+    let config = write_config(&name, "");
+    let out = evercache(&["check", "--config", config.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("testkit@"), "{stdout}");
+    assert!(stdout.contains("1 pipeline(s) initialised: items"), "{stdout}");
+}
+
+#[test]
+fn check_names_the_file_line_and_field_of_a_mistake() {
+    let name = format!("cli_bad_{}", std::process::id());
+    let config = write_config(&name, "on_chnage = \"invalidate\"");
+    let out = evercache(&["check", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("pipelines/items.toml"), "{stderr}");
+    assert!(stderr.contains("line 6"), "{stderr}");
+    assert!(stderr.contains("unknown field `on_chnage`"), "{stderr}");
+}
+
+#[test]
+fn run_drains_on_sigterm_and_resumes_on_restart() {
+    let name = format!("cli_run_{}", std::process::id());
+    let stream = format!("{name}.stream");
+    psql(&format!(
+        "drop schema if exists {name} cascade; create schema {name};
+         create table {name}.item (id bigint primary key, name text, version bigint);
+         insert into {name}.item select g, 'n' || g, 1 from generate_series(1, 500) g;"
+    ));
+    let redis = redis::Client::open(REDIS_URL).unwrap();
+    let mut conn = redis.get_connection().unwrap();
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+    for id in 1..=500u64 {
+        let value = format!(
+            r#"{{"before":null,"after":{{"id":{id}}},"source":{{"connector":"postgresql","name":"t","ts_ms":1700000000000,"db":"test","schema":"{name}","table":"item","sequence":"[\"{c}\",\"{l}\"]","lsn":{l}}},"op":"c","ts_ms":1700000000000}}"#,
+            c = 1000 + id,
+            l = 1000 + id
+        );
+        let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg(format!(r#"{{"id":{id}}}"#)).arg(value).query(&mut conn).unwrap();
+    }
+    let config = write_config(&name, "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evercache"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first_key = format!("{name}:item:1");
+    let start = Instant::now();
+    while redis::cmd("EXISTS").arg(&first_key).query::<i64>(&mut conn).unwrap() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "runtime never wrote {first_key}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "exit 0 after draining: {}", String::from_utf8_lossy(&output.stderr));
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING").arg(&stream).arg("evercache").query(&mut conn).unwrap();
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "every delivered entry was acked before exit");
+
+    // Whatever was not read yet is picked up by the next run.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evercache"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let pattern = format!("{name}:item:*");
+    loop {
+        let mut cursor = 0u64;
+        let mut count = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query(&mut conn).unwrap();
+            count += keys.iter().filter(|k| !k.ends_with(":meta")).count();
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if count == 500 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "only {count} of 500 keys after restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    psql(&format!("drop schema {name} cascade"));
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Makes sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432, user postgres,
+# trust auth, database "test") are reachable: uses running ones, starts installed
+# ones, or installs them with apt-get. Idempotent; safe to run any time.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+APT_UPDATED=""
+
+say() { echo "dev-services: $*"; }
+apt_install() {
+  if [ -z "$APT_UPDATED" ]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  say "installing $*"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+wait_for() {
+  local what=$1 check=$2
+  for _ in $(seq 1 50); do
+    if eval "$check"; then return 0; fi
+    sleep 0.2
+  done
+  say "ERROR: $what did not come up"; return 1
+}
+
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if redis_up; then
+  say "redis: running"
+else
+  command -v redis-server >/dev/null || apt_install redis-server redis-tools
+  say "redis: starting"
+  $SUDO redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/evercache-redis.log
+  wait_for redis redis_up
+fi
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+if pg_up; then
+  say "postgres: running"
+else
+  if ! ls -d /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql postgresql-client
+  fi
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  say "postgres: starting cluster $version/main"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  wait_for postgres pg_up
+fi
+
+psql_ok() { psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; }
+if ! psql_ok; then
+  # A fresh Debian cluster asks for passwords on TCP; the tests log in as
+  # postgres without one, so trust loopback connections for local development.
+  hba=$($SUDO -u postgres psql -tAc 'show hba_file' 2>/dev/null || su postgres -c "psql -tAc 'show hba_file'")
+  say "postgres: trusting 127.0.0.1 and ::1 in $hba (local development only)"
+  $SUDO sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  $SUDO -u postgres psql -tAc 'select pg_reload_conf()' >/dev/null 2>&1 || su postgres -c "psql -tAc 'select pg_reload_conf()'" >/dev/null
+  wait_for "postgres trust login" psql_ok
+fi
+
+if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_database where datname = 'test'")" != "1" ]; then
+  say "postgres: creating database test"
+  psql -h 127.0.0.1 -U postgres -d postgres -qc 'create database test'
+fi
+say "ready: redis://127.0.0.1:6379 and postgres://postgres@127.0.0.1:5432/test"
