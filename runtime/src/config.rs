@@ -87,37 +87,22 @@ impl Config {
         for file in toml_files(&runtime.pipelines_dir)? {
             let pipeline: PipelineConfig = parse_file(&file)?;
             check_pipeline(&runtime, &file, &pipeline)?;
-            let name = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             pipelines.insert(name, pipeline);
         }
-        Ok(Self {
-            path: path.to_owned(),
-            runtime,
-            pipelines,
-        })
+        Ok(Self { path: path.to_owned(), runtime, pipelines })
     }
 }
 
 /// Parses one TOML file into `T`, naming the file in errors.
 pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })
 }
 
 fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Io { path: dir.to_owned(), source })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
@@ -127,11 +112,8 @@ fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 }
 
 fn check_pipeline(runtime: &RuntimeConfig, file: &Path, pipeline: &PipelineConfig) -> Result<(), ConfigError> {
-    let invalid = |field: &str, message: String| ConfigError::Invalid {
-        path: file.to_owned(),
-        field: field.to_owned(),
-        message,
-    };
+    let invalid =
+        |field: &str, message: String| ConfigError::Invalid { path: file.to_owned(), field: field.to_owned(), message };
     let known = |names: Vec<&String>| names.into_iter().map(String::as_str).collect::<Vec<_>>().join(", ");
     if !runtime.sources.contains_key(&pipeline.source) {
         return Err(invalid(
@@ -208,12 +190,11 @@ streams = ["shop.public.product"]
         assert_eq!(p.ttl, Some(std::time::Duration::from_secs(86_400)));
         assert_eq!(p.max_attempts, 5);
         assert_eq!(p.on_change, crate::pipeline::OnChange::Recompute);
-        assert_eq!(
-            p.plugin_config(),
-            vec![("key_prefix".into(), "product".into()), ("limit".into(), "5".into())]
-        );
+        assert_eq!(p.plugin_config(), vec![("key_prefix".into(), "product".into()), ("limit".into(), "5".into())]);
         assert!(config.runtime.plugins_dir.ends_with("plugins"));
-        assert!(config.runtime.plugins_dir.is_absolute() || config.runtime.plugins_dir.starts_with(std::env::temp_dir()));
+        assert!(
+            config.runtime.plugins_dir.is_absolute() || config.runtime.plugins_dir.starts_with(std::env::temp_dir())
+        );
     }
 
     #[test]

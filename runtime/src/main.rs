@@ -51,7 +51,11 @@ async fn main() -> anyhow::Result<()> {
             let mut plugins: Vec<String> = runtime.plugins().values().map(|p| p.label()).collect();
             plugins.sort();
             println!("ok: {} plugin(s) loaded: {}", plugins.len(), plugins.join(", "));
-            println!("ok: {} pipeline(s) initialised: {}", runtime.pipeline_names().len(), runtime.pipeline_names().join(", "));
+            println!(
+                "ok: {} pipeline(s) initialised: {}",
+                runtime.pipeline_names().len(),
+                runtime.pipeline_names().join(", ")
+            );
             Ok(())
         }
         Command::Run { config } => {

@@ -24,7 +24,9 @@ pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// A pipeline names a plugin that is not in `plugins_dir`.
-    #[error("pipeline '{pipeline}': plugin '{plugin}' not found in {dir}; build it with scripts/build-plugins.sh (found: {found})")]
+    #[error(
+        "pipeline '{pipeline}': plugin '{plugin}' not found in {dir}; build it with scripts/build-plugins.sh (found: {found})"
+    )]
     MissingPlugin {
         /// The pipeline.
         pipeline: String,
@@ -70,7 +72,8 @@ impl Runtime {
     /// Loads plugins, builds pools and caches, and instantiates and `init`s the
     /// plugin of every pipeline. Fails on the first problem.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let engine = PluginEngine::new(config.runtime.sandbox.clone()).map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let engine =
+            PluginEngine::new(config.runtime.sandbox.clone()).map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let plugins = load_dir(&engine, &config.runtime.plugins_dir).await?;
         let mut databases: HashMap<&str, QueryRunner> = HashMap::new();
         for (name, database) in &config.runtime.databases {
@@ -78,10 +81,7 @@ impl Runtime {
         }
         let mut caches: HashMap<&str, RedisCache> = HashMap::new();
         for (name, cache) in &config.runtime.caches {
-            let built = cache.build(name).await.map_err(|source| StartError::Cache {
-                cache: name.clone(),
-                source,
-            })?;
+            let built = cache.build(name).await.map_err(|source| StartError::Cache { cache: name.clone(), source })?;
             caches.insert(name, built);
         }
         let mut pipelines = Vec::new();
@@ -98,26 +98,16 @@ impl Runtime {
             })?;
             let database = pipeline.database.as_deref().and_then(|d| databases.get(d)).cloned();
             let mut instance = PluginInstance::new(&engine, plugin.clone(), name, database, pipeline.plugin_config());
-            instance.init().await.map_err(|source| StartError::Init {
-                pipeline: name.clone(),
-                source,
-            })?;
+            instance.init().await.map_err(|source| StartError::Init { pipeline: name.clone(), source })?;
             // Config::load checked that the cache exists.
             let Some(cache) = caches.get(pipeline.cache.as_str()) else {
                 continue;
             };
-            let writer = cache.writer(WriteSettings {
-                pipeline: name.clone(),
-                safety_ttl: pipeline.ttl,
-            });
+            let writer = cache.writer(WriteSettings { pipeline: name.clone(), safety_ttl: pipeline.ttl });
             tracing::info!(pipeline = %name, plugin = %plugin.label(), tables = ?pipeline.tables, "pipeline ready");
             pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), instance, writer))));
         }
-        Ok(Self {
-            config,
-            plugins,
-            pipelines,
-        })
+        Ok(Self { config, plugins, pipelines })
     }
 
     /// The loaded plugins by name.

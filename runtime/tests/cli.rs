@@ -113,10 +113,16 @@ fn run_drains_on_sigterm_and_resumes_on_restart() {
             c = 1000 + id,
             l = 1000 + id
         );
-        let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg(format!(r#"{{"id":{id}}}"#)).arg(value).query(&mut conn).unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(format!(r#"{{"id":{id}}}"#))
+            .arg(value)
+            .query(&mut conn)
+            .unwrap();
     }
     let config = write_config(&name, "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evercache"))
+    let child = Command::new(env!("CARGO_BIN_EXE_evercache"))
         .args(["run", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -147,8 +153,14 @@ fn run_drains_on_sigterm_and_resumes_on_restart() {
         let mut cursor = 0u64;
         let mut count = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) =
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query(&mut conn).unwrap();
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)
+                .unwrap();
             count += keys.iter().filter(|k| !k.ends_with(":meta")).count();
             cursor = next;
             if cursor == 0 {

@@ -39,7 +39,9 @@ pub fn plugins_dir() -> PathBuf {
             let status = Command::new("bash").arg(&script).status();
             match status {
                 Ok(s) if s.success() => repo_root().join("target/plugins"),
-                other => panic!("building plugins failed ({other:?}); run `bash scripts/build-plugins.sh` and read its output"),
+                other => panic!(
+                    "building plugins failed ({other:?}); run `bash scripts/build-plugins.sh` and read its output"
+                ),
             }
         })
         .clone()
@@ -195,7 +197,8 @@ key_prefix = "{p}:item"
 
     /// Entries delivered to the group but not acknowledged.
     pub async fn pending(&mut self, stream: &str) -> Result<u64> {
-        let reply: Vec<redis::Value> = redis::cmd("XPENDING").arg(stream).arg("evercache").query_async(&mut self.redis).await?;
+        let reply: Vec<redis::Value> =
+            redis::cmd("XPENDING").arg(stream).arg("evercache").query_async(&mut self.redis).await?;
         Ok(match reply.first() {
             Some(redis::Value::Int(n)) => *n as u64,
             _ => 0,
@@ -214,12 +217,8 @@ key_prefix = "{p}:item"
 
     /// The entries of a dead-letter stream as field maps.
     pub async fn dead_letters(&mut self, stream: &str) -> Result<Vec<std::collections::HashMap<String, String>>> {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{stream}:dlq"))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.redis)
-            .await?;
+        let reply: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg(format!("{stream}:dlq")).arg("-").arg("+").query_async(&mut self.redis).await?;
         Ok(reply
             .ids
             .into_iter()
@@ -248,7 +247,8 @@ key_prefix = "{p}:item"
 
     /// HGETALL of a key as a JSON object (handy for comparing).
     pub async fn hgetall(&mut self, key: &str) -> Result<Value> {
-        let map: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(&mut self.redis).await?;
+        let map: std::collections::BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(key).query_async(&mut self.redis).await?;
         Ok(json!(map))
     }
 }

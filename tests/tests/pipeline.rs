@@ -22,7 +22,7 @@ fn item(id: i64, name: &str, version: i64) -> Value {
 }
 
 /// Waits until `key` holds `expected` as JSON.
-async fn wait_json(env: &mut TestEnv, key: &str, expected: &Value) -> Result<()> {
+async fn wait_json(env: &TestEnv, key: &str, expected: &Value) -> Result<()> {
     let what = format!("{key} == {expected}");
     wait_until(&what, WAIT, || {
         let mut redis = env.redis.clone();
@@ -37,15 +37,16 @@ async fn wait_json(env: &mut TestEnv, key: &str, expected: &Value) -> Result<()>
 }
 
 /// Waits until every entry of `streams` was delivered and acknowledged.
-async fn wait_drained(env: &mut TestEnv, streams: &[String]) -> Result<()> {
+async fn wait_drained(env: &TestEnv, streams: &[String]) -> Result<()> {
     for stream in streams {
-        let mut check_env = env.redis.clone();
+        let check_env = env.redis.clone();
         let stream_name = stream.clone();
         wait_until(&format!("{stream} fully acked"), WAIT, || {
             let mut redis = check_env.clone();
             let stream = stream_name.clone();
             async move {
-                let pending: Vec<redis::Value> = redis::cmd("XPENDING").arg(&stream).arg("evercache").query_async(&mut redis).await?;
+                let pending: Vec<redis::Value> =
+                    redis::cmd("XPENDING").arg(&stream).arg("evercache").query_async(&mut redis).await?;
                 let groups: Vec<std::collections::HashMap<String, redis::Value>> =
                     redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut redis).await?;
                 let lag = groups.first().and_then(|g| match g.get("lag") {
@@ -56,7 +57,6 @@ async fn wait_drained(env: &mut TestEnv, streams: &[String]) -> Result<()> {
             }
         })
         .await?;
-        let _ = &mut check_env;
     }
     Ok(())
 }
@@ -65,7 +65,8 @@ async fn wait_drained(env: &mut TestEnv, streams: &[String]) -> Result<()> {
 async fn insert_update_delete_follow_the_database() -> Result<()> {
     let mut env = item_env("crud").await?;
     let stream = env.stream("item");
-    let config = env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
+    let config =
+        env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
     let running = Running::start(config).await?;
     let key = format!("{}:item:1", env.prefix);
     let meta_key = format!("{{{key}}}:meta");
@@ -74,7 +75,7 @@ async fn insert_update_delete_follow_the_database() -> Result<()> {
     let lsn = next_lsn();
     let insert = pg_change("c", &env.prefix, "item", None, Some(item(1, "one", 1)), lsn);
     env.xadd_compact(&stream, &pg_key(1), &insert.to_string()).await?;
-    wait_json(&mut env, &key, &item(1, "one", 1)).await?;
+    wait_json(&env, &key, &item(1, "one", 1)).await?;
 
     let meta = env.hgetall(&meta_key).await?;
     assert_eq!(meta["pos"], json!(position::postgres(lsn - 0x10, lsn)), "meta: {meta}");
@@ -88,7 +89,7 @@ async fn insert_update_delete_follow_the_database() -> Result<()> {
     env.sql("update item set name = 'uno', version = 2 where id = 1").await?;
     let update = pg_change("u", &env.prefix, "item", None, Some(item(1, "uno", 2)), next_lsn());
     env.xadd_compact(&stream, &pg_key(1), &update.to_string()).await?;
-    wait_json(&mut env, &key, &item(1, "uno", 2)).await?;
+    wait_json(&env, &key, &item(1, "uno", 2)).await?;
 
     env.sql("delete from item where id = 1").await?;
     let delete = pg_change("d", &env.prefix, "item", Some(json!({"id": 1})), None, next_lsn());
@@ -105,7 +106,7 @@ async fn insert_update_delete_follow_the_database() -> Result<()> {
     let ttl: i64 = redis::cmd("TTL").arg(&meta_key).query_async(&mut env.redis).await?;
     assert!(ttl > 0, "the tombstone version expires (ttl {ttl})");
 
-    wait_drained(&mut env, std::slice::from_ref(&stream)).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
     assert!(env.dead_letters(&stream).await?.is_empty());
     running.stop().await
 }
@@ -114,10 +115,12 @@ async fn insert_update_delete_follow_the_database() -> Result<()> {
 async fn both_sink_layouts_with_and_without_schema_wrapper() -> Result<()> {
     let mut env = item_env("layouts").await?;
     let stream = env.stream("item");
-    let config = env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
+    let config =
+        env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
     let running = Running::start(config).await?;
     env.sql("insert into item values (1, 'a', 1), (2, 'b', 1), (3, 'c', 1), (4, 'd', 1)").await?;
-    let change = |id: i64, name: &str| pg_change("c", &env.prefix, "item", None, Some(item(id, name, 1)), next_lsn());
+    let schema = env.prefix.clone();
+    let change = |id: i64, name: &str| pg_change("c", &schema, "item", None, Some(item(id, name, 1)), next_lsn());
     let wrapped_key = |id: i64| with_schema(json!({"id": id})).to_string();
 
     env.xadd_compact(&stream, &pg_key(1), &change(1, "a").to_string()).await?;
@@ -126,9 +129,9 @@ async fn both_sink_layouts_with_and_without_schema_wrapper() -> Result<()> {
     env.xadd_extended(&stream, &wrapped_key(4), &with_schema(change(4, "d")).to_string()).await?;
 
     for (id, name) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
-        wait_json(&mut env, &format!("{}:item:{id}", env.prefix), &item(id, name, 1)).await?;
+        wait_json(&env, &format!("{}:item:{id}", env.prefix), &item(id, name, 1)).await?;
     }
-    wait_drained(&mut env, std::slice::from_ref(&stream)).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
     assert!(env.dead_letters(&stream).await?.is_empty());
     running.stop().await
 }
@@ -145,16 +148,20 @@ async fn tombstones_heartbeats_and_transaction_markers_are_acked_without_effect(
 
     env.xadd_compact(&stream, &pg_key(7), "default").await?;
     env.xadd_compact(&stream, &pg_key(7), r#"{"schema":null,"payload":null}"#).await?;
-    env.xadd_compact(&heartbeat, &json!({"serverName": "test"}).to_string(), &json!({"ts_ms": 1_700_000_000_000u64}).to_string())
-        .await?;
+    env.xadd_compact(
+        &heartbeat,
+        &json!({"serverName": "test"}).to_string(),
+        &json!({"ts_ms": 1_700_000_000_000u64}).to_string(),
+    )
+    .await?;
     let begin = json!({"status": "BEGIN", "id": "571:53195829", "event_count": null, "data_collections": null, "ts_ms": 1_700_000_000_000u64});
     env.xadd_compact(&transactions, &json!({"id": "571:53195829"}).to_string(), &begin.to_string()).await?;
     // A real change after them proves the batch went through.
     env.sql("insert into item values (8, 'eight', 1)").await?;
     let change = pg_change("c", &env.prefix, "item", None, Some(item(8, "eight", 1)), next_lsn());
     env.xadd_compact(&stream, &pg_key(8), &change.to_string()).await?;
-    wait_json(&mut env, &format!("{}:item:8", env.prefix), &item(8, "eight", 1)).await?;
-    wait_drained(&mut env, &streams).await?;
+    wait_json(&env, &format!("{}:item:8", env.prefix), &item(8, "eight", 1)).await?;
+    wait_drained(&env, &streams).await?;
 
     assert_eq!(env.get(&format!("{}:item:7", env.prefix)).await?, None, "tombstones never reach the plugin");
     for stream in &streams {
@@ -167,7 +174,8 @@ async fn tombstones_heartbeats_and_transaction_markers_are_acked_without_effect(
 async fn older_replays_and_duplicates_never_overwrite_a_newer_value() -> Result<()> {
     let mut env = item_env("order").await?;
     let stream = env.stream("item");
-    let config = env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
+    let config =
+        env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
     let running = Running::start(config).await?;
     let key = format!("{}:item:5", env.prefix);
 
@@ -178,15 +186,15 @@ async fn older_replays_and_duplicates_never_overwrite_a_newer_value() -> Result<
     for _ in 0..3 {
         env.xadd_compact(&stream, &pg_key(5), &newer.to_string()).await?;
     }
-    wait_json(&mut env, &key, &item(5, "new", 2)).await?;
-    wait_drained(&mut env, std::slice::from_ref(&stream)).await?;
+    wait_json(&env, &key, &item(5, "new", 2)).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
 
     // The database now answers with an outdated row, as a slow replica or a
     // recompute racing a newer commit would: the older event's write must lose.
     env.sql("update item set name = 'stale', version = 1 where id = 5").await?;
     let older = pg_change("u", &env.prefix, "item", None, Some(item(5, "old", 1)), old_lsn);
     env.xadd_compact(&stream, &pg_key(5), &older.to_string()).await?;
-    wait_drained(&mut env, std::slice::from_ref(&stream)).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
     assert_eq!(env.get_json(&key).await?, Some(item(5, "new", 2)), "an older event never overwrites a newer value");
     let meta = env.hgetall(&format!("{{{key}}}:meta")).await?;
     assert_eq!(meta["pos"], json!(position::postgres(new_lsn - 0x10, new_lsn)));
@@ -194,7 +202,7 @@ async fn older_replays_and_duplicates_never_overwrite_a_newer_value() -> Result<
     // A genuinely newer event applies whatever the database holds now.
     let newest = pg_change("u", &env.prefix, "item", None, Some(item(5, "stale", 1)), next_lsn());
     env.xadd_compact(&stream, &pg_key(5), &newest.to_string()).await?;
-    wait_json(&mut env, &key, &item(5, "stale", 1)).await?;
+    wait_json(&env, &key, &item(5, "stale", 1)).await?;
     assert!(env.dead_letters(&stream).await?.is_empty());
     running.stop().await
 }
@@ -203,7 +211,8 @@ async fn older_replays_and_duplicates_never_overwrite_a_newer_value() -> Result<
 async fn malformed_records_are_dead_lettered_and_the_rest_applied() -> Result<()> {
     let mut env = item_env("malformed").await?;
     let stream = env.stream("item");
-    let config = env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
+    let config =
+        env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &env.testkit_pipeline(""))])?;
     env.sql("insert into item values (1, 'one', 1)").await?;
     // Queue everything before starting so it arrives as one batch.
     let bad_id = env.xadd_compact(&stream, &pg_key(1), "{not json").await?;
@@ -213,8 +222,8 @@ async fn malformed_records_are_dead_lettered_and_the_rest_applied() -> Result<()
     env.xadd_compact(&stream, &pg_key(1), &good.to_string()).await?;
     let running = Running::start(config).await?;
 
-    wait_json(&mut env, &format!("{}:item:1", env.prefix), &item(1, "one", 1)).await?;
-    wait_drained(&mut env, std::slice::from_ref(&stream)).await?;
+    wait_json(&env, &format!("{}:item:1", env.prefix), &item(1, "one", 1)).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
     let letters = env.dead_letters(&stream).await?;
     assert_eq!(letters.len(), 2, "both bad records are dead-lettered: {letters:?}");
     let json_letter = &letters[0];
@@ -234,16 +243,17 @@ async fn plugin_errors_are_retried_then_dead_lettered_without_blocking_others() 
         &env.runtime_toml(std::slice::from_ref(&stream), ""),
         &[("items", &env.testkit_pipeline("fail_ids = \"13\"\npanic_ids = \"14\""))],
     )?;
-    env.sql("insert into item values (12, 'twelve', 1), (13, 'thirteen', 1), (14, 'fourteen', 1), (15, 'fifteen', 1)").await?;
+    env.sql("insert into item values (12, 'twelve', 1), (13, 'thirteen', 1), (14, 'fourteen', 1), (15, 'fifteen', 1)")
+        .await?;
     for (id, name) in [(12, "twelve"), (13, "thirteen"), (14, "fourteen"), (15, "fifteen")] {
         let change = pg_change("c", &env.prefix, "item", None, Some(item(id, name, 1)), next_lsn());
         env.xadd_compact(&stream, &pg_key(id), &change.to_string()).await?;
     }
     let running = Running::start(config).await?;
 
-    wait_json(&mut env, &format!("{}:item:12", env.prefix), &item(12, "twelve", 1)).await?;
-    wait_json(&mut env, &format!("{}:item:15", env.prefix), &item(15, "fifteen", 1)).await?;
-    wait_drained(&mut env, std::slice::from_ref(&stream)).await?;
+    wait_json(&env, &format!("{}:item:12", env.prefix), &item(12, "twelve", 1)).await?;
+    wait_json(&env, &format!("{}:item:15", env.prefix), &item(15, "fifteen", 1)).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
     let letters = env.dead_letters(&stream).await?;
     assert_eq!(letters.len(), 2, "{letters:?}");
     let failed = &letters[0];

@@ -37,15 +37,15 @@ where
         let key = key.to_owned();
         let value = async move {
             if hash {
-                let map: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(&mut redis).await?;
+                let map: std::collections::BTreeMap<String, String> =
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut redis).await?;
                 Ok::<_, anyhow::Error>(if map.is_empty() { Value::Null } else { json!(map) })
             } else {
                 let text: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
                 Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null))
             }
         };
-        let accepted = async { Ok(accept(&value.await?)) };
-        accepted
+        async { Ok(accept(&value.await?)) }
     })
     .await
 }
@@ -74,7 +74,10 @@ async fn marketplace_session_start_and_end_change_the_specialist_status() -> Res
     let session = json!({"id": 100, "specialist_id": 1, "started_at": "2026-11-25T10:00:00Z", "ended_at": null});
     let change = pg_change("c", &env.prefix, "session", None, Some(session), next_lsn());
     env.xadd_compact(&streams[1], &pg_key(100), &change.to_string()).await?;
-    wait_for(&env, "Ada busy", &key, false, |v| v["status"] == "busy" && v["active_sessions"] == 1 && v["name"] == "Ada").await?;
+    wait_for(&env, "Ada busy", &key, false, |v| {
+        v["status"] == "busy" && v["active_sessions"] == 1 && v["name"] == "Ada"
+    })
+    .await?;
 
     env.sql("update session set ended_at = now() where id = 100").await?;
     let ended = json!({"id": 100, "specialist_id": 1, "started_at": "2026-11-25T10:00:00Z", "ended_at": "2026-11-25T10:30:00Z"});
@@ -120,7 +123,10 @@ async fn shop_category_rename_fans_out_to_every_product() -> Result<()> {
     let rename = pg_change("u", &env.prefix, "category", None, Some(json!({"id": 1, "name": "Novels"})), next_lsn());
     env.xadd_compact(&streams[0], &pg_key(1), &rename.to_string()).await?;
     for id in 1..=3 {
-        wait_for(&env, &format!("product {id} in Novels"), &format!("{prefix}:{id}"), true, |v| v["category"] == "Novels").await?;
+        wait_for(&env, &format!("product {id} in Novels"), &format!("{prefix}:{id}"), true, |v| {
+            v["category"] == "Novels"
+        })
+        .await?;
     }
     let untouched = env.hgetall(&format!("{prefix}:4")).await?;
     assert_eq!(untouched["category"], "Games", "other categories are not touched");

@@ -114,11 +114,7 @@ impl Pipeline {
 
     fn failure(&self, record: usize, error: &ApplyError, attempts: u32) -> Failure {
         tracing::error!(pipeline = %self.name, error = %error, attempts, "record failed permanently; dead-lettered");
-        Failure {
-            record,
-            error: error.to_string(),
-            attempts,
-        }
+        Failure { record, error: error.to_string(), attempts }
     }
 
     /// Tries up to `attempts` times; transient errors are retried without
@@ -228,10 +224,7 @@ fn backoff(first: Duration, attempt: u32) -> Duration {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{Interrupted, Pipeline};
-use crate::event::debezium::{Decoded, decode_stream_entry};
 use crate::event::ChangeEvent;
+use crate::event::debezium::{Decoded, decode_stream_entry};
 use crate::source::redis_stream::DeadLetter;
 use crate::source::{RawRecord, RedisStreamSource, SourceError};
 
@@ -34,11 +34,7 @@ impl SourceRunner {
                 routes.entry(table.clone()).or_default().push(index);
             }
         }
-        Self {
-            source,
-            pipelines,
-            routes,
-        }
+        Self { source, pipelines, routes }
     }
 
     /// Runs until `shutdown` is cancelled. The batch in flight is finished
@@ -85,7 +81,9 @@ impl SourceRunner {
                                 per_pipeline[target].push((index, event.clone()));
                             }
                         }
-                        None => tracing::debug!(stream = %record.stream, id = %record.id, %table, "no pipeline for table; acked"),
+                        None => {
+                            tracing::debug!(stream = %record.stream, id = %record.id, %table, "no pipeline for table; acked")
+                        }
                     }
                 }
                 Ok(Decoded::Skip(reason)) => {
@@ -97,21 +95,13 @@ impl SourceRunner {
                 }
             }
         }
-        let runs = self
-            .pipelines
-            .iter()
-            .zip(&per_pipeline)
-            .filter(|(_, events)| !events.is_empty())
-            .map(|(pipeline, events)| async move { (pipeline.name().to_owned(), pipeline.process(events, shutdown).await) });
+        let runs = self.pipelines.iter().zip(&per_pipeline).filter(|(_, events)| !events.is_empty()).map(
+            |(pipeline, events)| async move { (pipeline.name().to_owned(), pipeline.process(events, shutdown).await) },
+        );
         let results = join_all(runs).await;
         let mut letters: Vec<DeadLetter<'_>> = undecodable
             .into_iter()
-            .map(|(index, error)| DeadLetter {
-                record: &records[index],
-                pipeline: None,
-                error,
-                attempts: 1,
-            })
+            .map(|(index, error)| DeadLetter { record: &records[index], pipeline: None, error, attempts: 1 })
             .collect();
         for (pipeline, result) in results {
             for failure in result? {

@@ -8,6 +8,4 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub use evercache::plugin::types::{
-    CacheValue, DbValue, Entry, LogLevel, Op, Rows,
-};
+pub use self::evercache::plugin::types::{CacheValue, DbValue, Entry, LogLevel, Op, Rows};

@@ -36,10 +36,7 @@ fn default_memory_mib() -> usize {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self {
-            call_timeout: default_call_timeout(),
-            memory_mib: default_memory_mib(),
-        }
+        Self { call_timeout: default_call_timeout(), memory_mib: default_memory_mib() }
     }
 }
 
@@ -72,11 +69,7 @@ impl PluginEngine {
                 }
             })
             .map_err(wasmtime::Error::from)?;
-        Ok(Self {
-            engine,
-            linker: Arc::new(linker),
-            sandbox,
-        })
+        Ok(Self { engine, linker: Arc::new(linker), sandbox })
     }
 
     /// The limits calls run under.

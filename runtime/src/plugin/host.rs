@@ -43,24 +43,13 @@ impl PluginState {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        Self {
-            wasi,
-            table: ResourceTable::new(),
-            limits,
-            plugin,
-            pipeline,
-            database,
-            unavailable: None,
-        }
+        Self { wasi, table: ResourceTable::new(), limits, plugin, pipeline, database, unavailable: None }
     }
 }
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -69,10 +58,7 @@ impl evercache::plugin::types::Host for PluginState {}
 impl evercache::plugin::host::Host for PluginState {
     async fn query(&mut self, sql: String, params: Vec<DbValue>) -> Result<Rows, String> {
         let Some(database) = &self.database else {
-            return Err(format!(
-                "pipeline '{}' has no database; set `database` in its pipeline file",
-                self.pipeline
-            ));
+            return Err(format!("pipeline '{}' has no database; set `database` in its pipeline file", self.pipeline));
         };
         match database.query(&sql, &params).await {
             Ok(rows) => Ok(rows),

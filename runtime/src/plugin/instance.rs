@@ -98,14 +98,7 @@ impl PluginInstance {
         database: Option<QueryRunner>,
         config: Vec<(String, String)>,
     ) -> Self {
-        Self {
-            plugin,
-            engine: engine.clone(),
-            pipeline: Arc::from(pipeline),
-            database,
-            config,
-            live: None,
-        }
+        Self { plugin, engine: engine.clone(), pipeline: Arc::from(pipeline), database, config, live: None }
     }
 
     /// The plugin this instance runs.
@@ -126,12 +119,7 @@ impl PluginInstance {
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.engine.deadline_ticks());
         store.epoch_deadline_trap();
-        let bindings = self
-            .plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| self.trap("init", e))?;
+        let bindings = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| self.trap("init", e))?;
         let mut live = Live { store, bindings };
         let result = live.bindings.call_init(&mut live.store, &self.config).await;
         let result = self.settle("init", &mut live, result)?;
@@ -184,28 +172,16 @@ impl PluginInstance {
     /// not putting it back.
     fn settle<T>(&self, call: &'static str, live: &mut Live, result: wasmtime::Result<T>) -> Result<T, CallError> {
         if let Some(message) = live.store.data_mut().unavailable.take() {
-            return Err(CallError::Unavailable {
-                plugin: self.plugin.label(),
-                call,
-                message,
-            });
+            return Err(CallError::Unavailable { plugin: self.plugin.label(), call, message });
         }
         result.map_err(|e| self.trap(call, e))
     }
 
     fn trap(&self, call: &'static str, e: wasmtime::Error) -> CallError {
         if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-            return CallError::Timeout {
-                plugin: self.plugin.label(),
-                call,
-                timeout: self.engine.sandbox.call_timeout,
-            };
+            return CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.engine.sandbox.call_timeout };
         }
-        CallError::Trap {
-            plugin: self.plugin.label(),
-            call,
-            message: format!("{e:?}"),
-        }
+        CallError::Trap { plugin: self.plugin.label(), call, message: format!("{e:?}") }
     }
 
     fn plugin_error(&self, call: &'static str, error: PluginError) -> CallError {
@@ -214,10 +190,6 @@ impl PluginInstance {
             PluginError::Query(m) => format!("query: {m}"),
             PluginError::Other(m) => m,
         };
-        CallError::Plugin {
-            plugin: self.plugin.label(),
-            call,
-            message,
-        }
+        CallError::Plugin { plugin: self.plugin.label(), call, message }
     }
 }

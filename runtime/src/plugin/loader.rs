@@ -65,46 +65,25 @@ pub enum LoadError {
 /// Compiles one `.wasm` component; compilation runs on a blocking thread so the
 /// async workers keep serving.
 pub async fn load_file(engine: &PluginEngine, path: &Path) -> Result<Arc<LoadedPlugin>, LoadError> {
-    let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
     let version = hex::encode(&Sha256::digest(&bytes)[..6]);
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let invalid = |e: wasmtime::Error| LoadError::Invalid {
-        path: path.to_owned(),
-        message: format!("{e:#}"),
-    };
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.to_owned(), message: format!("{e:#}") };
     let wasm_engine = engine.engine.clone();
     let component = tokio::task::spawn_blocking(move || Component::from_binary(&wasm_engine, &bytes))
         .await
-        .map_err(|e| LoadError::Invalid {
-            path: path.to_owned(),
-            message: format!("compiler task failed: {e}"),
-        })?
+        .map_err(|e| LoadError::Invalid { path: path.to_owned(), message: format!("compiler task failed: {e}") })?
         .map_err(invalid)?;
     let instance_pre = engine.linker.instantiate_pre(&component).map_err(invalid)?;
     let pre = PluginPre::new(instance_pre).map_err(invalid)?;
     tracing::info!(plugin = %name, %version, path = %path.display(), "plugin loaded");
-    Ok(Arc::new(LoadedPlugin {
-        name,
-        version,
-        path: path.to_owned(),
-        loaded_at: SystemTime::now(),
-        pre,
-    }))
+    Ok(Arc::new(LoadedPlugin { name, version, path: path.to_owned(), loaded_at: SystemTime::now(), pre }))
 }
 
 /// Loads every `*.wasm` file of `dir`, keyed by file stem. One broken file fails
 /// the whole load: at startup a missing plugin is better caught than served around.
 pub async fn load_dir(engine: &PluginEngine, dir: &Path) -> Result<HashMap<String, Arc<LoadedPlugin>>, LoadError> {
-    let io = |source| LoadError::Io {
-        path: dir.to_owned(),
-        source,
-    };
+    let io = |source| LoadError::Io { path: dir.to_owned(), source };
     let mut paths = Vec::new();
     let mut entries = tokio::fs::read_dir(dir).await.map_err(io)?;
     while let Some(entry) = entries.next_entry().await.map_err(io)? {

@@ -31,10 +31,7 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineWriter {
-            target: self.clone(),
-            line: Vec::new(),
-        })
+        Box::new(LineWriter { target: self.clone(), line: Vec::new() })
     }
 }
 

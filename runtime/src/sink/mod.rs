@@ -6,6 +6,5 @@ pub mod redis_writer;
 
 pub use meta::{KeyMeta, meta_key, read_meta};
 pub use redis_writer::{
-    CacheConfig, KeyAction, KeyVersion, KeyWrite, RedisCache, RedisWriter, SinkError, WriteReport,
-    WriteSettings,
+    CacheConfig, KeyAction, KeyVersion, KeyWrite, RedisCache, RedisWriter, SinkError, WriteReport, WriteSettings,
 };

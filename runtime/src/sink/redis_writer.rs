@@ -57,7 +57,9 @@ impl SinkError {
     /// they are waited out instead of dead-lettering records.
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Redis(_, e) => e.code() == Some("OOM") || !matches!(e.retry_method(), redis::RetryMethod::NoRetry),
+            SinkError::Redis(_, e) => {
+                e.code() == Some("OOM") || !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+            }
             SinkError::BadKey { .. } => false,
         }
     }
@@ -82,12 +84,7 @@ impl CacheConfig {
         let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(SinkError::redis)?;
         let script = Script::new(include_str!("guard.lua"));
         script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
-        Ok(RedisCache {
-            name: name.to_owned(),
-            conn,
-            script,
-            tombstone_ttl_ms: self.tombstone_ttl.as_millis() as u64,
-        })
+        Ok(RedisCache { name: name.to_owned(), conn, script, tombstone_ttl_ms: self.tombstone_ttl.as_millis() as u64 })
     }
 }
 
@@ -99,10 +96,7 @@ impl RedisCache {
 
     /// A writer for one pipeline.
     pub fn writer(&self, settings: WriteSettings) -> RedisWriter {
-        RedisWriter {
-            cache: self.clone(),
-            settings,
-        }
+        RedisWriter { cache: self.clone(), settings }
     }
 
     /// A connection to the cache, e.g. for reading metadata.

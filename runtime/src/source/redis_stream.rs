@@ -101,9 +101,8 @@ impl RedisStreamConfig {
         let command_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_max_delay(Duration::from_secs(2));
-        let mut commands = ConnectionManager::new_with_config(client, command_config)
-            .await
-            .map_err(|e| unavailable("connect", e))?;
+        let mut commands =
+            ConnectionManager::new_with_config(client, command_config).await.map_err(|e| unavailable("connect", e))?;
         for stream in &self.streams {
             // Start at 0: a new group owes the cache everything already in the stream.
             let created: Result<(), redis::RedisError> = cmd("XGROUP")
@@ -174,12 +173,7 @@ impl RedisStreamSource {
 
     async fn read(&mut self, id: &str, block: bool) -> Result<Vec<RawRecord>, SourceError> {
         let mut command = cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&self.config.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(self.config.batch_size);
+        command.arg("GROUP").arg(&self.config.group).arg(&self.consumer).arg("COUNT").arg(self.config.batch_size);
         if block {
             command.arg("BLOCK").arg(self.config.block.as_millis() as u64);
         }
@@ -187,10 +181,8 @@ impl RedisStreamSource {
         for _ in &self.config.streams {
             command.arg(id);
         }
-        let reply: Value = command
-            .query_async(&mut self.reader)
-            .await
-            .map_err(|e| self.unavailable("XREADGROUP", e))?;
+        let reply: Value =
+            command.query_async(&mut self.reader).await.map_err(|e| self.unavailable("XREADGROUP", e))?;
         Ok(parse_read_reply(reply))
     }
 
@@ -201,18 +193,12 @@ impl RedisStreamSource {
         }
         let mut pipe = redis::pipe();
         for stream in &self.config.streams {
-            let ids: Vec<&str> = records
-                .iter()
-                .filter(|r| &r.stream == stream)
-                .map(|r| r.id.as_str())
-                .collect();
+            let ids: Vec<&str> = records.iter().filter(|r| &r.stream == stream).map(|r| r.id.as_str()).collect();
             if !ids.is_empty() {
                 pipe.cmd("XACK").arg(stream).arg(&self.config.group).arg(ids).ignore();
             }
         }
-        pipe.query_async::<()>(&mut self.commands)
-            .await
-            .map_err(|e| self.unavailable("XACK", e))
+        pipe.query_async::<()>(&mut self.commands).await.map_err(|e| self.unavailable("XACK", e))
     }
 
     /// Appends records to their dead-letter streams with the reason; the caller
@@ -224,12 +210,8 @@ impl RedisStreamSource {
         let mut pipe = redis::pipe();
         for letter in letters {
             let target = self.dead_letter_stream(&letter.record.stream);
-            let mut fields: Vec<(&str, &str)> = letter
-                .record
-                .fields
-                .iter()
-                .map(|(f, v)| (f.as_str(), v.as_str()))
-                .collect();
+            let mut fields: Vec<(&str, &str)> =
+                letter.record.fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
             let attempts = letter.attempts.to_string();
             fields.push(("__evercache.stream", &letter.record.stream));
             fields.push(("__evercache.id", &letter.record.id));
@@ -238,9 +220,7 @@ impl RedisStreamSource {
             fields.push(("__evercache.attempts", &attempts));
             pipe.xadd(target, "*", &fields).ignore();
         }
-        pipe.query_async::<()>(&mut self.commands)
-            .await
-            .map_err(|e| self.unavailable("XADD dead letter", e))
+        pipe.query_async::<()>(&mut self.commands).await.map_err(|e| self.unavailable("XADD dead letter", e))
     }
 
     /// The dead-letter stream for records of `stream`.
@@ -249,11 +229,7 @@ impl RedisStreamSource {
     }
 
     fn unavailable(&self, operation: &'static str, e: redis::RedisError) -> SourceError {
-        SourceError::Unavailable {
-            source_name: self.name.clone(),
-            operation,
-            message: e.to_string(),
-        }
+        SourceError::Unavailable { source_name: self.name.clone(), operation, message: e.to_string() }
     }
 }
 
@@ -287,11 +263,7 @@ fn parse_read_reply(reply: Value) -> Vec<RawRecord> {
                     fields.push((text(Some(f)), text(Some(v))));
                 }
             }
-            records.push(RawRecord {
-                stream: name.clone(),
-                id,
-                fields,
-            });
+            records.push(RawRecord { stream: name.clone(), id, fields });
         }
     }
     records
@@ -299,8 +271,9 @@ fn parse_read_reply(reply: Value) -> Vec<RawRecord> {
 
 fn text(value: Option<Value>) -> String {
     match value {
-        Some(Value::BulkString(bytes)) => String::from_utf8(bytes)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        Some(Value::BulkString(bytes)) => {
+            String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }
         Some(Value::SimpleString(s)) => s,
         Some(Value::VerbatimString { text, .. }) => text,
         _ => String::new(),
@@ -333,10 +306,7 @@ mod tests {
         assert_eq!(records[0].id, "1-0");
         assert_eq!(
             records[0].fields,
-            vec![
-                ("key".to_owned(), "{}".to_owned()),
-                ("value".to_owned(), "default".to_owned())
-            ]
+            vec![("key".to_owned(), "{}".to_owned()), ("value".to_owned(), "default".to_owned())]
         );
         assert!(records[1].fields.is_empty());
         assert!(parse_read_reply(Value::Nil).is_empty());

@@ -278,10 +278,7 @@ fn decode_key(key: Option<&str>) -> Result<String, DecodeError> {
     }
     let invalid = |source| DecodeError::InvalidJson { part: "key", source };
     match serde_json::from_str::<Wrapper<'_>>(key) {
-        Ok(Wrapper {
-            schema: Some(_),
-            payload: Some(payload),
-        }) => Ok(payload.get().to_owned()),
+        Ok(Wrapper { schema: Some(_), payload: Some(payload) }) => Ok(payload.get().to_owned()),
         Ok(_) => Ok(key.to_owned()),
         // A scalar key (not an object) is still a key.
         Err(_) => serde_json::from_str::<&RawValue>(key).map(|_| key.to_owned()).map_err(invalid),

@@ -52,7 +52,8 @@ fn redis_cli_fields(text: &str) -> Vec<(String, String)> {
 
 #[test]
 fn pg_insert_with_schema_wrapper() {
-    let event = change(decode_record("dbserver1.inventory.customers", None, Some(&fixture("pg_insert_with_schema.json"))));
+    let event =
+        change(decode_record("dbserver1.inventory.customers", None, Some(&fixture("pg_insert_with_schema.json"))));
     assert_eq!(event.op, Op::Create);
     assert_eq!(event.source, "PostgreSQL_server");
     assert_eq!(event.schema.as_deref(), Some("public"));
@@ -67,13 +68,15 @@ fn pg_insert_with_schema_wrapper() {
 #[test]
 fn pg_insert_and_update_without_wrapper_with_key() {
     let key = fixture("pg_key_no_schema.json");
-    let insert = change(decode_record("dbserver1.inventory.orderline", Some(&key), Some(&fixture("pg_insert_no_schema.json"))));
+    let insert =
+        change(decode_record("dbserver1.inventory.orderline", Some(&key), Some(&fixture("pg_insert_no_schema.json"))));
     assert_eq!(insert.op, Op::Create);
     assert_eq!(insert.key, r#"{"id":2}"#);
     assert_eq!(insert.schema.as_deref(), Some("inventory"));
     assert_eq!(insert.table, "orderline");
     assert_eq!(json(&insert.after)["totalprice"], "C7c=", "decimals stay as Debezium encodes them");
-    let update = change(decode_record("dbserver1.inventory.orderline", Some(&key), Some(&fixture("pg_update_no_schema.json"))));
+    let update =
+        change(decode_record("dbserver1.inventory.orderline", Some(&key), Some(&fixture("pg_update_no_schema.json"))));
     assert_eq!(update.op, Op::Update);
     assert!(update.before.is_none(), "DEFAULT replica identity gives no before image");
     assert_eq!(json(&update.after)["status"], "CANCELLED");
@@ -104,7 +107,11 @@ fn pg_delete_and_truncate_payloads() {
 #[test]
 fn pg_transaction_markers_are_skipped() {
     for name in ["pg_transaction_begin.json", "pg_transaction_end.json"] {
-        assert_eq!(skip(decode_record("dbserver1.transaction", None, Some(&fixture(name)))), SkipReason::TransactionMarker, "{name}");
+        assert_eq!(
+            skip(decode_record("dbserver1.transaction", None, Some(&fixture(name)))),
+            SkipReason::TransactionMarker,
+            "{name}"
+        );
     }
 }
 
@@ -116,7 +123,8 @@ fn mysql_fixtures() {
     assert!(insert.position.starts_with("my:"), "{}", insert.position);
 
     let key = fixture("mysql_key_with_schema.json");
-    let delete = change(decode_record("dbserver1.inventory.customers", Some(&key), Some(&fixture("mysql_delete_payload.json"))));
+    let delete =
+        change(decode_record("dbserver1.inventory.customers", Some(&key), Some(&fixture("mysql_delete_payload.json"))));
     assert_eq!(delete.op, Op::Delete);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&delete.key).unwrap()["id"], 1004);
     assert!(delete.before.is_some() && delete.after.is_none());
@@ -131,16 +139,23 @@ fn mysql_fixtures() {
     assert_eq!(update.position, position::mysql(3, 1041, 0));
     assert_eq!(update.committed_at_ms, 1731327659000);
 
-    let read = change(decode_record("wasm.inventory.customers", None, Some(&fixture("mysql_snapshot_read_no_schema.json"))));
+    let read =
+        change(decode_record("wasm.inventory.customers", None, Some(&fixture("mysql_snapshot_read_no_schema.json"))));
     assert_eq!(read.op, Op::SnapshotRead);
     assert!(read.after.is_some());
 
-    assert_eq!(skip(decode_record("dbserver1", None, Some(&fixture("mysql_schema_change_event.json")))), SkipReason::SchemaChange);
+    assert_eq!(
+        skip(decode_record("dbserver1", None, Some(&fixture("mysql_schema_change_event.json")))),
+        SkipReason::SchemaChange
+    );
 }
 
 #[test]
 fn legacy_jsonconverter_tombstone() {
-    assert_eq!(skip(decode_record("t", Some(r#"{"id":1}"#), Some(&fixture("tombstone_value_legacy_jsonconverter.json")))), SkipReason::Tombstone);
+    assert_eq!(
+        skip(decode_record("t", Some(r#"{"id":1}"#), Some(&fixture("tombstone_value_legacy_jsonconverter.json")))),
+        SkipReason::Tombstone
+    );
 }
 
 #[test]
@@ -185,7 +200,10 @@ fn every_fixture_decodes() {
 
 #[test]
 fn tombstones_heartbeats_and_errors() {
-    assert_eq!(skip(decode_stream_entry("s.public.t", &[(r#"{"id":1}"#.into(), "default".into())])), SkipReason::Tombstone);
+    assert_eq!(
+        skip(decode_stream_entry("s.public.t", &[(r#"{"id":1}"#.into(), "default".into())])),
+        SkipReason::Tombstone
+    );
     assert_eq!(skip(decode_record("s.public.t", Some(r#"{"id":1}"#), None)), SkipReason::Tombstone);
     assert_eq!(skip(decode_record("s.public.t", None, Some("null"))), SkipReason::Tombstone);
     assert_eq!(
@@ -203,7 +221,8 @@ fn tombstones_heartbeats_and_errors() {
     assert!(matches!(err, DecodeError::UnknownOp(ref op) if op == "x"), "{err}");
     let err = decode_record("s.public.t", None, Some("{not json")).unwrap_err();
     assert!(err.to_string().starts_with("value is not a valid"), "{err}");
-    let err = decode_stream_entry("s.public.t", &[("{not json".into(), r#"{"op":"c","source":{"table":"t"}}"#.into())]).unwrap_err();
+    let err = decode_stream_entry("s.public.t", &[("{not json".into(), r#"{"op":"c","source":{"table":"t"}}"#.into())])
+        .unwrap_err();
     assert!(err.to_string().starts_with("key is not a valid"), "{err}");
     let err = decode_record("s.public.t", None, Some(r#"{"op":"c"}"#)).unwrap_err();
     assert!(matches!(err, DecodeError::MissingField("source")), "{err}");

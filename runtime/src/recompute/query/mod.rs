@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::Deserialize;
-use sqlx::{Executor, PgConnection, Row};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
+use sqlx::{Executor, PgConnection, Row};
 
 use crate::plugin::bindings::{DbValue, Rows};
 
@@ -182,10 +182,7 @@ impl QueryRunner {
     /// Runs one read-only statement with `$1…` parameters.
     pub async fn query(&self, sql: &str, params: &[DbValue]) -> Result<Rows, QueryError> {
         if let Err(message) = check_read_only(sql) {
-            return Err(QueryError::Rejected {
-                database: self.name.to_string(),
-                message,
-            });
+            return Err(QueryError::Rejected { database: self.name.to_string(), message });
         }
         let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
         let mut checkout = Checkout { conn, clean: false };
@@ -209,27 +206,19 @@ impl QueryRunner {
             query = values::bind(query, param);
         }
         let mut stream = conn.fetch(query);
-        let mut rows = Rows {
-            columns: Vec::new(),
-            values: Vec::new(),
-        };
+        let mut rows = Rows { columns: Vec::new(), values: Vec::new() };
         let mut bytes = 0usize;
         while let Some(row) = stream.try_next().await.map_err(|e| self.error(e))? {
             if rows.values.len() == self.max_rows {
-                return Err(QueryError::TooManyRows {
-                    database: self.name.to_string(),
-                    limit: self.max_rows,
-                });
+                return Err(QueryError::TooManyRows { database: self.name.to_string(), limit: self.max_rows });
             }
             if rows.columns.is_empty() {
                 rows.columns = row.columns().iter().map(|c| sqlx::Column::name(c).to_owned()).collect();
             }
             let mut cells = Vec::with_capacity(row.len());
             for index in 0..row.len() {
-                let cell = values::cell(&row, index).map_err(|message| QueryError::Rejected {
-                    database: self.name.to_string(),
-                    message,
-                })?;
+                let cell = values::cell(&row, index)
+                    .map_err(|message| QueryError::Rejected { database: self.name.to_string(), message })?;
                 bytes += values::size(&cell);
                 cells.push(cell);
             }
@@ -251,20 +240,12 @@ impl QueryRunner {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned());
                 // Connection exceptions, shutdowns and resource exhaustion pass.
-                let transient = code
-                    .as_deref()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"));
+                let transient =
+                    code.as_deref().is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"));
                 if transient {
-                    QueryError::Unavailable {
-                        database,
-                        message: message(&e),
-                    }
+                    QueryError::Unavailable { database, message: message(&e) }
                 } else {
-                    QueryError::Sql {
-                        database,
-                        code,
-                        message: message(&db.message()),
-                    }
+                    QueryError::Sql { database, code, message: message(&db.message()) }
                 }
             }
             sqlx::Error::Io(_)
@@ -272,15 +253,8 @@ impl QueryRunner {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => QueryError::Unavailable {
-                database,
-                message: message(&e),
-            },
-            _ => QueryError::Sql {
-                database,
-                code: None,
-                message: message(&e),
-            },
+            | sqlx::Error::Protocol(_) => QueryError::Unavailable { database, message: message(&e) },
+            _ => QueryError::Sql { database, code: None, message: message(&e) },
         }
     }
 }

@@ -20,11 +20,14 @@ fn config(url: &str) -> DatabaseConfig {
 /// Creates schema `q_<test>_<pid>` with `setup` run inside it.
 async fn schema(test: &str, setup: &str) -> String {
     let name = format!("q_{test}_{}", std::process::id());
-    let pool = PgPool::connect(URL).await.expect("Postgres at 127.0.0.1:5432; start it with: bash scripts/dev-services.sh");
-    sqlx::raw_sql(&format!("drop schema if exists {name} cascade; create schema {name}; set search_path to {name}; {setup}"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool =
+        PgPool::connect(URL).await.expect("Postgres at 127.0.0.1:5432; start it with: bash scripts/dev-services.sh");
+    sqlx::raw_sql(&format!(
+        "drop schema if exists {name} cascade; create schema {name}; set search_path to {name}; {setup}"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     name
 }
 
@@ -86,7 +89,11 @@ async fn maps_every_common_type() {
 
 #[tokio::test]
 async fn binds_parameters_including_lists_and_untyped_null() {
-    let s = schema("params", "create table t (id bigint primary key, name text); insert into t values (1, 'a'), (2, 'b'), (3, null);").await;
+    let s = schema(
+        "params",
+        "create table t (id bigint primary key, name text); insert into t values (1, 'a'), (2, 'b'), (3, null);",
+    )
+    .await;
     let runner = config(URL).build("db").unwrap();
     let ids = runner
         .query(&format!("select id from {s}.t where id = any($1) order by id"), &[DbValue::IntList(vec![1, 3])])
@@ -104,10 +111,16 @@ async fn binds_parameters_including_lists_and_untyped_null() {
         .unwrap();
     assert_eq!(null.values, vec![vec![DbValue::Int(3)]]);
     let mixed = runner
-        .query("select $1::int + 1, $2 || '!', $3, $4", &[DbValue::Int(41), DbValue::Text("hi".into()), DbValue::Boolean(false), DbValue::Float(0.5)])
+        .query(
+            "select $1::int + 1, $2 || '!', $3, $4",
+            &[DbValue::Int(41), DbValue::Text("hi".into()), DbValue::Boolean(false), DbValue::Float(0.5)],
+        )
         .await
         .unwrap();
-    assert_eq!(mixed.values[0], vec![DbValue::Int(42), DbValue::Text("hi!".into()), DbValue::Boolean(false), DbValue::Float(0.5)]);
+    assert_eq!(
+        mixed.values[0],
+        vec![DbValue::Int(42), DbValue::Text("hi!".into()), DbValue::Boolean(false), DbValue::Float(0.5)]
+    );
     let empty = runner.query(&format!("select id from {s}.t where false"), &[]).await.unwrap();
     assert!(empty.values.is_empty());
 }
@@ -127,16 +140,11 @@ async fn only_reads_run() {
         let err = runner.query(&sql, &[]).await.unwrap_err();
         assert!(matches!(err, QueryError::Rejected { .. }), "{sql}: {err}");
     }
-    let err = runner
-        .query(&format!("with x as (delete from {s}.t returning *) select * from x"), &[])
-        .await
-        .unwrap_err();
+    let err =
+        runner.query(&format!("with x as (delete from {s}.t returning *) select * from x"), &[]).await.unwrap_err();
     assert!(matches!(err, QueryError::Sql { code: Some(ref c), .. } if c == "25006"), "{err}");
     assert!(!err.is_transient());
-    let err = runner
-        .query("select set_config('transaction_read_only', 'off', true)", &[])
-        .await
-        .unwrap_err();
+    let err = runner.query("select set_config('transaction_read_only', 'off', true)", &[]).await.unwrap_err();
     assert!(matches!(err, QueryError::Sql { .. }), "{err}");
     let still = runner.query(&format!("/* comment */ ( select count(*) from {s}.t )"), &[]).await.unwrap();
     assert_eq!(still.values, vec![vec![DbValue::Int(1)]], "nothing was deleted");

@@ -1,10 +1,10 @@
 //! Postgres values ↔ the WIT `db-value`: parameters as their natural Postgres
 //! types, result cells mapped by column type.
 
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgRow, PgTypeInfo, PgTypeKind, PgValueRef, Postgres};
 use sqlx::query::Query;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
 use sqlx::types::{JsonValue, Uuid};
 use sqlx::{Decode, Encode, Row, Type, TypeInfo, ValueRef};
 
@@ -31,10 +31,7 @@ impl Encode<'_, Postgres> for UntypedNull {
 
 /// Binds one parameter: int → int8, float → float8, text → text, bytes →
 /// bytea, int-list → int8[], text-list → text[], bool → bool, null → unknown.
-pub(super) fn bind<'q>(
-    query: Query<'q, Postgres, PgArguments>,
-    value: &DbValue,
-) -> Query<'q, Postgres, PgArguments> {
+pub(super) fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &DbValue) -> Query<'q, Postgres, PgArguments> {
     match value {
         DbValue::Null => query.bind(UntypedNull),
         DbValue::Boolean(b) => query.bind(*b),
@@ -77,27 +74,30 @@ pub(super) fn cell(row: &PgRow, index: usize) -> Result<DbValue, String> {
         "FLOAT8" => DbValue::Float(decode::<f64>(raw).map_err(decode_error)?),
         "NUMERIC" => DbValue::Text(numeric_text(raw.as_bytes().map_err(decode_error)?).map_err(decode_error)?),
         "BOOL" => DbValue::Boolean(decode::<bool>(raw).map_err(decode_error)?),
-        "TEXT" | "VARCHAR" | "CHAR" | "BPCHAR" | "NAME" | "UNKNOWN" => DbValue::Text(decode::<String>(raw).map_err(decode_error)?),
+        "TEXT" | "VARCHAR" | "CHAR" | "BPCHAR" | "NAME" | "UNKNOWN" => {
+            DbValue::Text(decode::<String>(raw).map_err(decode_error)?)
+        }
         "UUID" => DbValue::Text(decode::<Uuid>(raw).map_err(decode_error)?.hyphenated().to_string()),
         "DATE" => DbValue::Text(decode::<NaiveDate>(raw).map_err(decode_error)?.format("%Y-%m-%d").to_string()),
         "TIME" => DbValue::Text(decode::<NaiveTime>(raw).map_err(decode_error)?.format("%H:%M:%S%.f").to_string()),
         "TIMESTAMP" => DbValue::Text(
-            decode::<NaiveDateTime>(raw)
-                .map_err(decode_error)?
-                .format("%Y-%m-%dT%H:%M:%S%.f")
-                .to_string(),
+            decode::<NaiveDateTime>(raw).map_err(decode_error)?.format("%Y-%m-%dT%H:%M:%S%.f").to_string(),
         ),
         "TIMESTAMPTZ" => DbValue::Text(
-            decode::<DateTime<Utc>>(raw)
-                .map_err(decode_error)?
-                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            decode::<DateTime<Utc>>(raw).map_err(decode_error)?.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         ),
         "JSON" | "JSONB" => DbValue::Text(decode::<JsonValue>(raw).map_err(decode_error)?.to_string()),
         "BYTEA" => DbValue::Bytes(decode::<Vec<u8>>(raw).map_err(decode_error)?),
-        "INT2[]" => DbValue::IntList(decode::<Vec<i16>>(raw).map_err(decode_error)?.into_iter().map(i64::from).collect()),
-        "INT4[]" => DbValue::IntList(decode::<Vec<i32>>(raw).map_err(decode_error)?.into_iter().map(i64::from).collect()),
+        "INT2[]" => {
+            DbValue::IntList(decode::<Vec<i16>>(raw).map_err(decode_error)?.into_iter().map(i64::from).collect())
+        }
+        "INT4[]" => {
+            DbValue::IntList(decode::<Vec<i32>>(raw).map_err(decode_error)?.into_iter().map(i64::from).collect())
+        }
         "INT8[]" => DbValue::IntList(decode::<Vec<i64>>(raw).map_err(decode_error)?),
-        "TEXT[]" | "VARCHAR[]" | "CHAR[]" | "BPCHAR[]" | "NAME[]" => DbValue::TextList(decode::<Vec<String>>(raw).map_err(decode_error)?),
+        "TEXT[]" | "VARCHAR[]" | "CHAR[]" | "BPCHAR[]" | "NAME[]" => {
+            DbValue::TextList(decode::<Vec<String>>(raw).map_err(decode_error)?)
+        }
         "VOID" => DbValue::Null,
         // Enum labels and text-like extension types (citext) travel as UTF-8.
         _ if matches!(type_info.kind(), PgTypeKind::Enum(_)) || name.eq_ignore_ascii_case("citext") => {
@@ -118,10 +118,7 @@ pub(super) fn cell(row: &PgRow, index: usize) -> Result<DbValue, String> {
 /// types do not keep.
 fn numeric_text(bytes: &[u8]) -> Result<String, sqlx::error::BoxDynError> {
     let word = |i: usize| -> Result<u16, sqlx::error::BoxDynError> {
-        bytes
-            .get(i * 2..i * 2 + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or_else(|| "truncated numeric".into())
+        bytes.get(i * 2..i * 2 + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or_else(|| "truncated numeric".into())
     };
     let (ndigits, weight, sign, dscale) = (word(0)? as usize, word(1)? as i16, word(2)?, word(3)? as usize);
     match sign {

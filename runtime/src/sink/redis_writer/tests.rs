@@ -13,17 +13,11 @@ async fn cache(tombstone: Duration) -> RedisCache {
         tombstone_ttl: tombstone,
         response_timeout: Duration::from_secs(10),
     };
-    config
-        .build("test")
-        .await
-        .expect("Redis at 127.0.0.1:6379; start it with: bash scripts/dev-services.sh")
+    config.build("test").await.expect("Redis at 127.0.0.1:6379; start it with: bash scripts/dev-services.sh")
 }
 
 fn writer(cache: &RedisCache, ttl: Option<Duration>) -> RedisWriter {
-    cache.writer(WriteSettings {
-        pipeline: "p".into(),
-        safety_ttl: ttl,
-    })
+    cache.writer(WriteSettings { pipeline: "p".into(), safety_ttl: ttl })
 }
 
 fn prefix(test: &str) -> String {
@@ -31,12 +25,7 @@ fn prefix(test: &str) -> String {
 }
 
 fn version(position: &str) -> KeyVersion {
-    KeyVersion {
-        position: position.into(),
-        snapshot: false,
-        committed_at_ms: 11,
-        read_at_ms: 22,
-    }
+    KeyVersion { position: position.into(), snapshot: false, committed_at_ms: 11, read_at_ms: 22 }
 }
 
 fn put(key: &str, entry: Entry, position: &str) -> KeyWrite {
@@ -48,11 +37,7 @@ fn put(key: &str, entry: Entry, position: &str) -> KeyWrite {
 }
 
 fn delete(key: &str, position: &str) -> KeyWrite {
-    KeyWrite {
-        key: key.into(),
-        action: KeyAction::Delete,
-        version: version(position),
-    }
+    KeyWrite { key: key.into(), action: KeyAction::Delete, version: version(position) }
 }
 
 fn text(s: &str) -> Entry {

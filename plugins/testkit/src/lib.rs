@@ -1,0 +1,75 @@
+//! A configurable plugin for the runtime's end-to-end tests: caches
+//! `<schema>.<table>(id, name, version)` rows as `<key_prefix>:<id>`, and can be
+//! told to fail (`fail_ids`) or trap (`panic_ids`) on chosen rows.
+
+use std::collections::HashMap;
+
+use evercache_plugin_sdk::{Config, Event, Outcome, Plugin, PluginError, export_plugin, query};
+use serde_json::json;
+
+struct Testkit {
+    key_prefix: String,
+    sql: String,
+    fail_ids: Vec<i64>,
+    panic_ids: Vec<i64>,
+    ttl_seconds: Option<u32>,
+    hash: bool,
+}
+
+impl Plugin for Testkit {
+    fn init(config: &Config) -> Result<Self, PluginError> {
+        let schema = config.identifier("schema", "public")?;
+        let table = config.identifier("table", "item")?;
+        Ok(Self {
+            key_prefix: config.require("key_prefix")?.to_owned(),
+            sql: format!("select id, name, version from {schema}.{table} where id = any($1)"),
+            fail_ids: config.list("fail_ids")?,
+            panic_ids: config.list("panic_ids")?,
+            ttl_seconds: config.parse("ttl_seconds")?,
+            hash: config.get_or("mode", "json") == "hash",
+        })
+    }
+
+    fn keys(&self, event: &Event) -> Result<Vec<String>, PluginError> {
+        let id: i64 = event.row_field("id")?;
+        if self.fail_ids.contains(&id) {
+            return Err(PluginError::other(format!("testkit: configured failure for id {id}")));
+        }
+        assert!(!self.panic_ids.contains(&id), "testkit: configured panic for id {id}");
+        Ok(vec![format!("{}:{id}", self.key_prefix)])
+    }
+
+    fn recompute(&self, keys: &[String]) -> Result<Vec<Outcome>, PluginError> {
+        let ids = keys
+            .iter()
+            .map(|k| k.rsplit(':').next().and_then(|id| id.parse::<i64>().ok()))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| PluginError::bad_event("testkit: key without a numeric id"))?;
+        let mut found = HashMap::new();
+        for row in query!(&self.sql, ids)?.iter() {
+            let (id, name, version) =
+                (row.get::<i64>("id")?, row.get::<Option<String>>("name")?, row.get::<Option<i64>>("version")?);
+            let outcome = if self.hash {
+                let fields = [
+                    ("id", id.to_string()),
+                    ("name", name.unwrap_or_default()),
+                    ("version", version.unwrap_or(0).to_string()),
+                ];
+                Outcome::hash(fields)
+            } else {
+                Outcome::json(&json!({ "id": id, "name": name, "version": version }))?
+            };
+            found.insert(id, outcome);
+        }
+        Ok(ids
+            .iter()
+            .map(|id| match (found.remove(id), self.ttl_seconds) {
+                (Some(outcome), Some(ttl)) => outcome.with_ttl(ttl),
+                (Some(outcome), None) => outcome,
+                (None, _) => Outcome::delete(),
+            })
+            .collect())
+    }
+}
+
+export_plugin!(Testkit);
