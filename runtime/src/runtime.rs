@@ -120,9 +120,9 @@ impl Runtime {
         self.pipelines.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    /// Connects the sources and runs until `shutdown` is cancelled; in-flight
-    /// batches are drained before this returns.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+    /// Connects every source (creating consumer groups) and starts its runner;
+    /// the tasks end after `shutdown` is cancelled and their batches drained.
+    pub async fn start(self, shutdown: CancellationToken) -> Result<JoinSet<()>, StartError> {
         let mut tasks = JoinSet::new();
         for (source_name, source) in &self.config.runtime.sources {
             let pipelines: Vec<Arc<Pipeline>> = self
@@ -139,6 +139,13 @@ impl Runtime {
             let source = stream.build(source_name).await?;
             tasks.spawn(SourceRunner::new(source, pipelines).run(shutdown.clone()));
         }
+        Ok(tasks)
+    }
+
+    /// Runs until `shutdown` is cancelled; in-flight batches are drained before
+    /// this returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let mut tasks = self.start(shutdown).await?;
         while let Some(joined) = tasks.join_next().await {
             if let Err(e) = joined {
                 tracing::error!(error = %e, "source task failed");

@@ -12,7 +12,7 @@ use evercache::runtime::Runtime;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub mod debezium;
@@ -256,22 +256,29 @@ key_prefix = "{p}:item"
 /// A runtime running in-process until [`Running::stop`].
 pub struct Running {
     shutdown: CancellationToken,
-    task: JoinHandle<Result<(), evercache::runtime::StartError>>,
+    tasks: JoinSet<()>,
 }
 
 impl Running {
-    /// Builds the runtime (loads plugins, inits pipelines) and starts it.
+    /// Builds the runtime (loads plugins, inits pipelines), connects its
+    /// sources (consumer groups exist when this returns) and starts it.
     pub async fn start(config: Config) -> Result<Self> {
         let runtime = Runtime::build(config).await?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(runtime.run(shutdown.clone()));
-        Ok(Self { shutdown, task })
+        let tasks = runtime.start(shutdown.clone()).await?;
+        Ok(Self { shutdown, tasks })
     }
 
     /// Requests shutdown and waits for the drain.
-    pub async fn stop(self) -> Result<()> {
+    pub async fn stop(mut self) -> Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task).await???;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(joined) = self.tasks.join_next().await {
+                joined?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await??;
         Ok(())
     }
 }

@@ -285,3 +285,45 @@ async fn database_outage_is_waited_out_never_dead_lettered() -> Result<()> {
     assert_eq!(env.pending(&stream).await?, 1, "shutdown does not ack unfinished work");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_mode_deletes_touched_keys() -> Result<()> {
+    let mut env = item_env("invalidate").await?;
+    let stream = env.stream("item");
+    let pipeline = env.testkit_pipeline("").replace("max_attempts = 2", "max_attempts = 2\non_change = \"invalidate\"");
+    let config = env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[("items", &pipeline)])?;
+    let key = format!("{}:item:3", env.prefix);
+    redis::cmd("SET").arg(&key).arg("cached by the application").query_async::<()>(&mut env.redis).await?;
+    let running = Running::start(config).await?;
+    let change = pg_change("u", &env.prefix, "item", None, Some(item(3, "three", 2)), next_lsn());
+    env.xadd_compact(&stream, &pg_key(3), &change.to_string()).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
+    assert_eq!(env.get(&key).await?, None, "the key is deleted, not recomputed");
+    let meta = env.hgetall(&format!("{{{key}}}:meta")).await?;
+    assert_eq!(meta["deleted"], json!("1"));
+    running.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_ttl_wins_over_the_pipeline_safety_ttl() -> Result<()> {
+    let mut env = item_env("ttl").await?;
+    let streams = vec![env.stream("item")];
+    let plugin_ttl =
+        env.testkit_pipeline("ttl_seconds = \"30\"").replace("max_attempts = 2", "max_attempts = 2\nttl = \"1h\"");
+    let safety_only = env
+        .testkit_pipeline("")
+        .replace("max_attempts = 2", "max_attempts = 2\nttl = \"1h\"")
+        .replace(&format!("key_prefix = \"{}:item\"", env.prefix), &format!("key_prefix = \"{}:safe\"", env.prefix));
+    let config = env.config(&env.runtime_toml(&streams, ""), &[("own", &plugin_ttl), ("safe", &safety_only)])?;
+    env.sql("insert into item values (1, 'one', 1)").await?;
+    let running = Running::start(config).await?;
+    let change = pg_change("c", &env.prefix, "item", None, Some(item(1, "one", 1)), next_lsn());
+    env.xadd_compact(&streams[0], &pg_key(1), &change.to_string()).await?;
+    wait_json(&env, &format!("{}:item:1", env.prefix), &item(1, "one", 1)).await?;
+    wait_json(&env, &format!("{}:safe:1", env.prefix), &item(1, "one", 1)).await?;
+    let own: i64 = redis::cmd("TTL").arg(format!("{}:item:1", env.prefix)).query_async(&mut env.redis).await?;
+    let safe: i64 = redis::cmd("TTL").arg(format!("{}:safe:1", env.prefix)).query_async(&mut env.redis).await?;
+    assert!((1..=30).contains(&own), "plugin TTL: {own}");
+    assert!((31..=3600).contains(&safe), "pipeline safety TTL: {safe}");
+    running.stop().await
+}
