@@ -58,6 +58,19 @@ if ! psql_ok; then
   wait_for "postgres trust login" psql_ok
 fi
 
+# evercache's built-in capture reads the WAL through logical replication.
+if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -tAc 'show wal_level')" != "logical" ]; then
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  say "postgres: setting wal_level = logical and restarting the local cluster $version/main (needed by the built-in capture)"
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "alter system set wal_level = logical"
+  if [ -n "$version" ]; then
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+  else
+    say "ERROR: cannot find the local cluster to restart; restart Postgres yourself"; exit 1
+  fi
+  wait_for "postgres restart" psql_ok
+fi
+
 if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_database where datname = 'test'")" != "1" ]; then
   say "postgres: creating database test"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'create database test'

@@ -12,7 +12,7 @@ use crate::pipeline::{Pipeline, SourceRunner};
 use crate::plugin::{CallError, LoadError, LoadedPlugin, PluginEngine, PluginInstance, load_dir};
 use crate::recompute::query::{QueryError, QueryRunner};
 use crate::sink::{RedisCache, SinkError, WriteSettings};
-use crate::source::{SourceConfig, SourceError};
+use crate::source::SourceError;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +135,7 @@ impl Runtime {
                 tracing::warn!(source = %source_name, "no pipeline uses this source; not started");
                 continue;
             }
-            let SourceConfig::RedisStream(stream) = source;
-            let source = stream.build(source_name).await?;
+            let source = source.build(source_name).await?;
             tasks.spawn(SourceRunner::new(source, pipelines).run(shutdown.clone()));
         }
         Ok(tasks)

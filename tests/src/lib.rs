@@ -245,6 +245,14 @@ key_prefix = "{p}:item"
         })
     }
 
+    /// HGETALL through a cloned connection, for tests holding `&TestEnv`.
+    pub async fn clone_redis_hash(&self, key: &str) -> Result<Value> {
+        let mut redis = self.redis.clone();
+        let map: std::collections::BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(key).query_async(&mut redis).await?;
+        Ok(json!(map))
+    }
+
     /// HGETALL of a key as a JSON object (handy for comparing).
     pub async fn hgetall(&mut self, key: &str) -> Result<Value> {
         let map: std::collections::BTreeMap<String, String> =

@@ -11,15 +11,15 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{Interrupted, Pipeline};
 use crate::event::ChangeEvent;
 use crate::event::debezium::{Decoded, decode_stream_entry};
-use crate::source::redis_stream::DeadLetter;
-use crate::source::{RawRecord, RedisStreamSource, SourceError};
+use crate::source::DeadLetter;
+use crate::source::{RawRecord, Source, SourceError};
 
 /// Wait between attempts to reach an unavailable source.
 const SOURCE_RETRY: Duration = Duration::from_millis(500);
 
 /// Drives one source and the pipelines fed by it.
 pub struct SourceRunner {
-    source: RedisStreamSource,
+    source: Source,
     pipelines: Vec<Arc<Pipeline>>,
     /// `schema.table` → indexes into `pipelines`.
     routes: HashMap<String, Vec<usize>>,
@@ -27,7 +27,7 @@ pub struct SourceRunner {
 
 impl SourceRunner {
     /// Routes each pipeline's tables to it.
-    pub fn new(source: RedisStreamSource, pipelines: Vec<Arc<Pipeline>>) -> Self {
+    pub fn new(source: Source, pipelines: Vec<Arc<Pipeline>>) -> Self {
         let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, pipeline) in pipelines.iter().enumerate() {
             for table in pipeline.tables() {
@@ -42,7 +42,7 @@ impl SourceRunner {
     /// read again on the next start.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.source.name().to_owned();
-        tracing::info!(source = %name, consumer = %self.source.consumer(), pipelines = self.pipelines.len(), "source started");
+        tracing::info!(source = %name, pipelines = self.pipelines.len(), "source started");
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -64,6 +64,7 @@ impl SourceRunner {
                 break;
             }
         }
+        self.source.close().await;
         tracing::info!(source = %name, "source stopped");
     }
 

@@ -1,10 +1,14 @@
 //! Sources of change records: they yield batches of raw records and acknowledge
 //! them only after the batch's cache writes succeeded.
 
+pub mod dead_letter;
+pub mod postgres;
 pub mod redis_stream;
 
 use serde::Deserialize;
 
+pub use dead_letter::DeadLetter;
+pub use postgres::{PostgresCapture, PostgresCaptureConfig};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource};
 
 /// `[sources.<name>]` in the runtime file; the kind is chosen by `type`.
@@ -14,6 +18,71 @@ pub enum SourceConfig {
     /// Debezium Server's Redis sink (or `evercache capture`) writing to Redis Streams.
     #[serde(rename = "redis-stream")]
     RedisStream(RedisStreamConfig),
+    /// evercache's own capture of a Postgres database's changes (logical replication).
+    #[serde(rename = "postgres")]
+    Postgres(PostgresCaptureConfig),
+}
+
+impl SourceConfig {
+    /// Connects the source.
+    pub async fn build(&self, name: &str) -> Result<Source, SourceError> {
+        Ok(match self {
+            SourceConfig::RedisStream(config) => Source::RedisStream(Box::new(config.build(name).await?)),
+            SourceConfig::Postgres(config) => Source::Postgres(Box::new(config.build(name).await?)),
+        })
+    }
+}
+
+/// A connected source of either kind.
+pub enum Source {
+    /// Redis Streams (Debezium Server, `evercache capture`).
+    RedisStream(Box<RedisStreamSource>),
+    /// Built-in Postgres capture.
+    Postgres(Box<PostgresCapture>),
+}
+
+impl Source {
+    /// The `[sources.<name>]` name.
+    pub fn name(&self) -> &str {
+        match self {
+            Source::RedisStream(s) => s.name(),
+            Source::Postgres(s) => s.name(),
+        }
+    }
+
+    /// The next batch; empty when nothing arrived for a while.
+    pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+        match self {
+            Source::RedisStream(s) => s.next_batch().await,
+            Source::Postgres(s) => s.next_batch().await,
+        }
+    }
+
+    /// Writes dead letters for records that failed for good.
+    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
+        match self {
+            Source::RedisStream(s) => s.dead_letter(letters).await,
+            Source::Postgres(s) => s.dead_letter(letters).await,
+        }
+    }
+
+    /// Acknowledges a batch whose cache writes all succeeded.
+    pub async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+        match self {
+            Source::RedisStream(s) => s.ack(records).await,
+            Source::Postgres(s) => {
+                s.confirm();
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops reading; called once, after the last batch.
+    pub async fn close(&mut self) {
+        if let Source::Postgres(s) = self {
+            s.shutdown().await;
+        }
+    }
 }
 
 /// One record as a source delivered it, before decoding.

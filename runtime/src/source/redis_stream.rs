@@ -7,6 +7,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Value, cmd};
 use serde::Deserialize;
 
+use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{RawRecord, SourceError};
 
 /// `[sources.<name>]` with `type = "redis-stream"`.
@@ -49,19 +50,6 @@ fn default_dead_letter_stream() -> String {
     "{stream}:dlq".to_owned()
 }
 
-/// A reason a record was dead-lettered, written next to its original fields.
-#[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
-    /// The record as it was read.
-    pub record: &'a RawRecord,
-    /// The pipeline that gave up on it, if it got that far.
-    pub pipeline: Option<String>,
-    /// Why.
-    pub error: String,
-    /// How many attempts were made.
-    pub attempts: u32,
-}
-
 /// A running Redis Streams consumer.
 pub struct RedisStreamSource {
     name: String,
@@ -70,6 +58,7 @@ pub struct RedisStreamSource {
     /// Dedicated to blocking reads, so acks and dead letters never wait behind them.
     reader: ConnectionManager,
     commands: ConnectionManager,
+    dead_letters: DeadLetterWriter,
     /// True until the own pending entries list has been drained once.
     reading_pending: bool,
 }
@@ -125,6 +114,7 @@ impl RedisStreamConfig {
             config: self.clone(),
             consumer,
             reader,
+            dead_letters: DeadLetterWriter::new(name, commands.clone(), &self.dead_letter_stream),
             commands,
             reading_pending: true,
         })
@@ -204,28 +194,7 @@ impl RedisStreamSource {
     /// Appends records to their dead-letter streams with the reason; the caller
     /// acks them afterwards.
     pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
-        if letters.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for letter in letters {
-            let target = self.dead_letter_stream(&letter.record.stream);
-            let mut fields: Vec<(&str, &str)> =
-                letter.record.fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
-            let attempts = letter.attempts.to_string();
-            fields.push(("__evercache.stream", &letter.record.stream));
-            fields.push(("__evercache.id", &letter.record.id));
-            fields.push(("__evercache.pipeline", letter.pipeline.as_deref().unwrap_or("")));
-            fields.push(("__evercache.error", &letter.error));
-            fields.push(("__evercache.attempts", &attempts));
-            pipe.xadd(target, "*", &fields).ignore();
-        }
-        pipe.query_async::<()>(&mut self.commands).await.map_err(|e| self.unavailable("XADD dead letter", e))
-    }
-
-    /// The dead-letter stream for records of `stream`.
-    pub fn dead_letter_stream(&self, stream: &str) -> String {
-        self.config.dead_letter_stream.replace("{stream}", stream)
+        self.dead_letters.write(letters).await
     }
 
     fn unavailable(&self, operation: &'static str, e: redis::RedisError) -> SourceError {
