@@ -118,9 +118,7 @@ impl PostgresCaptureConfig {
         // Pin how values print so the text format decodes the same everywhere.
         .with_options("-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3")
         .with_status_interval(Duration::from_secs(1));
-        let mut client =
-            ReplicationClient::connect(config).await.map_err(|e| unavailable("START_REPLICATION", e.to_string()))?;
-        client.wait_started().await.map_err(|e| unavailable("START_REPLICATION", e.to_string()))?;
+        let client = start_replication(name, config).await?;
         tracing::info!(source = %name, slot = %self.slot, publication = %self.publication, "capture started");
         Ok(PostgresCapture {
             name: name.to_owned(),
@@ -134,6 +132,33 @@ impl PostgresCaptureConfig {
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, dead_letter_conn, &self.dead_letter_stream),
         })
+    }
+}
+
+/// Starts streaming; retries for a while because after a crash the server may
+/// still hold the slot for the dead connection until it notices.
+async fn start_replication(name: &str, config: ReplicationConfig) -> Result<ReplicationClient, SourceError> {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let mut client = ReplicationClient::connect(config.clone()).await?;
+            client.wait_started().await?;
+            Ok::<_, pgwire_replication::PgWireError>(client)
+        };
+        match attempt.await {
+            Ok(client) => return Ok(client),
+            Err(e) if Instant::now() < give_up => {
+                tracing::warn!(source = %name, error = %e, "cannot start replication yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(SourceError::Unavailable {
+                    source_name: name.to_owned(),
+                    operation: "START_REPLICATION",
+                    message: e.to_string(),
+                });
+            }
+        }
     }
 }
 
