@@ -112,7 +112,8 @@ async fn captured_events_match_what_debezium_emits() -> Result<()> {
     env.sql("create table customers (id int primary key, first_name text not null, last_name text not null, email text not null)")
         .await?;
     // Capture to a stream-free pipeline is not needed: read the records straight from the source.
-    let config = env.config(&runtime_toml(&env, &["customers"]), &[])?;
+    let runtime = runtime_toml(&env, &["customers"]).replace("type = \"postgres\"", "type = \"postgres\"\nsnapshot = \"never\"");
+    let config = env.config(&runtime, &[])?;
     let SourceConfig::Postgres(capture) = &config.runtime.sources["events"] else { unreachable!() };
     let mut source = capture.build("events").await?;
     env.sql("insert into customers values (1, 'Anne', 'Kretchmar', 'annek@noanswer.org')").await?;
@@ -143,4 +144,26 @@ async fn captured_events_match_what_debezium_emits() -> Result<()> {
     assert_eq!(captured.schema.as_deref(), Some(env.prefix.as_str()));
     assert!(captured.position.starts_with("pg:") && captured.committed_at_ms > 1_700_000_000_000, "{captured:?}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_snapshot_warms_the_cache_before_streaming() -> Result<()> {
+    let env = TestEnv::new("capture_snap").await?;
+    drop_capture(&env).await?;
+    let mut redis = env.redis.clone();
+    redis::cmd("DEL").arg(format!("evercache:snapshot:test:{}", env.prefix)).query_async::<()>(&mut redis).await?;
+    env.sql("create table item (id bigint primary key, name text, version bigint); insert into item select g, 'old', 1 from generate_series(1, 1234) g;")
+        .await?;
+    let config = env.config(&runtime_toml(&env, &["item"]), &[("items", &env.testkit_pipeline(""))])?;
+    let running = Running::start(config).await?;
+    let key = |id: i64| format!("{}:item:{id}", env.prefix);
+    wait_json(&env, &key(1), Some(json!({"id": 1, "name": "old", "version": 1}))).await?;
+    wait_json(&env, &key(1234), Some(json!({"id": 1234, "name": "old", "version": 1}))).await?;
+    env.sql("update item set name = 'new', version = 2 where id = 7").await?;
+    wait_json(&env, &key(7), Some(json!({"id": 7, "name": "new", "version": 2}))).await?;
+    let marker: bool =
+        redis::cmd("EXISTS").arg(format!("evercache:snapshot:test:{}", env.prefix)).query_async(&mut redis).await?;
+    assert!(marker, "the finished snapshot is recorded so a restart does not repeat it");
+    running.stop().await?;
+    drop_capture(&env).await
 }

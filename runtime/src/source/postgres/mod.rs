@@ -5,6 +5,7 @@
 
 mod pgoutput;
 mod setup;
+mod snapshot;
 mod values;
 
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use serde_json::{Value, json};
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{RawRecord, SourceError};
 pub use pgoutput::{Decoder, RowChange};
+pub use snapshot::SnapshotMode;
+use snapshot::SnapshotReader;
 
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -35,6 +38,10 @@ pub struct PostgresCaptureConfig {
     /// Logical replication slot, created when missing (default "evercache").
     #[serde(default = "default_name")]
     pub slot: String,
+    /// "initial" (default): on first start, emit every existing row as a snapshot
+    /// read so the cache is warm; "never": only changes made after the slot exists.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
     /// Debezium's `topic.prefix`: the events' `source.name` and the stream names
     /// `<prefix>.<schema>.<table>` (default: the database name).
     #[serde(default)]
@@ -87,6 +94,11 @@ pub struct PostgresCapture {
     batch_size: usize,
     max_batch_delay: Duration,
     dead_letters: DeadLetterWriter,
+    /// The initial snapshot while it runs, with the slot position its rows carry.
+    snapshot: Option<(SnapshotReader, u64)>,
+    /// Redis key recording that the slot's initial snapshot finished.
+    snapshot_marker: String,
+    marker_conn: redis::aio::ConnectionManager,
 }
 
 impl PostgresCaptureConfig {
@@ -98,7 +110,7 @@ impl PostgresCaptureConfig {
             |operation, message: String| SourceError::Unavailable { source_name: name.to_owned(), operation, message };
         let target = setup::Target::parse(&self.url)
             .map_err(|message| SourceError::BadConfig { source_name: name.to_owned(), message })?;
-        setup::prepare(name, self).await?;
+        let slot = setup::prepare(name, self).await?;
         let dead_letter_client = redis::Client::open(self.dead_letter_url.as_str()).map_err(|e| {
             SourceError::BadConfig { source_name: name.to_owned(), message: format!("dead_letter_url: {e}") }
         })?;
@@ -118,6 +130,30 @@ impl PostgresCaptureConfig {
         // Pin how values print so the text format decodes the same everywhere.
         .with_options("-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3")
         .with_status_interval(Duration::from_secs(1));
+        let snapshot_marker = format!("evercache:snapshot:{}:{}", target.database, self.slot);
+        let mut marker_conn = dead_letter_conn.clone();
+        let snapshot = if self.snapshot == SnapshotMode::Initial {
+            if slot.created {
+                redis::cmd("DEL")
+                    .arg(&snapshot_marker)
+                    .query_async::<()>(&mut marker_conn)
+                    .await
+                    .map_err(|e| unavailable("snapshot marker", e.to_string()))?;
+            }
+            let done: bool = redis::cmd("EXISTS")
+                .arg(&snapshot_marker)
+                .query_async(&mut marker_conn)
+                .await
+                .map_err(|e| unavailable("snapshot marker", e.to_string()))?;
+            if done {
+                None
+            } else {
+                tracing::info!(source = %name, tables = ?self.tables, "initial snapshot starting");
+                Some((SnapshotReader::open(name, &self.url, &self.tables).await?, slot.lsn))
+            }
+        } else {
+            None
+        };
         let client = start_replication(name, config).await?;
         tracing::info!(source = %name, slot = %self.slot, publication = %self.publication, "capture started");
         Ok(PostgresCapture {
@@ -131,6 +167,9 @@ impl PostgresCaptureConfig {
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, dead_letter_conn, &self.dead_letter_stream),
+            snapshot,
+            snapshot_marker,
+            marker_conn,
         })
     }
 }
@@ -172,6 +211,9 @@ impl PostgresCapture {
     /// end inside a large transaction; the slot is then confirmed only up to the
     /// previous commit, and the rest of the transaction follows in later batches.
     pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+        if let Some(records) = self.snapshot_batch().await? {
+            return Ok(records);
+        }
         let mut records = Vec::new();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -227,6 +269,28 @@ impl PostgresCapture {
         }
     }
 
+    /// The next page of the initial snapshot, or `None` once it is done. The
+    /// marker is set only after the last page's batch was acked (the runner acks
+    /// a batch before asking for the next), so a crash repeats the snapshot.
+    async fn snapshot_batch(&mut self) -> Result<Option<Vec<RawRecord>>, SourceError> {
+        let Some((reader, lsn)) = &mut self.snapshot else { return Ok(None) };
+        let lsn = *lsn;
+        let page = reader.next_page(self.batch_size).await?;
+        if !page.is_empty() {
+            let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::pipeline::now_ms() as i64 };
+            return Ok(Some(page.into_iter().map(|change| self.record_in(change, tx, lsn)).collect()));
+        }
+        self.snapshot = None;
+        redis::cmd("SET")
+            .arg(&self.snapshot_marker)
+            .arg(crate::pipeline::now_ms())
+            .query_async::<()>(&mut self.marker_conn)
+            .await
+            .map_err(|e| self.unavailable(&format!("snapshot marker: {e}")))?;
+        tracing::info!(source = %self.name, "initial snapshot done; streaming");
+        Ok(None)
+    }
+
     /// Confirms everything up to the last commit handed out: call only after
     /// the batches holding it were written.
     pub fn confirm(&mut self) {
@@ -249,6 +313,10 @@ impl PostgresCapture {
 
     fn record(&self, change: RowChange, lsn: u64) -> RawRecord {
         let tx = self.transaction.unwrap_or(Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: 0 });
+        self.record_in(change, tx, lsn)
+    }
+
+    fn record_in(&self, change: RowChange, tx: Transaction, lsn: u64) -> RawRecord {
         let value = envelope(&change, &self.prefix, &self.database, tx, lsn);
         RawRecord {
             stream: format!("{}.{}.{}", self.prefix, change.schema, change.table),
@@ -276,7 +344,7 @@ fn envelope(change: &RowChange, prefix: &str, database: &str, tx: Transaction, l
             "connector": "postgresql",
             "name": prefix,
             "ts_ms": tx.committed_at_ms,
-            "snapshot": "false",
+            "snapshot": if change.op == 'r' { "true" } else { "false" },
             "db": database,
             "sequence": format!("[\"{}\",\"{}\"]", tx.commit_lsn, lsn),
             "schema": change.schema,

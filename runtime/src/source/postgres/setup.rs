@@ -43,8 +43,16 @@ impl Target {
     }
 }
 
+/// The replication slot as `prepare` found or made it.
+pub(super) struct Slot {
+    /// True when this start created it.
+    pub created: bool,
+    /// Its confirmed position (the creation point for a new slot).
+    pub lsn: u64,
+}
+
 /// Checks and creates what capture needs; safe to run on every start.
-pub(super) async fn prepare(name: &str, config: &PostgresCaptureConfig) -> Result<(), SourceError> {
+pub(super) async fn prepare(name: &str, config: &PostgresCaptureConfig) -> Result<Slot, SourceError> {
     let bad = |message: String| SourceError::BadConfig { source_name: name.to_owned(), message };
     let failed = |operation: &'static str| {
         move |e: sqlx::Error| SourceError::Unavailable {
@@ -127,24 +135,27 @@ pub(super) async fn prepare(name: &str, config: &PostgresCaptureConfig) -> Resul
         }
     }
 
-    let slot: Option<String> = sqlx::query_scalar("select plugin::text from pg_replication_slots where slot_name = $1")
-        .bind(&config.slot)
-        .fetch_optional(&mut conn)
-        .await
-        .map_err(failed("read replication slots"))?;
-    match slot.as_deref() {
-        Some("pgoutput") => {}
-        Some(other) => return Err(bad(format!("slot {} uses plugin {other}, not pgoutput", config.slot))),
+    let slot: Option<(String, Option<String>)> =
+        sqlx::query_as("select plugin::text, confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1")
+            .bind(&config.slot)
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(failed("read replication slots"))?;
+    let parse = |lsn: Option<String>| lsn.as_deref().and_then(crate::event::position::parse_pg_lsn).unwrap_or(0);
+    match slot {
+        Some((plugin, lsn)) if plugin == "pgoutput" => Ok(Slot { created: false, lsn: parse(lsn) }),
+        Some((plugin, _)) => Err(bad(format!("slot {} uses plugin {plugin}, not pgoutput", config.slot))),
         None => {
-            sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')")
-                .bind(&config.slot)
-                .execute(&mut conn)
-                .await
-                .map_err(failed("create replication slot"))?;
+            let lsn: Option<String> =
+                sqlx::query_scalar("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')")
+                    .bind(&config.slot)
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(failed("create replication slot"))?;
             tracing::info!(source = %name, slot = %config.slot, "replication slot created");
+            Ok(Slot { created: true, lsn: parse(lsn) })
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
