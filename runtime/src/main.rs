@@ -1,4 +1,4 @@
-//! The `evercache` command line: `run` and `check`.
+//! The `evercache` command line: `run`, `check` and `capture`.
 
 use std::path::PathBuf;
 
@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use evercache::config::Config;
 use evercache::runtime::Runtime;
+use evercache::sink::debezium_stream::{DebeziumStreamWriter, forward};
+use evercache::source::SourceConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -24,6 +26,11 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum CaptureTarget {
+    RedisStream,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run every pipeline until SIGINT or SIGTERM, then drain and exit.
@@ -31,6 +38,25 @@ enum Command {
         /// The runtime file, e.g. evercache.toml.
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
         config: PathBuf,
+    },
+    /// Capture a Postgres source's changes into Redis Streams in Debezium Server's
+    /// format (compact layout, `<prefix>.<schema>.<table>`), for other consumers.
+    Capture {
+        /// The runtime file naming the `type = "postgres"` source.
+        #[arg(long, short, env = "EVERCACHE_CONFIG")]
+        config: PathBuf,
+        /// Which source, when the file has several.
+        #[arg(long)]
+        source: Option<String>,
+        /// Where to write; only `redis-stream` for now.
+        #[arg(long, value_enum, default_value_t = CaptureTarget::RedisStream)]
+        to: CaptureTarget,
+        /// Redis to write the streams to.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// Wrap keys and values in `{"schema":…,"payload":…}` like `schemas.enable=true`.
+        #[arg(long)]
+        schemas: bool,
     },
     /// Validate the configuration and load and init every plugin, then exit.
     Check {
@@ -56,6 +82,26 @@ async fn main() -> anyhow::Result<()> {
                 runtime.pipeline_names().len(),
                 runtime.pipeline_names().join(", ")
             );
+            Ok(())
+        }
+        Command::Capture { config, source, to: CaptureTarget::RedisStream, redis_url, schemas } => {
+            let config = Config::load(&config)?;
+            let (name, capture) = config
+                .runtime
+                .sources
+                .iter()
+                .filter(|(name, _)| source.as_ref().is_none_or(|s| s == *name))
+                .find_map(|(name, s)| match s {
+                    SourceConfig::Postgres(c) => Some((name.clone(), c.clone())),
+                    _ => None,
+                })
+                .context("no `type = \"postgres\"` source (with that name) in the config")?;
+            let mut capture = capture.build(&name).await?;
+            let mut writer = DebeziumStreamWriter::connect(&redis_url, schemas).await.context("connecting to Redis")?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(watch_signals(shutdown.clone()));
+            let written = forward(&mut capture, &mut writer, &shutdown).await?;
+            tracing::info!(source = %name, written, "capture stopped");
             Ok(())
         }
         Command::Run { config } => {

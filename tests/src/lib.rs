@@ -110,8 +110,12 @@ impl TestEnv {
 
     /// Deletes every Redis key of this test.
     pub async fn clear_redis(&mut self) -> Result<()> {
-        let pattern = format!("*{}*", self.prefix);
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut self.redis).await?;
+        // Delimited, so test "a" never clears test "a_b"'s keys.
+        let mut keys: Vec<String> = Vec::new();
+        for pattern in [format!("*{}[.:}}]*", self.prefix), format!("*{}", self.prefix)] {
+            let found: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut self.redis).await?;
+            keys.extend(found);
+        }
         if !keys.is_empty() {
             redis::cmd("DEL").arg(keys).query_async::<()>(&mut self.redis).await?;
         }

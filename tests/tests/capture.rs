@@ -112,7 +112,8 @@ async fn captured_events_match_what_debezium_emits() -> Result<()> {
     env.sql("create table customers (id int primary key, first_name text not null, last_name text not null, email text not null)")
         .await?;
     // Capture to a stream-free pipeline is not needed: read the records straight from the source.
-    let runtime = runtime_toml(&env, &["customers"]).replace("type = \"postgres\"", "type = \"postgres\"\nsnapshot = \"never\"");
+    let runtime =
+        runtime_toml(&env, &["customers"]).replace("type = \"postgres\"", "type = \"postgres\"\nsnapshot = \"never\"");
     let config = env.config(&runtime, &[])?;
     let SourceConfig::Postgres(capture) = &config.runtime.sources["events"] else { unreachable!() };
     let mut source = capture.build("events").await?;
@@ -166,4 +167,53 @@ async fn initial_snapshot_warms_the_cache_before_streaming() -> Result<()> {
     assert!(marker, "the finished snapshot is recorded so a restart does not repeat it");
     running.stop().await?;
     drop_capture(&env).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result<()> {
+    use evercache::sink::debezium_stream::{DebeziumStreamWriter, forward};
+    let env = TestEnv::new("capture_fwd").await?;
+    drop_capture(&env).await?;
+    env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
+    let runtime =
+        runtime_toml(&env, &["item"]).replace("type = \"postgres\"", "type = \"postgres\"\nsnapshot = \"never\"");
+    let config = env.config(&runtime, &[])?;
+    let SourceConfig::Postgres(capture) = &config.runtime.sources["events"] else { unreachable!() };
+    let mut capture = capture.build("events").await?;
+    let mut writer = DebeziumStreamWriter::connect(REDIS_URL, true).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { forward(&mut capture, &mut writer, &stop).await });
+
+    env.sql("insert into item values (1, 'one', 1); update item set name = 'uno' where id = 1; delete from item where id = 1;")
+        .await?;
+    let stream = format!("{0}.{0}.item", env.prefix);
+    let mut redis = env.redis.clone();
+    wait_until("three entries in the stream", WAIT, || {
+        let mut redis = redis.clone();
+        let stream = stream.clone();
+        async move { Ok(redis::cmd("XLEN").arg(&stream).query_async::<u64>(&mut redis).await? == 3) }
+    })
+    .await?;
+    shutdown.cancel();
+    let written = task.await??;
+    drop_capture(&env).await?;
+    assert_eq!(written, 3);
+
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut redis).await?;
+    let mut ops = Vec::new();
+    for entry in reply.ids {
+        let fields: Vec<(String, String)> =
+            entry.map.into_iter().map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap_or_default())).collect();
+        assert_eq!(fields.len(), 1, "compact layout: one field, named by the key");
+        assert!(fields[0].0.starts_with("{\"schema\":"), "schemas on: {}", fields[0].0);
+        let Decoded::Change(event) = decode_stream_entry(&stream, &fields)? else { panic!("not a change") };
+        assert_eq!(event.key, r#"{"id":1}"#);
+        ops.push(event.op);
+    }
+    use evercache::event::Op;
+    assert_eq!(ops, [Op::Create, Op::Update, Op::Delete]);
+    redis::cmd("DEL").arg(&stream).query_async::<()>(&mut redis).await?;
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Writing recomputed values to Redis behind a version guard, with freshness
 //! metadata per key (see [`meta`] for the layout applications read).
 
+pub mod debezium_stream;
 pub mod meta;
 pub mod redis_writer;
 
