@@ -250,6 +250,10 @@ impl PostgresCapture {
                         self.confirm();
                     } else if records.len() >= self.batch_size {
                         return Ok(records);
+                    } else {
+                        // At a commit, take only what has already arrived: low
+                        // latency when quiet, full batches under load.
+                        deadline = Some(Instant::now());
                     }
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {

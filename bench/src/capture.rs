@@ -1,0 +1,194 @@
+//! Built-in capture: commit→cache latency for single-row commits at a steady
+//! rate, then the drain rate of one large transaction. The runtime runs
+//! in-process with the testkit plugin; arrival in Redis is observed through
+//! keyspace notifications, so nothing polls.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use evercache::config::Config;
+use evercache::runtime::Runtime;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{Latencies, ms};
+
+const NAME: &str = "bench_capture";
+
+/// What to run.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Single-row commits per second in the latency run.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of steady load.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Rows changed by the one transaction of the burst run.
+    #[arg(long, default_value_t = 100_000)]
+    burst: u32,
+    /// Postgres (needs wal_level = logical).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg_url: String,
+    /// Redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    let rows = options.burst.max(options.rate * options.seconds);
+    let pg = PgPool::connect(&options.pg_url).await.context("Postgres; run: bash scripts/dev-services.sh")?;
+    cleanup(&pg).await;
+    sqlx::raw_sql(&format!(
+        "create schema {NAME}; create table {NAME}.item (id bigint primary key, name text, version bigint);
+         insert into {NAME}.item select g, 'row', 0 from generate_series(1, {rows}) g;"
+    ))
+    .execute(&pg)
+    .await?;
+    let redis = redis::Client::open(options.redis_url.as_str())?;
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let old_events: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut conn).await?;
+    redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("K$").query_async::<()>(&mut conn).await?;
+
+    let (tx, mut arrivals) = mpsc::unbounded_channel::<(String, Instant)>();
+    let mut pubsub = redis.get_async_pubsub().await?;
+    pubsub.psubscribe(format!("__keyspace@0__:{NAME}:item:*")).await?;
+    let listener = tokio::spawn(async move {
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let key = message.get_channel_name().trim_start_matches("__keyspace@0__:").to_owned();
+            if tx.send((key, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+
+    let config = write_config(&options)?;
+    let runtime = Runtime::build(Config::load(&config)?).await?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = runtime.start(shutdown.clone()).await?;
+
+    // Steady single-row commits.
+    let total = (options.rate * options.seconds) as usize;
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(total);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(options.rate)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let update = format!("update {NAME}.item set version = version + 1 where id = $1");
+    let started = Instant::now();
+    for i in 0..total {
+        ticker.tick().await;
+        let id = i as i64 + 1;
+        // Taken before the statement is sent, so the figure includes the commit itself.
+        sent.insert(format!("{NAME}:item:{id}"), Instant::now());
+        sqlx::query(&update).bind(id).execute(&pg).await?;
+    }
+    let offered = total as f64 / started.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(total);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.len() < total {
+        let Ok(Some((key, at))) = tokio::time::timeout_at(deadline.into(), arrivals.recv()).await else {
+            bail!("only {} of {total} commits reached the cache within 30 s", latencies.len());
+        };
+        if let Some(start) = sent.remove(&key) {
+            latencies.push(at.duration_since(start));
+        }
+    }
+    let latencies = Latencies::new(latencies);
+
+    // One transaction changing `burst` rows.
+    let burst = options.burst as usize;
+    let begin = Instant::now();
+    sqlx::query(&format!("update {NAME}.item set version = version + 1 where id <= $1"))
+        .bind(i64::from(options.burst))
+        .execute(&pg)
+        .await?;
+    let committed = Instant::now();
+    let mut seen = 0usize;
+    let mut last = committed;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen < burst {
+        let Ok(Some((_, at))) = tokio::time::timeout_at(deadline.into(), arrivals.recv()).await else {
+            bail!("only {seen} of {burst} burst rows reached the cache within 300 s");
+        };
+        seen += 1;
+        last = at;
+    }
+    let drain = last.duration_since(committed);
+
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    listener.abort();
+    if let [_, value] = old_events.as_slice() {
+        redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(value).query_async::<()>(&mut conn).await?;
+    }
+    cleanup(&pg).await;
+
+    println!(
+        "built-in capture (pgoutput) → testkit plugin → Redis, {} commits at {offered:.0}/s offered",
+        latencies.len()
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| commit→cache p50 | {} |", ms(latencies.percentile(50.0)));
+    println!("| commit→cache p99 | {} |", ms(latencies.percentile(99.0)));
+    println!("| commit→cache p99.9 | {} |", ms(latencies.percentile(99.9)));
+    println!("| commit→cache max | {} |", ms(latencies.percentile(100.0)));
+    println!("| burst: {burst} rows in one transaction, commit took | {} |", ms(committed.duration_since(begin)));
+    println!("| burst: commit→last key written | {} |", ms(drain));
+    println!("| burst: drain rate | {:.0} rows/s |", burst as f64 / drain.as_secs_f64());
+    Ok(())
+}
+
+fn write_config(options: &Options) -> Result<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugins = root.join("target/plugins");
+    if !plugins.join("testkit.wasm").exists() {
+        bail!("{} has no testkit.wasm; run: bash scripts/build-plugins.sh", plugins.display());
+    }
+    let dir = std::env::temp_dir().join("evercache-bench-capture");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pipelines"))?;
+    let (pg, redis) = (&options.pg_url, &options.redis_url);
+    std::fs::write(
+        dir.join("evercache.toml"),
+        format!(
+            r#"plugins_dir = "{plugins}"
+pipelines_dir = "pipelines"
+[databases.db]
+url = "{pg}"
+[caches.main]
+url = "{redis}"
+[sources.capture]
+type = "postgres"
+url = "{pg}"
+tables = ["{NAME}.item"]
+publication = "{NAME}"
+slot = "{NAME}"
+snapshot = "never"
+dead_letter_url = "{redis}"
+"#,
+            plugins = plugins.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("pipelines/items.toml"),
+        format!(
+            "source = \"capture\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"testkit\"\ntables = [\"{NAME}.item\"]\n[config]\nschema = \"{NAME}\"\nkey_prefix = \"{NAME}:item\"\n"
+        ),
+    )?;
+    Ok(dir.join("evercache.toml"))
+}
+
+async fn cleanup(pg: &PgPool) {
+    let _ = sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1")
+        .bind(NAME)
+        .execute(pg)
+        .await;
+    let _ = sqlx::query(&format!("drop publication if exists {NAME}")).execute(pg).await;
+    let _ = sqlx::query(&format!("drop schema if exists {NAME} cascade")).execute(pg).await;
+}

@@ -1,0 +1,33 @@
+//! `evercache-bench`: measures the real runtime against the local Redis and
+//! Postgres and prints figures. Speed targets live here, never in tests.
+//!
+//! `cargo run --release -p evercache-bench -- capture` measures the built-in
+//! capture: commit→cache latency at a steady commit rate, and how fast a large
+//! burst drains.
+
+mod capture;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "evercache-bench", about = "Benchmarks against the local Redis and Postgres")]
+struct Cli {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// Built-in Postgres capture: commit→cache latency and burst drain rate.
+    Capture(capture::Options),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match Cli::parse().workload {
+        Workload::Capture(options) => capture::run(options).await,
+    }
+}
