@@ -48,13 +48,25 @@ dead_letter_url = "{REDIS_URL}"
     dir.join("evercache.toml")
 }
 
-fn start(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_evercache"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// The runtime process; killed when dropped, so a failing test leaves none behind.
+struct Runtime(Child);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &Path) -> Runtime {
+    Runtime(
+        Command::new(env!("CARGO_BIN_EXE_evercache"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 async fn cleanup(pg: &PgPool, name: &str) {
@@ -113,8 +125,8 @@ async fn sigkill_during_a_burst_loses_nothing() {
         if writer.is_finished() {
             break;
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
         kills += 1;
         child = start(&config);
     }
@@ -150,7 +162,7 @@ async fn sigkill_during_a_burst_loses_nothing() {
         assert!(Instant::now() < deadline, "{stale} of {ROWS} keys still differ from the database");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success(), "clean exit after SIGTERM");
+    Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(child.0.wait().unwrap().success(), "clean exit after SIGTERM");
     cleanup(&pg, &name).await;
 }

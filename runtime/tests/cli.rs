@@ -68,6 +68,17 @@ key_prefix = "{name}:item"
     dir.join("evercache.toml")
 }
 
+/// Kills a spawned runtime if the test fails before it stops it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
 fn evercache(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_evercache")).args(args).output().unwrap()
 }
@@ -128,6 +139,7 @@ fn run_drains_on_sigterm_and_resumes_on_restart() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(child.id());
     let first_key = format!("{name}:item:1");
     let start = Instant::now();
     while redis::cmd("EXISTS").arg(&first_key).query::<i64>(&mut conn).unwrap() == 0 {
@@ -147,6 +159,7 @@ fn run_drains_on_sigterm_and_resumes_on_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard2 = KillOnDrop(child.id());
     let start = Instant::now();
     let pattern = format!("{name}:item:*");
     loop {

@@ -82,6 +82,7 @@ impl TestEnv {
         let pg = PgPool::connect(PG_URL)
             .await
             .with_context(|| format!("Postgres at {PG_URL} is not reachable; {SETUP_HINT}"))?;
+        drop_abandoned_slots(&pg).await?;
         sqlx::query(&format!("drop schema if exists {prefix} cascade")).execute(&pg).await?;
         sqlx::query(&format!("create schema {prefix}")).execute(&pg).await?;
         let dir = std::env::temp_dir().join("evercache-tests").join(&prefix);
@@ -263,6 +264,27 @@ key_prefix = "{p}:item"
             redis::cmd("HGETALL").arg(key).query_async(&mut self.redis).await?;
         Ok(json!(map))
     }
+}
+
+/// Drops replication slots and publications left by test processes that died
+/// (a slot keeps WAL forever); ones whose process still runs are left alone.
+pub async fn drop_abandoned_slots(pg: &PgPool) -> Result<()> {
+    let slots: Vec<String> =
+        sqlx::query_scalar("select slot_name::text from pg_replication_slots where not active").fetch_all(pg).await?;
+    for slot in slots {
+        let pid = slot
+            .strip_prefix('t')
+            .or_else(|| slot.strip_prefix("crash_"))
+            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .filter(|pid| !pid.is_empty());
+        let Some(pid) = pid else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        sqlx::query("select pg_drop_replication_slot($1)").bind(&slot).execute(pg).await?;
+        sqlx::query(&format!("drop publication if exists {slot}")).execute(pg).await?;
+    }
+    Ok(())
 }
 
 /// A runtime running in-process until [`Running::stop`].
