@@ -30,6 +30,13 @@ impl DebeziumStreamWriter {
         let mut pipe = redis::pipe();
         for record in records {
             for (key, value) in &record.fields {
+                // Debezium Server writes a null key (truncates, key-less tables) as "default".
+                if key == "null" {
+                    let value =
+                        if self.schemas { wrap(value, &format!("{}.Envelope", record.stream)) } else { value.clone() };
+                    pipe.cmd("XADD").arg(&record.stream).arg("*").arg("default").arg(value).ignore();
+                    continue;
+                }
                 let (key, value) = if self.schemas {
                     (wrap(key, &format!("{}.Key", record.stream)), wrap(value, &format!("{}.Envelope", record.stream)))
                 } else {
