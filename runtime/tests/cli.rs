@@ -190,3 +190,80 @@ fn run_drains_on_sigterm_and_resumes_on_restart() {
     assert!(child.wait().unwrap().success());
     psql(&format!("drop schema {name} cascade"));
 }
+
+#[test]
+fn capture_to_redis_stream_runs_until_sigterm() {
+    let name = format!("cli_capture_{}", std::process::id());
+    psql(&format!(
+        "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = '{name}';
+         drop publication if exists {name}; drop schema if exists {name} cascade; create schema {name};
+         create table {name}.item (id bigint primary key, name text, version bigint);"
+    ));
+    let config = write_config(&name, "");
+    let source = format!(
+        "[sources.pg]\ntype = \"postgres\"\nurl = \"{PG_URL}\"\ntables = [\"{name}.item\"]\npublication = \"{name}\"\nslot = \"{name}\"\nsnapshot = \"never\"\ntopic_prefix = \"{name}\"\ndead_letter_url = \"{REDIS_URL}\"\n"
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&source);
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evercache"))
+        .args([
+            "capture",
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "pg",
+            "--to",
+            "redis-stream",
+            "--redis-url",
+            REDIS_URL,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let stream = format!("{name}.{name}.item");
+    let mut conn = redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+    // The slot exists once the command runs; wait for it, then write.
+    let start = Instant::now();
+    loop {
+        let out = Command::new("psql")
+            .args([
+                PG_URL,
+                "-tAc",
+                &format!("select count(*) from pg_replication_slots where slot_name = '{name}' and active"),
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "capture never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    psql(&format!("insert into {name}.item values (1, 'one', 1)"));
+    while redis::cmd("XLEN").arg(&stream).query::<u64>(&mut conn).unwrap() < 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing reached {stream}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success(), "capture exits 0 on SIGTERM");
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query(&mut conn).unwrap();
+    let (field, value) = entries.ids[0]
+        .map
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), redis::from_redis_value::<String>(v.clone()).unwrap()))
+        .unwrap();
+    assert_eq!(field, r#"{"id":1}"#);
+    let decoded = evercache::event::debezium::decode_stream_entry(&stream, &[(field, value)]).unwrap();
+    assert!(
+        matches!(decoded, evercache::event::debezium::Decoded::Change(ref e) if e.op == evercache::event::Op::Create),
+        "{decoded:?}"
+    );
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+    psql(&format!("select pg_drop_replication_slot('{name}'); drop publication {name}; drop schema {name} cascade;"));
+}
