@@ -14,5 +14,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 (cd plugins && cargo clippy --release -- -D warnings)
 
+echo "== benchmarks in tiny mode (keeps the harness working; figures meaningless here)"
+cargo run --quiet -p evercache-bench -- compare --tiny
+cargo run --quiet -p evercache-bench -- capture --rate 200 --seconds 1 --burst 2000
+
 echo "== cargo test"
 cargo test --workspace

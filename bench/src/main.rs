@@ -1,11 +1,13 @@
 //! `evercache-bench`: measures the real runtime against the local Redis and
 //! Postgres and prints figures. Speed targets live here, never in tests.
 //!
-//! `cargo run --release -p evercache-bench -- capture` measures the built-in
-//! capture: commit→cache latency at a steady commit rate, and how fast a large
-//! burst drains.
+//! `cargo run --release -p evercache-bench -- compare` runs evercache, the
+//! naive worker and the same logic compiled into the host over the same data;
+//! `-- capture` measures the built-in capture's commit→cache latency and burst
+//! drain rate. `--tiny` keeps a workload's harness working in CI.
 
 mod capture;
+mod compare;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,8 @@ struct Cli {
 enum Workload {
     /// Built-in Postgres capture: commit→cache latency and burst drain rate.
     Capture(capture::Options),
+    /// evercache vs the naive worker vs native logic: distinct keys, hot keys, steady-rate delay.
+    Compare(compare::Options),
 }
 
 #[tokio::main]
@@ -29,5 +33,6 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match Cli::parse().workload {
         Workload::Capture(options) => capture::run(options).await,
+        Workload::Compare(options) => compare::run(options).await,
     }
 }

@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pipeline::{Pipeline, SourceRunner};
-use crate::plugin::{CallError, LoadError, LoadedPlugin, PluginEngine, PluginInstance, load_dir};
+use crate::plugin::{
+    CallError, LoadError, LoadedPlugin, NativeContext, NativeFactory, PluginEngine, PluginHandle, PluginInstance,
+    load_dir,
+};
 use crate::recompute::query::{QueryError, QueryRunner};
 use crate::sink::{RedisCache, SinkError, WriteSettings};
 use crate::source::SourceError;
@@ -45,6 +48,14 @@ pub enum StartError {
         /// The failed call.
         source: CallError,
     },
+    /// A native plugin could not be built for a pipeline.
+    #[error("pipeline '{pipeline}': native plugin: {message}")]
+    Native {
+        /// The pipeline.
+        pipeline: String,
+        /// The factory's message.
+        message: String,
+    },
     /// A database pool could not be built.
     #[error(transparent)]
     Database(#[from] QueryError),
@@ -72,6 +83,15 @@ impl Runtime {
     /// Loads plugins, builds pools and caches, and instantiates and `init`s the
     /// plugin of every pipeline. Fails on the first problem.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_with_native(config, HashMap::new()).await
+    }
+
+    /// Like [`Runtime::build`], with plugins compiled into the host: a pipeline
+    /// whose `plugin` names one of `natives` uses it instead of a component.
+    pub async fn build_with_native(
+        config: Config,
+        natives: HashMap<String, NativeFactory>,
+    ) -> Result<Self, StartError> {
         let engine =
             PluginEngine::new(config.runtime.sandbox.clone()).map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let plugins = load_dir(&engine, &config.runtime.plugins_dir).await?;
@@ -86,6 +106,21 @@ impl Runtime {
         }
         let mut pipelines = Vec::new();
         for (name, pipeline) in &config.pipelines {
+            let database = pipeline.database.as_deref().and_then(|d| databases.get(d)).cloned();
+            // Config::load checked that the cache exists.
+            let Some(cache) = caches.get(pipeline.cache.as_str()) else {
+                continue;
+            };
+            let writer = cache.writer(WriteSettings { pipeline: name.clone(), safety_ttl: pipeline.ttl });
+            if let Some(factory) = natives.get(&pipeline.plugin) {
+                let context = NativeContext { pipeline: name.clone(), config: pipeline.plugin_config(), database };
+                let native =
+                    factory(context).map_err(|message| StartError::Native { pipeline: name.clone(), message })?;
+                tracing::info!(pipeline = %name, plugin = %native.label(), "pipeline ready (native plugin)");
+                let handle = PluginHandle::Native(native);
+                pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer))));
+                continue;
+            }
             let plugin = plugins.get(&pipeline.plugin).ok_or_else(|| {
                 let mut found: Vec<&str> = plugins.keys().map(String::as_str).collect();
                 found.sort();
@@ -96,16 +131,11 @@ impl Runtime {
                     found: found.join(", "),
                 }
             })?;
-            let database = pipeline.database.as_deref().and_then(|d| databases.get(d)).cloned();
             let mut instance = PluginInstance::new(&engine, plugin.clone(), name, database, pipeline.plugin_config());
             instance.init().await.map_err(|source| StartError::Init { pipeline: name.clone(), source })?;
-            // Config::load checked that the cache exists.
-            let Some(cache) = caches.get(pipeline.cache.as_str()) else {
-                continue;
-            };
-            let writer = cache.writer(WriteSettings { pipeline: name.clone(), safety_ttl: pipeline.ttl });
             tracing::info!(pipeline = %name, plugin = %plugin.label(), tables = ?pipeline.tables, "pipeline ready");
-            pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), instance, writer))));
+            let handle = PluginHandle::Wasm(Box::new(instance));
+            pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer))));
         }
         Ok(Self { config, plugins, pipelines })
     }

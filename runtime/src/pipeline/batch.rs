@@ -12,7 +12,7 @@ use super::config::{OnChange, PipelineConfig};
 use super::plan::KeyPlan;
 use crate::event::ChangeEvent;
 use crate::plugin::bindings::Outcome;
-use crate::plugin::{CallError, PluginInstance};
+use crate::plugin::{CallError, PluginHandle};
 use crate::sink::{KeyAction, KeyWrite, RedisWriter, SinkError, WriteReport};
 
 /// Longest wait between retries.
@@ -60,13 +60,13 @@ pub struct Pipeline {
     name: String,
     config: PipelineConfig,
     tables: HashSet<String>,
-    instance: Mutex<PluginInstance>,
+    instance: Mutex<PluginHandle>,
     writer: RedisWriter,
 }
 
 impl Pipeline {
     /// Wires a pipeline from its parts; the instance should already be `init`-ed.
-    pub fn new(name: &str, config: PipelineConfig, instance: PluginInstance, writer: RedisWriter) -> Self {
+    pub fn new(name: &str, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
         Self {
             name: name.to_owned(),
             tables: config.tables.iter().cloned().collect(),
@@ -162,7 +162,7 @@ impl Pipeline {
             for key in instance.keys(event).await? {
                 if key.is_empty() {
                     return Err(CallError::Contract {
-                        plugin: instance.plugin().label(),
+                        plugin: instance.label(),
                         call: "keys",
                         message: "returned an empty key".to_owned(),
                     }
@@ -198,7 +198,7 @@ impl Pipeline {
                 }
             }
         }
-        let label = instance.plugin().label();
+        let label = instance.label();
         drop(instance);
         Ok(self.writer.write(&label, &writes).await?)
     }

@@ -7,8 +7,10 @@ mod engine;
 mod host;
 mod instance;
 mod loader;
+mod native;
 mod stdio;
 
 pub use engine::{PluginEngine, SandboxConfig};
 pub use instance::{CallError, PluginInstance};
 pub use loader::{LoadError, LoadedPlugin, load_dir, load_file};
+pub use native::{NativeContext, NativeFactory, NativePlugin, PluginHandle};

@@ -1,0 +1,295 @@
+//! Running one implementation over a stream of Debezium events: draining a
+//! pre-filled stream, or keeping up with a steady rate.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use evercache::config::Config;
+use evercache::runtime::Runtime;
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::{Options, SCHEMA, Sent, naive, native};
+use crate::stats::Latencies;
+
+/// What processes the events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    /// The runtime with the testkit Wasm plugin.
+    Evercache,
+    /// The runtime with the same logic compiled in.
+    Native,
+    /// One entry, one query, one SET, one XACK at a time.
+    Naive,
+}
+
+impl Implementation {
+    pub const ALL: [Self; 3] = [Self::Evercache, Self::Native, Self::Naive];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Evercache => "evercache",
+            Self::Native => "native",
+            Self::Naive => "naive",
+        }
+    }
+}
+
+/// A Debezium update event for row `id` (compact layout, no schema wrapper).
+fn event(id: i64) -> String {
+    static LSN: AtomicU64 = AtomicU64::new(1 << 32);
+    let lsn = LSN.fetch_add(16, Ordering::Relaxed);
+    format!(
+        r#"{{"before":null,"after":{{"id":{id}}},"source":{{"version":"bench","connector":"postgresql","name":"bench","ts_ms":{ts},"snapshot":"false","db":"test","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"{SCHEMA}","table":"item","txId":1,"lsn":{lsn}}},"op":"u","ts_ms":{ts}}}"#,
+        ts = evercache::pipeline::now_ms()
+    )
+}
+
+async fn fill(conn: &mut MultiplexedConnection, stream: &str, ids: impl Iterator<Item = i64>) -> Result<()> {
+    let mut pipe = redis::pipe();
+    let mut queued = 0;
+    for id in ids {
+        pipe.cmd("XADD").arg(stream).arg("*").arg(format!(r#"{{"id":{id}}}"#)).arg(event(id)).ignore();
+        queued += 1;
+        if queued == 1000 {
+            pipe.query_async::<()>(conn).await?;
+            pipe = redis::pipe();
+            queued = 0;
+        }
+    }
+    if queued > 0 {
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the stream and every key (and metadata hash) under `prefix`.
+async fn cleanup(conn: &mut MultiplexedConnection, stream: &str, prefix: &str) -> Result<()> {
+    redis::cmd("DEL").arg(stream).query_async::<()>(conn).await?;
+    for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(5000)
+                .query_async(conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK").arg(keys).query_async::<()>(conn).await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn slug(workload: &str) -> String {
+    workload.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// A running evercache (Wasm or native plugin) over one stream.
+struct Running {
+    shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+async fn start_runtime(
+    options: &Options,
+    implementation: Implementation,
+    stream: &str,
+    prefix: &str,
+) -> Result<Running> {
+    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    if !plugins.join("testkit.wasm").exists() {
+        bail!("{} has no testkit.wasm; run: bash scripts/build-plugins.sh", plugins.display());
+    }
+    let dir = std::env::temp_dir().join(format!("evercache-bench-{}", slug(stream)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pipelines"))?;
+    let (pg, redis) = (&options.pg_url, &options.redis_url);
+    std::fs::write(
+        dir.join("evercache.toml"),
+        format!(
+            "plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = \"{pg}\"\n[caches.main]\nurl = \"{redis}\"\n\
+             [sources.events]\ntype = \"redis-stream\"\nurl = \"{redis}\"\nstreams = [\"{stream}\"]\nconsumer = \"bench\"\nblock = \"100ms\"\n",
+            plugins.display()
+        ),
+    )?;
+    let plugin = if implementation == Implementation::Native { "native_testkit" } else { "testkit" };
+    std::fs::write(
+        dir.join("pipelines/items.toml"),
+        format!(
+            "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"{plugin}\"\ntables = [\"{SCHEMA}.item\"]\n\
+             [config]\nschema = \"{SCHEMA}\"\nkey_prefix = \"{prefix}\"\n"
+        ),
+    )?;
+    let natives = HashMap::from([("native_testkit".to_owned(), native::factory())]);
+    let runtime = Runtime::build_with_native(Config::load(&dir.join("evercache.toml"))?, natives).await?;
+    let shutdown = CancellationToken::new();
+    let tasks = runtime.start(shutdown.clone()).await?;
+    Ok(Running { shutdown, tasks })
+}
+
+impl Running {
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// True once the group has read and acknowledged everything.
+async fn drained(conn: &mut MultiplexedConnection, stream: &str) -> Result<bool> {
+    let groups: Vec<HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await?;
+    let int = |g: &HashMap<String, redis::Value>, f: &str| match g.get(f) {
+        Some(redis::Value::Int(n)) => Some(*n),
+        _ => None,
+    };
+    Ok(groups.first().is_some_and(|g| int(g, "lag") == Some(0) && int(g, "pending") == Some(0)))
+}
+
+/// Fills a stream with `events` updates cycling over `over` rows, then measures
+/// how long the implementation takes to apply them all.
+pub async fn drain(
+    options: &Options,
+    redis: &redis::Client,
+    pg: &PgPool,
+    implementation: Implementation,
+    workload: &str,
+    events: u32,
+    over: u32,
+) -> Result<(usize, Duration)> {
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let stream = format!("bench:{}:{}", slug(workload), implementation.name());
+    let prefix = format!("bench:{}:{}:item", slug(workload), implementation.name());
+    cleanup(&mut conn, &stream, &prefix).await?;
+    fill(&mut conn, &stream, (0..events).map(|i| i64::from(i % over) + 1)).await?;
+    let result = match implementation {
+        Implementation::Naive => {
+            let start = Instant::now();
+            let handled =
+                naive::run(redis, pg, &stream, SCHEMA, &prefix, events as usize, Duration::from_millis(100)).await?;
+            (handled, start.elapsed())
+        }
+        _ => {
+            let running = start_runtime(options, implementation, &stream, &prefix).await?;
+            let start = Instant::now();
+            while !drained(&mut conn, &stream).await? {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let elapsed = start.elapsed();
+            running.stop().await;
+            (events as usize, elapsed)
+        }
+    };
+    cleanup(&mut conn, &stream, &prefix).await?;
+    Ok(result)
+}
+
+/// Sends one event per distinct row at `rate` per second for `seconds` and
+/// measures stream-entry → cache-write delay with keyspace notifications.
+pub async fn steady(
+    options: &Options,
+    redis: &redis::Client,
+    pg: &PgPool,
+    implementation: Implementation,
+    workload: &str,
+    rate: u32,
+    seconds: u32,
+) -> Result<(usize, Duration, Latencies)> {
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let stream = format!("bench:{}:{}", slug(workload), implementation.name());
+    let prefix = format!("bench:{}:{}:item", slug(workload), implementation.name());
+    cleanup(&mut conn, &stream, &prefix).await?;
+    let total = (rate * seconds) as usize;
+    let rows: i64 = sqlx::query_scalar(&format!("select count(*) from {SCHEMA}.item")).fetch_one(pg).await?;
+
+    let old: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut conn).await?;
+    redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("K$").query_async::<()>(&mut conn).await?;
+    let mut pubsub = redis.get_async_pubsub().await?;
+    pubsub.psubscribe(format!("__keyspace@0__:{prefix}:*")).await?;
+    let (tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let listener = tokio::spawn(async move {
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let key = message.get_channel_name().trim_start_matches("__keyspace@0__:").to_owned();
+            if tx.send((key, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("naive")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let (running, worker) = match implementation {
+        Implementation::Naive => {
+            let (redis, pg, stream, prefix) = (redis.clone(), pg.clone(), stream.clone(), prefix.clone());
+            let worker = tokio::spawn(async move {
+                naive::run(&redis, &pg, &stream, SCHEMA, &prefix, total, Duration::from_secs(10)).await
+            });
+            (None, Some(worker))
+        }
+        _ => (Some(start_runtime(options, implementation, &stream, &prefix).await?), None),
+    };
+
+    let mut sent = Sent::with_capacity(total);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    for i in 0..total {
+        ticker.tick().await;
+        let id = (i as i64 % rows) + 1;
+        sent.insert(format!("{prefix}:{id}"), Instant::now());
+        redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(format!(r#"{{"id":{id}}}"#))
+            .arg(event(id))
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while latencies.len() < total {
+        let Ok(Some((key, at))) = tokio::time::timeout_at(deadline, arrivals.recv()).await else { break };
+        if let Some(sent_at) = sent.remove(&key) {
+            latencies.push(at.duration_since(sent_at));
+        }
+    }
+    let elapsed = start.elapsed();
+    listener.abort();
+    if let Some(running) = running {
+        running.stop().await;
+    }
+    if let Some(worker) = worker {
+        worker.abort();
+    }
+    if let [_, value] = old.as_slice() {
+        redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(value).query_async::<()>(&mut conn).await?;
+    }
+    cleanup(&mut conn, &stream, &prefix).await?;
+    if latencies.len() < total {
+        eprintln!(
+            "{workload} {}: only {} of {total} events reached the cache in time",
+            implementation.name(),
+            latencies.len()
+        );
+    }
+    Ok((latencies.len(), elapsed, Latencies::new(latencies)))
+}
