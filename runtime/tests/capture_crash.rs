@@ -70,10 +70,24 @@ fn start(config: &Path) -> Runtime {
 }
 
 async fn cleanup(pg: &PgPool, name: &str) {
-    let _ = sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1")
+    // The server releases the slot a moment after the runtime exits.
+    for _ in 0..100 {
+        let _ = sqlx::query(
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
+        )
         .bind(name)
         .execute(pg)
         .await;
+        let left: i64 = sqlx::query_scalar("select count(*) from pg_replication_slots where slot_name = $1")
+            .bind(name)
+            .fetch_one(pg)
+            .await
+            .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = sqlx::query(&format!("drop publication if exists {name}")).execute(pg).await;
     let _ = sqlx::query(&format!("drop schema if exists {name} cascade")).execute(pg).await;
 }

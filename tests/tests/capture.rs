@@ -15,10 +15,23 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Drops the test's slot and publication (left over from an earlier run, or at the end).
 async fn drop_capture(env: &TestEnv) -> Result<()> {
     let slot = &env.prefix;
-    sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1")
-        .bind(slot)
-        .execute(&env.pg)
-        .await?;
+    // The server releases a slot a moment after its client disconnects.
+    wait_until("replication slot released and dropped", WAIT, || {
+        let pg = env.pg.clone();
+        let slot = slot.clone();
+        async move {
+            sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active")
+                .bind(&slot)
+                .execute(&pg)
+                .await?;
+            let left: i64 = sqlx::query_scalar("select count(*) from pg_replication_slots where slot_name = $1")
+                .bind(&slot)
+                .fetch_one(&pg)
+                .await?;
+            Ok(left == 0)
+        }
+    })
+    .await?;
     sqlx::query(&format!("drop publication if exists {slot}")).execute(&env.pg).await?;
     Ok(())
 }
