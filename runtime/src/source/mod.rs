@@ -7,7 +7,7 @@ pub mod redis_stream;
 
 use serde::Deserialize;
 
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource};
 
@@ -30,6 +30,21 @@ impl SourceConfig {
             SourceConfig::RedisStream(config) => Source::RedisStream(Box::new(config.build(name).await?)),
             SourceConfig::Postgres(config) => Source::Postgres(Box::new(config.build(name).await?)),
         })
+    }
+}
+
+impl SourceConfig {
+    /// Where this source writes dead letters: the Redis URL and the stream names.
+    pub fn dead_letter_streams(&self) -> Result<(String, Vec<String>), String> {
+        match self {
+            SourceConfig::RedisStream(c) => {
+                Ok((c.url.clone(), c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect()))
+            }
+            SourceConfig::Postgres(c) => Ok((
+                c.dead_letter_url.clone(),
+                c.stream_names()?.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
+            )),
+        }
     }
 }
 

@@ -60,6 +60,17 @@ pub struct PostgresCaptureConfig {
     pub dead_letter_stream: String,
 }
 
+impl PostgresCaptureConfig {
+    /// The stream names its records carry, `<prefix>.<schema>.<table>`, one per table.
+    pub fn stream_names(&self) -> Result<Vec<String>, String> {
+        let prefix = match &self.topic_prefix {
+            Some(prefix) => prefix.clone(),
+            None => setup::Target::parse(&self.url)?.database,
+        };
+        Ok(self.tables.iter().map(|t| format!("{prefix}.{t}")).collect())
+    }
+}
+
 fn default_name() -> String {
     "evercache".to_owned()
 }
