@@ -43,10 +43,15 @@ impl SourceRunner {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.source.name().to_owned();
         tracing::info!(source = %name, pipelines = self.pipelines.len(), "source started");
-        while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                batch = self.source.next_batch() => batch,
+        let mut prefetched: Option<Result<Vec<RawRecord>, SourceError>> = None;
+        // A batch already read when shutdown comes is drained like the one in flight.
+        while !shutdown.is_cancelled() || prefetched.is_some() {
+            let batch = match prefetched.take() {
+                Some(batch) => batch,
+                None => tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    batch = self.source.next_batch() => batch,
+                },
             };
             let records = match batch {
                 Ok(records) => records,
@@ -59,7 +64,26 @@ impl SourceRunner {
             if records.is_empty() {
                 continue;
             }
-            if self.process(&records, &shutdown).await.is_err() {
+            // Reading the next batch overlaps applying this one where the source
+            // allows it; batches are still applied and acknowledged in order.
+            let applied = if self.source.prefetches() && !shutdown.is_cancelled() {
+                let read = async {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => None,
+                        batch = self.source.next_batch() => Some(batch),
+                    }
+                };
+                let (applied, next) = tokio::join!(apply(&self.pipelines, &self.routes, &records, &shutdown), read);
+                prefetched = next;
+                applied
+            } else {
+                apply(&self.pipelines, &self.routes, &records, &shutdown).await
+            };
+            let settled = match applied {
+                Ok(letters) => self.settle(&records, letters, &shutdown).await,
+                Err(interrupted) => Err(interrupted),
+            };
+            if settled.is_err() {
                 tracing::info!(source = %name, records = records.len(), "shutdown during a failing batch; left pending for the next start");
                 break;
             }
@@ -68,52 +92,22 @@ impl SourceRunner {
         tracing::info!(source = %name, "source stopped");
     }
 
-    /// Handles one batch end to end; on success every record is acknowledged.
-    async fn process(&mut self, records: &[RawRecord], shutdown: &CancellationToken) -> Result<(), Interrupted> {
-        let mut per_pipeline: Vec<Vec<(usize, ChangeEvent)>> = vec![Vec::new(); self.pipelines.len()];
-        let mut undecodable = Vec::new();
-        for (index, record) in records.iter().enumerate() {
-            match decode_stream_entry(&record.stream, &record.fields) {
-                Ok(Decoded::Change(event)) => {
-                    let table = format!("{}.{}", event.schema.as_deref().unwrap_or(""), event.table);
-                    match self.routes.get(&table) {
-                        Some(targets) => {
-                            for &target in targets {
-                                per_pipeline[target].push((index, event.clone()));
-                            }
-                        }
-                        None => {
-                            tracing::debug!(stream = %record.stream, id = %record.id, %table, "no pipeline for table; acked")
-                        }
-                    }
-                }
-                Ok(Decoded::Skip(reason)) => {
-                    tracing::debug!(stream = %record.stream, id = %record.id, reason = reason.as_str(), "record skipped");
-                }
-                Err(e) => {
-                    tracing::error!(stream = %record.stream, id = %record.id, error = %e, "undecodable record; dead-lettered");
-                    undecodable.push((index, e.to_string()));
-                }
-            }
-        }
-        let runs = self.pipelines.iter().zip(&per_pipeline).filter(|(_, events)| !events.is_empty()).map(
-            |(pipeline, events)| async move { (pipeline.name().to_owned(), pipeline.process(events, shutdown).await) },
-        );
-        let results = join_all(runs).await;
-        let mut letters: Vec<DeadLetter<'_>> = undecodable
+    /// Writes the batch's dead letters, then acknowledges every record of it.
+    async fn settle(
+        &mut self,
+        records: &[RawRecord],
+        letters: Vec<Letter>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let letters: Vec<DeadLetter<'_>> = letters
             .into_iter()
-            .map(|(index, error)| DeadLetter { record: &records[index], pipeline: None, error, attempts: 1 })
+            .map(|l| DeadLetter {
+                record: &records[l.record],
+                pipeline: l.pipeline,
+                error: l.error,
+                attempts: l.attempts,
+            })
             .collect();
-        for (pipeline, result) in results {
-            for failure in result? {
-                letters.push(DeadLetter {
-                    record: &records[failure.record],
-                    pipeline: Some(pipeline.clone()),
-                    error: failure.error,
-                    attempts: failure.attempts,
-                });
-            }
-        }
         // Dead letters first: a record is acked only once it is written somewhere.
         loop {
             match self.source.dead_letter(&letters).await {
@@ -137,6 +131,64 @@ impl SourceRunner {
         sleep_unless(shutdown, SOURCE_RETRY).await;
         Ok(())
     }
+}
+
+/// A record to dead-letter, by index into the batch.
+struct Letter {
+    record: usize,
+    pipeline: Option<String>,
+    error: String,
+    attempts: u32,
+}
+
+/// Decodes and routes a batch and applies it to every pipeline; returns what
+/// failed for good. Touches no source, so the next read can run alongside.
+async fn apply(
+    pipelines: &[Arc<Pipeline>],
+    routes: &HashMap<String, Vec<usize>>,
+    records: &[RawRecord],
+    shutdown: &CancellationToken,
+) -> Result<Vec<Letter>, Interrupted> {
+    let mut per_pipeline: Vec<Vec<(usize, ChangeEvent)>> = vec![Vec::new(); pipelines.len()];
+    let mut letters = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        match decode_stream_entry(&record.stream, &record.fields) {
+            Ok(Decoded::Change(event)) => {
+                let table = format!("{}.{}", event.schema.as_deref().unwrap_or(""), event.table);
+                match routes.get(&table) {
+                    Some(targets) => {
+                        for &target in targets {
+                            per_pipeline[target].push((index, event.clone()));
+                        }
+                    }
+                    None => {
+                        tracing::debug!(stream = %record.stream, id = %record.id, %table, "no pipeline for table; acked")
+                    }
+                }
+            }
+            Ok(Decoded::Skip(reason)) => {
+                tracing::debug!(stream = %record.stream, id = %record.id, reason = reason.as_str(), "record skipped");
+            }
+            Err(e) => {
+                tracing::error!(stream = %record.stream, id = %record.id, error = %e, "undecodable record; dead-lettered");
+                letters.push(Letter { record: index, pipeline: None, error: e.to_string(), attempts: 1 });
+            }
+        }
+    }
+    let runs = pipelines.iter().zip(&per_pipeline).filter(|(_, events)| !events.is_empty()).map(
+        |(pipeline, events)| async move { (pipeline.name().to_owned(), pipeline.process(events, shutdown).await) },
+    );
+    for (pipeline, result) in join_all(runs).await {
+        for failure in result? {
+            letters.push(Letter {
+                record: failure.record,
+                pipeline: Some(pipeline.clone()),
+                error: failure.error,
+                attempts: failure.attempts,
+            });
+        }
+    }
+    Ok(letters)
 }
 
 async fn sleep_unless(shutdown: &CancellationToken, delay: Duration) {

@@ -73,6 +73,13 @@ impl Source {
         }
     }
 
+    /// Whether the next batch may be read while the current one is applied:
+    /// Redis Streams track every entry on its own, while the capture confirms
+    /// one position and so must not read past a batch that is not written.
+    pub fn prefetches(&self) -> bool {
+        matches!(self, Source::RedisStream(_))
+    }
+
     /// Writes dead letters for records that failed for good.
     pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
         match self {

@@ -5,7 +5,7 @@
 mod reply;
 mod trim;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -92,8 +92,11 @@ pub struct RedisStreamSource {
     reader: ConnectionManager,
     commands: ConnectionManager,
     dead_letters: DeadLetterWriter,
-    /// True until the own pending entries list has been drained once.
-    reading_pending: bool,
+    /// While re-reading the own pending entries list after a start: the last id
+    /// read per stream, so a batch still in flight is not read twice.
+    pending_cursor: Option<HashMap<String, String>>,
+    /// Entries handed out and not yet acknowledged: never claimed back from ourselves.
+    in_flight: HashSet<(String, String)>,
     /// `XAUTOCLAIM` cursor per stream, and when claiming is next due.
     claim_cursors: HashMap<String, String>,
     next_claim: Instant,
@@ -153,7 +156,8 @@ impl RedisStreamConfig {
             reader,
             dead_letters: DeadLetterWriter::new(name, commands.clone(), &self.dead_letter_stream),
             commands,
-            reading_pending: true,
+            pending_cursor: Some(self.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect()),
+            in_flight: HashSet::new(),
             claim_cursors: HashMap::new(),
             next_claim: Instant::now(),
             next_trim: Instant::now() + self.trim_interval,
@@ -191,16 +195,44 @@ impl RedisStreamSource {
     /// then entries claimed from dead consumers, then new ones, blocking up to
     /// `block`. An empty batch means nothing arrived.
     pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
-        if self.reading_pending {
-            let records = self.read("0", false).await?;
+        let records = match self.next_records().await {
+            Ok(records) => records,
+            Err(e) => {
+                // A read whose reply was lost left entries pending on us that we
+                // never saw: once Redis answers again, the own list is read anew.
+                self.pending_cursor = Some(self.pending_start());
+                return Err(e);
+            }
+        };
+        self.in_flight.extend(records.iter().map(|r| (r.stream.clone(), r.id.clone())));
+        Ok(records)
+    }
+
+    fn pending_start(&self) -> HashMap<String, String> {
+        self.config.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect()
+    }
+
+    async fn next_records(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+        while let Some(mut cursor) = self.pending_cursor.take() {
+            let ids: Vec<&str> = self.config.streams.iter().map(|s| cursor[s].as_str()).collect();
+            let mut records = self.read(&ids, false).await?;
+            if records.is_empty() {
+                tracing::debug!(source = %self.name, "own pending entries drained");
+                break;
+            }
+            for record in &records {
+                cursor.insert(record.stream.clone(), record.id.clone());
+            }
+            self.pending_cursor = Some(cursor);
+            records.retain(|r| !self.in_flight.contains(&(r.stream.clone(), r.id.clone())));
             if !records.is_empty() {
                 return self.without_exhausted(records).await;
             }
-            self.reading_pending = false;
-            tracing::debug!(source = %self.name, "own pending entries drained");
         }
         if Instant::now() >= self.next_claim {
-            let claimed = self.claim().await?;
+            let mut claimed = self.claim().await?;
+            // Our own entries still being processed are not orphans.
+            claimed.retain(|r| !self.in_flight.contains(&(r.stream.clone(), r.id.clone())));
             if !claimed.is_empty() {
                 tracing::info!(source = %self.name, entries = claimed.len(), "claimed entries idle on other consumers");
                 return self.without_exhausted(claimed).await;
@@ -211,19 +243,17 @@ impl RedisStreamSource {
             self.next_trim = Instant::now() + self.config.trim_interval;
             self.trim().await;
         }
-        self.read(">", true).await
+        let new = vec![">"; self.config.streams.len()];
+        self.read(&new, true).await
     }
 
-    async fn read(&mut self, id: &str, block: bool) -> Result<Vec<RawRecord>, SourceError> {
+    async fn read(&mut self, ids: &[&str], block: bool) -> Result<Vec<RawRecord>, SourceError> {
         let mut command = cmd("XREADGROUP");
         command.arg("GROUP").arg(&self.config.group).arg(&self.consumer).arg("COUNT").arg(self.config.batch_size);
         if block {
             command.arg("BLOCK").arg(self.config.block.as_millis() as u64);
         }
-        command.arg("STREAMS").arg(&self.config.streams);
-        for _ in &self.config.streams {
-            command.arg(id);
-        }
+        command.arg("STREAMS").arg(&self.config.streams).arg(ids);
         let reply: Value =
             command.query_async(&mut self.reader).await.map_err(|e| self.unavailable("XREADGROUP", e))?;
         Ok(parse_read_reply(reply))
@@ -329,7 +359,11 @@ impl RedisStreamSource {
                 pipe.cmd("XACK").arg(stream).arg(&self.config.group).arg(ids).ignore();
             }
         }
-        pipe.query_async::<()>(&mut self.commands).await.map_err(|e| self.unavailable("XACK", e))
+        pipe.query_async::<()>(&mut self.commands).await.map_err(|e| self.unavailable("XACK", e))?;
+        for record in records {
+            self.in_flight.remove(&(record.stream.clone(), record.id.clone()));
+        }
+        Ok(())
     }
 
     /// Appends records to their dead-letter streams with the reason; the caller
