@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/dev-services.sh
 bash scripts/build-plugins.sh
+bash scripts/browser.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -20,3 +21,4 @@ cargo run --quiet -p evercache-bench -- capture --rate 200 --seconds 1 --burst 2
 
 echo "== cargo test"
 cargo test --workspace
+echo "== artifacts: target/artifacts/status-page.png (the status page as headless Chromium rendered it)"

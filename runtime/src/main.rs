@@ -1,4 +1,4 @@
-//! The `evercache` command line: `run`, `check` and `capture`.
+//! The `evercache` command line: `run`, `check`, `status` and `capture`.
 
 use std::path::PathBuf;
 
@@ -58,6 +58,13 @@ enum Command {
         #[arg(long)]
         schemas: bool,
     },
+    /// Print each pipeline's lag, pending entries, dead letters, freshness and
+    /// the caches' memory, read from Redis and Postgres (works while `run` is down).
+    Status {
+        /// The runtime file, e.g. evercache.toml.
+        #[arg(long, short, env = "EVERCACHE_CONFIG")]
+        config: PathBuf,
+    },
     /// Validate the configuration and load and init every plugin, then exit.
     Check {
         /// The runtime file, e.g. evercache.toml.
@@ -102,6 +109,11 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(watch_signals(shutdown.clone()));
             let written = forward(&mut capture, &mut writer, &shutdown).await?;
             tracing::info!(source = %name, written, "capture stopped");
+            Ok(())
+        }
+        Command::Status { config } => {
+            let config = Config::load(&config)?;
+            print!("{}", evercache::status::report(&config).await?);
             Ok(())
         }
         Command::Run { config } => {

@@ -3,13 +3,15 @@
 //! transient ones (database or Redis down) are waited out without limit.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{OnChange, PipelineConfig};
 use super::plan::KeyPlan;
+use super::stats::PipelineStats;
 use crate::event::ChangeEvent;
 use crate::plugin::bindings::Outcome;
 use crate::plugin::{CallError, PluginHandle};
@@ -62,12 +64,21 @@ pub struct Pipeline {
     tables: HashSet<String>,
     instance: Mutex<PluginHandle>,
     writer: RedisWriter,
+    stats: Arc<PipelineStats>,
 }
 
 impl Pipeline {
     /// Wires a pipeline from its parts; the instance should already be `init`-ed.
     pub fn new(name: &str, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
+        let stats = Arc::new(PipelineStats::new(name, &config.plugin));
+        let loaded_at = match &instance {
+            PluginHandle::Wasm(wasm) => wasm.plugin().loaded_at,
+            PluginHandle::Native(_) => SystemTime::now(),
+        };
+        let label = instance.label();
+        stats.plugin_loaded(label.rsplit_once('@').map_or("", |(_, v)| v), loaded_at);
         Self {
+            stats,
             name: name.to_owned(),
             tables: config.tables.iter().cloned().collect(),
             config,
@@ -79,6 +90,16 @@ impl Pipeline {
     /// The pipeline's name (its file stem).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Its live figures (metrics and status page).
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.stats
     }
 
     /// The `schema.table` names it handles.
@@ -95,10 +116,14 @@ impl Pipeline {
     ) -> Result<Vec<Failure>, Interrupted> {
         let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
         let error = match self.retry(&all, self.config.max_attempts, shutdown).await? {
-            None => return Ok(Vec::new()),
+            None => {
+                self.stats.finished(events, &[]);
+                return Ok(Vec::new());
+            }
             Some(error) => error,
         };
         if events.len() == 1 {
+            self.stats.finished(events, &[events[0].0]);
             return Ok(vec![self.failure(events[0].0, &error, self.config.max_attempts)]);
         }
         // Find the records that fail on their own so the rest are still applied.
@@ -109,6 +134,7 @@ impl Pipeline {
                 failures.push(self.failure(*record, &error, self.config.max_attempts + 1));
             }
         }
+        self.stats.finished(events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
         Ok(failures)
     }
 
@@ -130,11 +156,13 @@ impl Pipeline {
         loop {
             let error = match self.apply(events).await {
                 Ok(report) => {
+                    self.stats.written(&report);
                     tracing::debug!(pipeline = %self.name, events = events.len(), applied = report.applied, deleted = report.deleted, stale = report.stale, "batch written");
                     return Ok(None);
                 }
                 Err(error) => error,
             };
+            self.stats.failed(&error);
             let delay = if error.is_transient() {
                 transient_waits += 1;
                 tracing::warn!(pipeline = %self.name, error = %error, "dependency unavailable; waiting, nothing acked");
@@ -171,6 +199,7 @@ impl Pipeline {
                 plan.add(key, event);
             }
         }
+        self.stats.planned(events.len(), plan.named(), plan.len());
         if plan.is_empty() {
             return Ok(WriteReport::default());
         }
@@ -186,7 +215,10 @@ impl Pipeline {
                 for chunk in plan.keys().chunks(self.config.recompute_batch) {
                     // Stamped before the call: the value reflects the database at least as of now.
                     let read_at_ms = now_ms();
-                    let outcomes = instance.recompute(chunk).await?;
+                    let started = Instant::now();
+                    let outcomes = instance.recompute(chunk).await;
+                    self.stats.recomputed(started.elapsed());
+                    let outcomes = outcomes?;
                     for (key, outcome) in chunk.iter().zip(outcomes) {
                         let action = match outcome {
                             Outcome::Put(value) => KeyAction::Put(value),

@@ -121,6 +121,7 @@ impl SourceRunner {
                 Err(e) => self.wait_for_source(&e, shutdown).await?,
             }
         }
+        crate::metrics::dead_lettered(self.source.name(), &letters);
         loop {
             match self.source.ack(records).await {
                 Ok(()) => return Ok(()),
