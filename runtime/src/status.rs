@@ -270,7 +270,12 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
 }
 
 fn ago(now: u64, at: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_millis(now.saturating_sub(at) / 100 * 100)).to_string()
+    let ms = now.saturating_sub(at);
+    if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+    }
 }
 
 fn write_table<const N: usize>(out: &mut String, rows: &[[String; N]]) {

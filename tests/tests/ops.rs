@@ -288,5 +288,103 @@ async fn lag_probes_read_stream_lag_pending_dead_letters_and_slot_bytes() -> Res
         toml::from_str("type = \"redis-stream\"\nurl = \"redis://:s3cret@127.0.0.1:1\"\nstreams = [\"x\"]")?;
     let error = LagProbe::new("gone", &unreachable)?.probe().await.unwrap_err().to_string();
     assert!(error.contains("source 'gone'") && !error.contains("s3cret"), "{error}");
+    for url in ["postgres://evercache:s3cret@127.0.0.1:1/test", "postgres://evercache:s3cret@127.0.0.1:5432/test"] {
+        let unreachable: SourceConfig = toml::from_str(&format!(
+            "type = \"postgres\"\nurl = \"{url}\"\ntables = [\"public.x\"]\ndead_letter_url = \"{REDIS_URL}\""
+        ))?;
+        let error = LagProbe::new("gone", &unreachable)?.probe().await.unwrap_err().to_string();
+        assert!(error.contains("source 'gone'") && !error.contains("s3cret"), "{error}");
+    }
     Ok(())
+}
+
+/// Drops the test's slot and publication once the server released them.
+async fn drop_capture(env: &TestEnv) -> Result<()> {
+    let slot = env.prefix.clone();
+    wait_until("replication slot released and dropped", WAIT, || {
+        let (pg, slot) = (env.pg.clone(), slot.clone());
+        async move {
+            sqlx::query(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
+            )
+            .bind(&slot)
+            .execute(&pg)
+            .await?;
+            let left: i64 = sqlx::query_scalar("select count(*) from pg_replication_slots where slot_name = $1")
+                .bind(&slot)
+                .fetch_one(&pg)
+                .await?;
+            Ok(left == 0)
+        }
+    })
+    .await?;
+    sqlx::query(&format!("drop publication if exists {slot}")).execute(&env.pg).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_pipeline_exports_slot_lag_and_real_commit_delay() -> Result<()> {
+    let env = TestEnv::new("ops_capture").await?;
+    drop_capture(&env).await?;
+    env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
+    let p = env.prefix.clone();
+    let runtime = format!(
+        r#"plugins_dir = "{plugins}"
+pipelines_dir = "pipelines"
+[databases.db]
+url = "{PG_URL}"
+[caches.main]
+url = "{REDIS_URL}"
+[sources.events]
+type = "postgres"
+url = "{PG_URL}"
+tables = ["{p}.item"]
+publication = "{p}"
+slot = "{p}"
+topic_prefix = "{p}"
+snapshot = "never"
+dead_letter_url = "{REDIS_URL}"
+[http]
+listen = "127.0.0.1:0"
+probe_interval = "100ms"
+"#,
+        plugins = evercache_e2e::plugins_dir().display()
+    );
+    let pipeline = format!("{p}_items");
+    let config = env.config(&runtime, &[(&pipeline, &env.testkit_pipeline(""))])?;
+    let (addr, shutdown, tasks) = start(config.clone()).await?;
+    let result = async {
+        env.sql("insert into item values (1, 'one', 1); insert into item values (2, 'two', 1)").await?;
+        let pl = ("pipeline", pipeline.as_str());
+        wait_sample(addr, "evercache_end_to_end_delay_seconds_count", &[pl], 2.0).await?;
+        let slot_labels = [("source", "events"), ("slot", p.as_str())];
+        wait_until("slot lag exported", WAIT, || async {
+            let (_, page) = get(addr, "/metrics").await?;
+            Ok(sample(&page, "evercache_replication_slot_lag_bytes", &slot_labels).is_some())
+        })
+        .await?;
+        let (_, page) = get(addr, "/metrics").await?;
+        assert_eq!(sample(&page, "evercache_events_total", &[pl, ("op", "c"), ("outcome", "written")]), Some(2.0));
+        // Real commit times: the delay is the debug build's few milliseconds, well under 20 s.
+        let delay = sample(&page, "evercache_end_to_end_delay_seconds_sum", &[pl]).unwrap_or(-1.0);
+        assert!((0.0..40.0).contains(&delay), "delay sum {delay}s");
+        let key = evercache::status::status_key(&pipeline);
+        wait_until("the runtime saved its figures", WAIT, || async {
+            let mut redis = env.redis.clone();
+            let events: Option<String> = redis::cmd("HGET").arg(&key).arg("events").query_async(&mut redis).await?;
+            Ok(events.as_deref() == Some("2"))
+        })
+        .await?;
+        let report = evercache::status::report(&config).await?;
+        println!("{report}");
+        let line = report.lines().find(|l| l.starts_with(&pipeline)).context("no pipeline row")?;
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[3..5], ["2", "0"], "events, dead letters: {report}");
+        assert!(line.contains(" B ") && line.contains(" ago ") && line.ends_with("running"), "{report}");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    stop(shutdown, tasks).await?;
+    drop_capture(&env).await?;
+    result
 }
