@@ -388,3 +388,22 @@ probe_interval = "100ms"
     drop_capture(&env).await?;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_errors_never_show_passwords() -> Result<()> {
+    let env = TestEnv::new("ops_secret").await?;
+    let runtime = env.runtime_toml(&[env.stream("item")], "").replace(
+        &format!("[caches.main]\nurl = \"{REDIS_URL}\""),
+        "[caches.main]\nurl = \"redis://:s3cret@127.0.0.1:1\"",
+    );
+    assert!(runtime.contains("s3cret"));
+    let config = env.config(&runtime, &[("items", &env.testkit_pipeline(""))])?;
+    let error = match Runtime::build(config.clone()).await {
+        Ok(_) => bail!("a cache on port 1 cannot be reached"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("cache 'main'") && !error.contains("s3cret"), "{error}");
+    let report = evercache::status::report(&config).await?;
+    assert!(report.contains("cache main: unreachable") && !report.contains("s3cret"), "{report}");
+    Ok(())
+}

@@ -109,6 +109,7 @@ impl Pipeline {
 
     /// Applies `events` (record index, event). Returns the records that failed
     /// permanently, to be dead-lettered; everything else was written.
+    #[tracing::instrument(skip_all, fields(pipeline = %self.name, plugin = %self.config.plugin, events = events.len()))]
     pub async fn process(
         &self,
         events: &[(usize, ChangeEvent)],
@@ -124,22 +125,23 @@ impl Pipeline {
         };
         if events.len() == 1 {
             self.stats.finished(events, &[events[0].0]);
-            return Ok(vec![self.failure(events[0].0, &error, self.config.max_attempts)]);
+            return Ok(vec![self.failure(events[0].0, &events[0].1, &error, self.config.max_attempts)]);
         }
         // Find the records that fail on their own so the rest are still applied.
         tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; applying its records one by one");
         let mut failures = Vec::new();
         for (record, event) in events {
             if let Some(error) = self.retry(&[event], 1, shutdown).await? {
-                failures.push(self.failure(*record, &error, self.config.max_attempts + 1));
+                failures.push(self.failure(*record, event, &error, self.config.max_attempts + 1));
             }
         }
         self.stats.finished(events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
         Ok(failures)
     }
 
-    fn failure(&self, record: usize, error: &ApplyError, attempts: u32) -> Failure {
-        tracing::error!(pipeline = %self.name, error = %error, attempts, "record failed permanently; dead-lettered");
+    fn failure(&self, record: usize, event: &ChangeEvent, error: &ApplyError, attempts: u32) -> Failure {
+        let table = event.table.as_str();
+        tracing::error!(pipeline = %self.name, table, key = %event.key, error = %error, attempts, "record failed permanently; dead-lettered");
         Failure { record, error: error.to_string(), attempts }
     }
 
