@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/dev-services.sh
 bash scripts/build-plugins.sh
+bash scripts/browser.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -24,3 +25,5 @@ cargo test --workspace
 
 echo "== fault suite (kills and restarts real processes; prints what each scenario checked)"
 cargo test -p evercache --test faults -- --nocapture --test-threads=1
+
+echo "== artifacts: target/artifacts/status-page.png (the status page as headless Chromium rendered it)"

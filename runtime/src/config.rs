@@ -32,6 +32,9 @@ pub struct RuntimeConfig {
     /// Limits for plugin calls.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// The metrics, health and status page listener; none when absent.
+    #[serde(default)]
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// A loaded and cross-checked configuration.

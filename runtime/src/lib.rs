@@ -20,9 +20,12 @@
 
 pub mod config;
 pub mod event;
+pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod recompute;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod status;

@@ -1,4 +1,4 @@
-//! The `evercache` command line: `run`, `check`, `capture` and `dlq`.
+//! The `evercache` command line: `run`, `check`, `status`, `capture` and `dlq`.
 
 use std::path::PathBuf;
 
@@ -62,6 +62,13 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Print each pipeline's lag, pending entries, dead letters, freshness and
+    /// the caches' memory, read from Redis and Postgres (works while `run` is down).
+    Status {
+        /// The runtime file, e.g. evercache.toml.
+        #[arg(long, short, env = "EVERCACHE_CONFIG")]
+        config: PathBuf,
     },
     /// Validate the configuration and load and init every plugin, then exit.
     Check {
@@ -138,6 +145,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { action } => dlq(action).await,
+        Command::Status { config } => {
+            let config = Config::load(&config)?;
+            print!("{}", evercache::status::report(&config).await?);
+            Ok(())
+        }
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let runtime = Runtime::build(config).await.context("startup failed")?;

@@ -70,6 +70,9 @@ pub enum StartError {
     /// A source could not be reached.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The `[http]` listener could not bind.
+    #[error(transparent)]
+    Http(#[from] crate::http::BindError),
 }
 
 /// Everything built from the configuration, ready to run.
@@ -77,6 +80,7 @@ pub struct Runtime {
     config: Config,
     plugins: HashMap<String, Arc<LoadedPlugin>>,
     pipelines: Vec<(String, Arc<Pipeline>)>,
+    http: Option<tokio::net::TcpListener>,
 }
 
 impl Runtime {
@@ -92,6 +96,10 @@ impl Runtime {
         config: Config,
         natives: HashMap<String, NativeFactory>,
     ) -> Result<Self, StartError> {
+        if config.runtime.http.is_some() {
+            // Before the pipelines exist, so their first figures are recorded.
+            crate::metrics::install();
+        }
         let engine =
             PluginEngine::new(config.runtime.sandbox.clone()).map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let plugins = load_dir(&engine, &config.runtime.plugins_dir).await?;
@@ -137,7 +145,7 @@ impl Runtime {
             let handle = PluginHandle::Wasm(Box::new(instance));
             pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer))));
         }
-        Ok(Self { config, plugins, pipelines })
+        Ok(Self { config, plugins, pipelines, http: None })
     }
 
     /// The loaded plugins by name.
@@ -150,9 +158,18 @@ impl Runtime {
         self.pipelines.iter().map(|(n, _)| n.as_str()).collect()
     }
 
+    /// Binds the `[http]` listener now (else [`Runtime::start`] does) and
+    /// returns its address, e.g. to learn the port when `listen` ends in `:0`.
+    pub async fn bind_http(&mut self) -> Result<Option<std::net::SocketAddr>, StartError> {
+        if let (None, Some(http)) = (&self.http, &self.config.runtime.http) {
+            self.http = Some(crate::http::bind(http).await?);
+        }
+        Ok(self.http.as_ref().and_then(crate::http::local_addr))
+    }
+
     /// Connects every source (creating consumer groups) and starts its runner;
     /// the tasks end after `shutdown` is cancelled and their batches drained.
-    pub async fn start(self, shutdown: CancellationToken) -> Result<JoinSet<()>, StartError> {
+    pub async fn start(mut self, shutdown: CancellationToken) -> Result<JoinSet<()>, StartError> {
         let mut tasks = JoinSet::new();
         for (source_name, source) in &self.config.runtime.sources {
             let pipelines: Vec<Arc<Pipeline>> = self
@@ -167,6 +184,11 @@ impl Runtime {
             }
             let source = source.build(source_name).await?;
             tasks.spawn(SourceRunner::new(source, pipelines).run(shutdown.clone()));
+        }
+        self.bind_http().await?;
+        if let (Some(http), Some(listener)) = (self.config.runtime.http.clone(), self.http.take()) {
+            let pipelines = self.pipelines.iter().map(|(_, p)| p.clone()).collect();
+            tasks.spawn(crate::http::serve(listener, http, self.config.clone(), pipelines, shutdown));
         }
         Ok(tasks)
     }

@@ -3,13 +3,15 @@
 //! transient ones (database or Redis down) are waited out without limit.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{OnChange, PipelineConfig};
 use super::plan::KeyPlan;
+use super::stats::PipelineStats;
 use crate::event::ChangeEvent;
 use crate::plugin::bindings::Outcome;
 use crate::plugin::{CallError, PluginHandle};
@@ -62,12 +64,21 @@ pub struct Pipeline {
     tables: HashSet<String>,
     instance: Mutex<PluginHandle>,
     writer: RedisWriter,
+    stats: Arc<PipelineStats>,
 }
 
 impl Pipeline {
     /// Wires a pipeline from its parts; the instance should already be `init`-ed.
     pub fn new(name: &str, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
+        let stats = Arc::new(PipelineStats::new(name, &config.plugin));
+        let loaded_at = match &instance {
+            PluginHandle::Wasm(wasm) => wasm.plugin().loaded_at,
+            PluginHandle::Native(_) => SystemTime::now(),
+        };
+        let label = instance.label();
+        stats.plugin_loaded(label.rsplit_once('@').map_or("", |(_, v)| v), loaded_at);
         Self {
+            stats,
             name: name.to_owned(),
             tables: config.tables.iter().cloned().collect(),
             config,
@@ -81,6 +92,16 @@ impl Pipeline {
         &self.name
     }
 
+    /// Its configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Its live figures (metrics and status page).
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.stats
+    }
+
     /// The `schema.table` names it handles.
     pub fn tables(&self) -> &HashSet<String> {
         &self.tables
@@ -88,6 +109,7 @@ impl Pipeline {
 
     /// Applies `events` (record index, event). Returns the records that failed
     /// permanently, to be dead-lettered; everything else was written.
+    #[tracing::instrument(skip_all, fields(pipeline = %self.name, plugin = %self.config.plugin, events = events.len()))]
     pub async fn process(
         &self,
         events: &[(usize, ChangeEvent)],
@@ -95,25 +117,31 @@ impl Pipeline {
     ) -> Result<Vec<Failure>, Interrupted> {
         let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
         let error = match self.retry(&all, self.config.max_attempts, shutdown).await? {
-            None => return Ok(Vec::new()),
+            None => {
+                self.stats.finished(events, &[]);
+                return Ok(Vec::new());
+            }
             Some(error) => error,
         };
         if events.len() == 1 {
-            return Ok(vec![self.failure(events[0].0, &error, self.config.max_attempts)]);
+            self.stats.finished(events, &[events[0].0]);
+            return Ok(vec![self.failure(events[0].0, &events[0].1, &error, self.config.max_attempts)]);
         }
         // Find the records that fail on their own so the rest are still applied.
         tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; applying its records one by one");
         let mut failures = Vec::new();
         for (record, event) in events {
             if let Some(error) = self.retry(&[event], 1, shutdown).await? {
-                failures.push(self.failure(*record, &error, self.config.max_attempts + 1));
+                failures.push(self.failure(*record, event, &error, self.config.max_attempts + 1));
             }
         }
+        self.stats.finished(events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
         Ok(failures)
     }
 
-    fn failure(&self, record: usize, error: &ApplyError, attempts: u32) -> Failure {
-        tracing::error!(pipeline = %self.name, error = %error, attempts, "record failed permanently; dead-lettered");
+    fn failure(&self, record: usize, event: &ChangeEvent, error: &ApplyError, attempts: u32) -> Failure {
+        let table = event.table.as_str();
+        tracing::error!(pipeline = %self.name, table, key = %event.key, error = %error, attempts, "record failed permanently; dead-lettered");
         Failure { record, error: error.to_string(), attempts }
     }
 
@@ -130,11 +158,13 @@ impl Pipeline {
         loop {
             let error = match self.apply(events).await {
                 Ok(report) => {
+                    self.stats.written(&report);
                     tracing::debug!(pipeline = %self.name, events = events.len(), applied = report.applied, deleted = report.deleted, stale = report.stale, "batch written");
                     return Ok(None);
                 }
                 Err(error) => error,
             };
+            self.stats.failed(&error);
             let delay = if error.is_transient() {
                 transient_waits += 1;
                 tracing::warn!(pipeline = %self.name, error = %error, "dependency unavailable; waiting, nothing acked");
@@ -171,6 +201,7 @@ impl Pipeline {
                 plan.add(key, event);
             }
         }
+        self.stats.planned(events.len(), plan.named(), plan.len());
         if plan.is_empty() {
             return Ok(WriteReport::default());
         }
@@ -186,7 +217,10 @@ impl Pipeline {
                 for chunk in plan.keys().chunks(self.config.recompute_batch) {
                     // Stamped before the call: the value reflects the database at least as of now.
                     let read_at_ms = now_ms();
-                    let outcomes = instance.recompute(chunk).await?;
+                    let started = Instant::now();
+                    let outcomes = instance.recompute(chunk).await;
+                    self.stats.recomputed(started.elapsed());
+                    let outcomes = outcomes?;
                     for (key, outcome) in chunk.iter().zip(outcomes) {
                         let action = match outcome {
                             Outcome::Put(value) => KeyAction::Put(value),

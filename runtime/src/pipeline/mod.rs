@@ -5,6 +5,7 @@ mod batch;
 pub mod config;
 pub mod plan;
 mod runner;
+pub mod stats;
 
 pub use batch::{ApplyError, Failure, Interrupted, Pipeline, now_ms};
 pub use config::{OnChange, PipelineConfig};

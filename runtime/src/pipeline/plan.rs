@@ -34,12 +34,14 @@ impl PlannedVersion {
 pub struct KeyPlan {
     keys: Vec<String>,
     versions: HashMap<String, PlannedVersion>,
+    named: usize,
 }
 
 impl KeyPlan {
     /// Records that `event` touches `key`.
     pub fn add(&mut self, key: String, event: &ChangeEvent) {
         let snapshot = event.op == Op::SnapshotRead;
+        self.named += 1;
         match self.versions.get_mut(&key) {
             Some(version) => {
                 if event.position > version.position {
@@ -75,6 +77,11 @@ impl KeyPlan {
     /// How many distinct keys.
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// How many keys the events named, duplicates included.
+    pub fn named(&self) -> usize {
+        self.named
     }
 
     /// True when no event touched any key.

@@ -46,12 +46,11 @@ impl SourceRunner {
         let mut prefetched: Option<Result<Vec<RawRecord>, SourceError>> = None;
         // A batch already read when shutdown comes is drained like the one in flight.
         while !shutdown.is_cancelled() || prefetched.is_some() {
+            // A read is never abandoned: Redis may already have delivered its
+            // entries to us. It is bounded by the source's `block`.
             let batch = match prefetched.take() {
                 Some(batch) => batch,
-                None => tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    batch = self.source.next_batch() => batch,
-                },
+                None => self.source.next_batch().await,
             };
             let records = match batch {
                 Ok(records) => records,
@@ -67,14 +66,9 @@ impl SourceRunner {
             // Reading the next batch overlaps applying this one where the source
             // allows it; batches are still applied and acknowledged in order.
             let applied = if self.source.prefetches() && !shutdown.is_cancelled() {
-                let read = async {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => None,
-                        batch = self.source.next_batch() => Some(batch),
-                    }
-                };
-                let (applied, next) = tokio::join!(apply(&self.pipelines, &self.routes, &records, &shutdown), read);
-                prefetched = next;
+                let (applied, next) =
+                    tokio::join!(apply(&self.pipelines, &self.routes, &records, &shutdown), self.source.next_batch());
+                prefetched = Some(next);
                 applied
             } else {
                 apply(&self.pipelines, &self.routes, &records, &shutdown).await
@@ -115,6 +109,7 @@ impl SourceRunner {
                 Err(e) => self.wait_for_source(&e, shutdown).await?,
             }
         }
+        crate::metrics::dead_lettered(self.source.name(), &letters);
         loop {
             match self.source.ack(records).await {
                 Ok(()) => return Ok(()),

@@ -60,7 +60,11 @@ impl evercache::plugin::host::Host for PluginState {
         let Some(database) = &self.database else {
             return Err(format!("pipeline '{}' has no database; set `database` in its pipeline file", self.pipeline));
         };
-        match database.query(&sql, &params).await {
+        let started = std::time::Instant::now();
+        let result = database.query(&sql, &params).await;
+        let labels = [("pipeline", self.pipeline.to_string()), ("plugin", self.plugin.to_string())];
+        metrics::histogram!(crate::metrics::HOST_QUERY_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+        match result {
             Ok(rows) => Ok(rows),
             Err(e) => {
                 if e.is_transient() {

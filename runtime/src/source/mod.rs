@@ -2,6 +2,7 @@
 //! them only after the batch's cache writes succeeded.
 
 pub mod dead_letter;
+pub mod lag;
 pub mod postgres;
 pub mod redis_stream;
 

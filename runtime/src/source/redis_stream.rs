@@ -329,6 +329,7 @@ impl RedisStreamSource {
                 })
                 .collect();
             self.dead_letters.write(&letters).await?;
+            crate::metrics::dead_lettered(&self.name, &letters);
             self.ack(&exhausted).await?;
         }
         Ok(keep)

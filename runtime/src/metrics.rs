@@ -1,0 +1,112 @@
+//! Metric names, defined once (Prometheus style, `_total` for counters), and the
+//! process-wide Prometheus recorder the `[http]` listener renders at `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::source::DeadLetter;
+
+/// Change events handled, by `pipeline`, `op` (c/u/d/r/t) and `outcome` (`written`, `dead_lettered`).
+pub const EVENTS_TOTAL: &str = "evercache_events_total";
+/// Events per pipeline batch (histogram), by `pipeline`.
+pub const BATCH_EVENTS: &str = "evercache_batch_events";
+/// Keys named by `keys` calls before coalescing, by `pipeline`.
+pub const KEYS_PLANNED_TOTAL: &str = "evercache_keys_planned_total";
+/// Distinct keys recomputed (or invalidated), by `pipeline`.
+pub const KEYS_RECOMPUTED_TOTAL: &str = "evercache_keys_recomputed_total";
+/// Keys named per distinct key in a batch (histogram, 1 = no coalescing), by `pipeline`.
+pub const COALESCING_RATIO: &str = "evercache_coalescing_ratio";
+/// Duration of one `recompute` call (histogram), by `pipeline`.
+pub const RECOMPUTE_SECONDS: &str = "evercache_recompute_duration_seconds";
+/// Duration of one host `query` (histogram), by `pipeline` and `plugin`.
+pub const HOST_QUERY_SECONDS: &str = "evercache_host_query_duration_seconds";
+/// Guarded key writes, by `pipeline` and `outcome` (`applied`, `stale`, `deleted`).
+pub const WRITES_TOTAL: &str = "evercache_writes_total";
+/// Now minus the source commit time of each written event (histogram), by `pipeline`.
+pub const DELAY_SECONDS: &str = "evercache_end_to_end_delay_seconds";
+/// Records written to a dead-letter stream, by `source` and `pipeline` ("" when undecodable).
+pub const DEAD_LETTERS_TOTAL: &str = "evercache_dead_letters_total";
+/// Failed plugin calls, by `pipeline`, `plugin` and `kind` (plugin/trap/timeout/contract/unavailable).
+pub const PLUGIN_ERRORS_TOTAL: &str = "evercache_plugin_errors_total";
+/// Plugin hot reloads, by `plugin` and `outcome` (`ok`, `error`).
+pub const PLUGIN_RELOADS_TOTAL: &str = "evercache_plugin_reloads_total";
+/// When the running plugin version was loaded (Unix seconds), by `pipeline`, `plugin` and `version`.
+pub const PLUGIN_LOADED_SECONDS: &str = "evercache_plugin_loaded_timestamp_seconds";
+/// Entries (or messages) not yet delivered to the consumer group, by `source` and `stream`.
+pub const SOURCE_LAG_ENTRIES: &str = "evercache_source_lag_entries";
+/// Entries delivered to the group but not acknowledged, by `source` and `stream`.
+pub const SOURCE_PENDING_ENTRIES: &str = "evercache_source_pending_entries";
+/// WAL bytes between the server's current position and the slot's confirmed one, by `source` and `slot`.
+pub const SLOT_LAG_BYTES: &str = "evercache_replication_slot_lag_bytes";
+/// 1 when the last probe reached the source, else 0, by `source`.
+pub const SOURCE_UP: &str = "evercache_source_up";
+/// Redis `used_memory` of a cache, by `cache`.
+pub const REDIS_USED_MEMORY_BYTES: &str = "evercache_redis_used_memory_bytes";
+
+/// Latency buckets (seconds) shared by the duration histograms.
+const SECONDS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets for counts per batch.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+/// Buckets for the coalescing ratio.
+const RATIO_BUCKETS: &[f64] = &[1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0];
+
+/// Installs the Prometheus recorder once per process and returns its handle;
+/// `None` when another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in [
+                (BATCH_EVENTS, COUNT_BUCKETS),
+                (COALESCING_RATIO, RATIO_BUCKETS),
+                (RECOMPUTE_SECONDS, SECONDS_BUCKETS),
+                (HOST_QUERY_SECONDS, SECONDS_BUCKETS),
+                (DELAY_SECONDS, SECONDS_BUCKETS),
+            ] {
+                builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets).ok()?;
+            }
+            let handle = builder.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    describe_counter!(EVENTS_TOTAL, "Change events handled, by pipeline, op and outcome.");
+    describe_histogram!(BATCH_EVENTS, "Events per pipeline batch.");
+    describe_counter!(KEYS_PLANNED_TOTAL, "Keys named by plugin keys calls, before coalescing.");
+    describe_counter!(KEYS_RECOMPUTED_TOTAL, "Distinct keys recomputed or invalidated.");
+    describe_histogram!(COALESCING_RATIO, "Keys named per distinct key in a batch.");
+    describe_histogram!(RECOMPUTE_SECONDS, Unit::Seconds, "Duration of one recompute call.");
+    describe_histogram!(HOST_QUERY_SECONDS, Unit::Seconds, "Duration of one host query.");
+    describe_counter!(WRITES_TOTAL, "Guarded key writes by outcome (applied, stale, deleted).");
+    describe_histogram!(DELAY_SECONDS, Unit::Seconds, "Now minus the source commit time of each written event.");
+    describe_counter!(DEAD_LETTERS_TOTAL, "Records written to a dead-letter stream.");
+    describe_counter!(PLUGIN_ERRORS_TOTAL, "Failed plugin calls by kind.");
+    describe_counter!(PLUGIN_RELOADS_TOTAL, "Plugin hot reloads by outcome.");
+    describe_gauge!(PLUGIN_LOADED_SECONDS, Unit::Seconds, "When the running plugin version was loaded.");
+    describe_gauge!(SOURCE_LAG_ENTRIES, "Entries not yet delivered to the consumer group.");
+    describe_gauge!(SOURCE_PENDING_ENTRIES, "Entries delivered but not acknowledged.");
+    describe_gauge!(SLOT_LAG_BYTES, Unit::Bytes, "WAL bytes the replication slot has not confirmed.");
+    describe_gauge!(SOURCE_UP, "1 when the last probe reached the source.");
+    describe_gauge!(REDIS_USED_MEMORY_BYTES, Unit::Bytes, "Redis used_memory of a cache.");
+}
+
+/// Counts dead letters once they are written (one line in the source runner).
+pub fn dead_lettered(source: &str, letters: &[DeadLetter<'_>]) {
+    for letter in letters {
+        let pipeline = letter.pipeline.clone().unwrap_or_default();
+        counter!(DEAD_LETTERS_TOTAL, "source" => source.to_owned(), "pipeline" => pipeline).increment(1);
+    }
+}
+
+/// Registers a plugin's reload counters at 0 so dashboards show them before the first reload.
+pub fn register_plugin(plugin: &str) {
+    for outcome in ["ok", "error"] {
+        counter!(PLUGIN_RELOADS_TOTAL, "plugin" => plugin.to_owned(), "outcome" => outcome).increment(0);
+    }
+}

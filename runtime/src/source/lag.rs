@@ -1,0 +1,206 @@
+//! Per-source lag probes: how far the consumer is behind, read from the source's
+//! own servers (Redis `XINFO GROUPS`, Postgres `pg_replication_slots`), so the
+//! runtime and `evercache status` share them; a new source kind adds a variant.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use sqlx::{Connection, PgConnection};
+
+use super::{SourceConfig, SourceError};
+
+/// Longest a probe may take before the source counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How far one stream (or slot) of a source is behind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceLag {
+    /// The stream, or `slot <name>` for a replication slot.
+    pub stream: String,
+    /// Entries not yet delivered to the consumer group.
+    pub lag_entries: Option<u64>,
+    /// Entries delivered but not acknowledged.
+    pub pending_entries: Option<u64>,
+    /// WAL bytes the slot has not confirmed.
+    pub lag_bytes: Option<u64>,
+    /// Entries in the stream's dead-letter stream(s).
+    pub dead_letters: Option<u64>,
+}
+
+/// A probe of one configured source.
+pub struct LagProbe {
+    source: String,
+    kind: ProbeKind,
+    redis: Option<(redis::Client, Option<MultiplexedConnection>)>,
+    postgres: Option<PgConnection>,
+}
+
+enum ProbeKind {
+    RedisStream { streams: Vec<String>, group: String, dead_letters: Vec<String> },
+    Postgres { url: String, slot: String, dead_letters: Vec<String> },
+}
+
+impl LagProbe {
+    /// A probe for `[sources.<name>]`; it connects on first use.
+    pub fn new(name: &str, config: &SourceConfig) -> Result<Self, SourceError> {
+        let bad = |message: String| SourceError::BadConfig { source_name: name.to_owned(), message };
+        let (kind, redis_url) = match config {
+            SourceConfig::RedisStream(c) => {
+                let dead_letters = c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
+                let kind = ProbeKind::RedisStream { streams: c.streams.clone(), group: c.group.clone(), dead_letters };
+                (kind, c.url.as_str())
+            }
+            SourceConfig::Postgres(c) => {
+                let prefix = c.topic_prefix.clone().unwrap_or_else(|| database_name(&c.url));
+                let dead_letters = c
+                    .tables
+                    .iter()
+                    .map(|t| c.dead_letter_stream.replace("{stream}", &format!("{prefix}.{t}")))
+                    .collect();
+                let kind = ProbeKind::Postgres { url: c.url.clone(), slot: c.slot.clone(), dead_letters };
+                (kind, c.dead_letter_url.as_str())
+            }
+        };
+        let client = redis::Client::open(redis_url).map_err(|e| bad(format!("invalid redis url: {e}")))?;
+        Ok(Self { source: name.to_owned(), kind, redis: Some((client, None)), postgres: None })
+    }
+
+    /// The `[sources.<name>]` name.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Reads the lag now; an error means the source could not be reached.
+    pub async fn probe(&mut self) -> Result<Vec<SourceLag>, SourceError> {
+        let source = self.source.clone();
+        let result = tokio::time::timeout(PROBE_TIMEOUT, self.probe_inner()).await.unwrap_or_else(|_| {
+            Err(SourceError::Unavailable { source_name: source, operation: "probe", message: "timed out".to_owned() })
+        });
+        if result.is_err() {
+            // Reconnect next time: the connection may be the broken part.
+            self.postgres = None;
+            if let Some((_, conn)) = &mut self.redis {
+                *conn = None;
+            }
+        }
+        result
+    }
+
+    async fn probe_inner(&mut self) -> Result<Vec<SourceLag>, SourceError> {
+        let unavailable = |operation: &'static str, message: String| SourceError::Unavailable {
+            source_name: self.source.clone(),
+            operation,
+            message,
+        };
+        let redis = match &mut self.redis {
+            Some((client, conn @ None)) => {
+                let connected = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| unavailable("connect", e.to_string()))?;
+                conn.insert(connected).clone()
+            }
+            Some((_, Some(conn))) => conn.clone(),
+            None => return Ok(Vec::new()),
+        };
+        match &self.kind {
+            ProbeKind::RedisStream { streams, group, dead_letters } => {
+                let mut lags = Vec::with_capacity(streams.len());
+                for (stream, dlq) in streams.iter().zip(dead_letters) {
+                    let mut conn = redis.clone();
+                    let groups: Result<Vec<HashMap<String, redis::Value>>, _> =
+                        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut conn).await;
+                    let groups = match groups {
+                        Ok(groups) => groups,
+                        // A stream nobody wrote to yet has no groups and no lag.
+                        Err(e) if e.code() == Some("ERR") && e.to_string().contains("no such key") => Vec::new(),
+                        Err(e) => return Err(unavailable("XINFO GROUPS", e.to_string())),
+                    };
+                    let ours = groups.iter().find(|g| g.get("name").and_then(as_string).as_deref() == Some(group));
+                    let xlen: u64 = redis::cmd("XLEN")
+                        .arg(dlq)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| unavailable("XLEN", e.to_string()))?;
+                    lags.push(SourceLag {
+                        stream: stream.clone(),
+                        lag_entries: ours.and_then(|g| g.get("lag")).and_then(as_u64),
+                        pending_entries: Some(ours.and_then(|g| g.get("pending")).and_then(as_u64).unwrap_or(0)),
+                        lag_bytes: None,
+                        dead_letters: Some(xlen),
+                    });
+                }
+                Ok(lags)
+            }
+            ProbeKind::Postgres { url, slot, dead_letters } => {
+                let conn = match &mut self.postgres {
+                    Some(conn) => conn,
+                    None => {
+                        // sqlx errors never carry the URL, so no password reaches the log.
+                        let connected =
+                            PgConnection::connect(url).await.map_err(|e| unavailable("connect", e.to_string()))?;
+                        self.postgres.insert(connected)
+                    }
+                };
+                let lag: Option<Option<i64>> = sqlx::query_scalar(
+                    "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+                     from pg_replication_slots where slot_name = $1",
+                )
+                .bind(slot)
+                .fetch_optional(conn)
+                .await
+                .map_err(|e| unavailable("pg_replication_slots", e.to_string()))?;
+                let mut total = 0;
+                for dlq in dead_letters {
+                    let mut conn = redis.clone();
+                    let len: u64 = redis::cmd("XLEN")
+                        .arg(dlq)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| unavailable("XLEN", e.to_string()))?;
+                    total += len;
+                }
+                Ok(vec![SourceLag {
+                    stream: format!("slot {slot}"),
+                    lag_entries: None,
+                    pending_entries: None,
+                    lag_bytes: lag.flatten().map(|b| b.max(0) as u64),
+                    dead_letters: Some(total),
+                }])
+            }
+        }
+    }
+}
+
+fn as_u64(value: &redis::Value) -> Option<u64> {
+    match value {
+        redis::Value::Int(n) => u64::try_from(*n).ok(),
+        other => as_string(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn as_string(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The database name in a Postgres URL, the capture's default topic prefix.
+fn database_name(url: &str) -> String {
+    let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = path.split_once('/').map_or("", |(_, db)| db);
+    path.split(['?', '#']).next().unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_name_from_url() {
+        assert_eq!(super::database_name("postgres://u:p@h:5432/shop?sslmode=disable"), "shop");
+        assert_eq!(super::database_name("postgres://h/test"), "test");
+    }
+}
