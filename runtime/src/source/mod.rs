@@ -2,12 +2,16 @@
 //! them only after the batch's cache writes succeeded.
 
 pub mod dead_letter;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod postgres;
 pub mod redis_stream;
 
 use serde::Deserialize;
 
 pub use dead_letter::DeadLetter;
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaSource};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource};
 
@@ -21,6 +25,10 @@ pub enum SourceConfig {
     /// evercache's own capture of a Postgres database's changes (logical replication).
     #[serde(rename = "postgres")]
     Postgres(PostgresCaptureConfig),
+    /// Debezium on Kafka Connect: a Kafka consumer group over the topics.
+    #[cfg(feature = "kafka")]
+    #[serde(rename = "kafka")]
+    Kafka(KafkaConfig),
 }
 
 impl SourceConfig {
@@ -29,6 +37,8 @@ impl SourceConfig {
         Ok(match self {
             SourceConfig::RedisStream(config) => Source::RedisStream(Box::new(config.build(name).await?)),
             SourceConfig::Postgres(config) => Source::Postgres(Box::new(config.build(name).await?)),
+            #[cfg(feature = "kafka")]
+            SourceConfig::Kafka(config) => Source::Kafka(Box::new(config.build(name).await?)),
         })
     }
 }
@@ -39,6 +49,9 @@ pub enum Source {
     RedisStream(Box<RedisStreamSource>),
     /// Built-in Postgres capture.
     Postgres(Box<PostgresCapture>),
+    /// Kafka consumer group (Debezium on Kafka Connect).
+    #[cfg(feature = "kafka")]
+    Kafka(Box<KafkaSource>),
 }
 
 impl Source {
@@ -47,6 +60,8 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.name(),
             Source::Postgres(s) => s.name(),
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.name(),
         }
     }
 
@@ -55,6 +70,8 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.next_batch().await,
             Source::Postgres(s) => s.next_batch().await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.next_batch().await,
         }
     }
 
@@ -63,6 +80,8 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.dead_letter(letters).await,
             Source::Postgres(s) => s.dead_letter(letters).await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.dead_letter(letters).await,
         }
     }
 
@@ -74,13 +93,18 @@ impl Source {
                 s.confirm();
                 Ok(())
             }
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.ack(records).await,
         }
     }
 
     /// Stops reading; called once, after the last batch.
     pub async fn close(&mut self) {
-        if let Source::Postgres(s) = self {
-            s.shutdown().await;
+        match self {
+            Source::Postgres(s) => s.shutdown().await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.shutdown().await,
+            Source::RedisStream(_) => {}
         }
     }
 }
@@ -90,7 +114,7 @@ impl Source {
 pub struct RawRecord {
     /// Stream (or topic) the record came from; Debezium names it `<prefix>.<schema>.<table>`.
     pub stream: String,
-    /// The source's id for the record (a Redis Stream entry id).
+    /// The source's id for the record (a Redis Stream entry id; `<partition>:<offset>` for Kafka).
     pub id: String,
     /// Field/value pairs in the order they were written.
     pub fields: Vec<(String, String)>,
