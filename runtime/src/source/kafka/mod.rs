@@ -21,8 +21,8 @@ use dead_letter::DeadLetterProducer;
 
 use super::{DeadLetter, RawRecord, SourceError};
 
-/// How long a batch keeps collecting once its first record arrived; short, so
-/// a trickle of changes is not delayed, long enough to gather a burst.
+/// How long a batch keeps collecting once its first record arrived: short, so a
+/// trickle of changes is not delayed, long enough to gather what is already fetched.
 const LINGER: Duration = Duration::from_millis(5);
 
 /// A running Kafka consumer.
@@ -78,9 +78,9 @@ impl KafkaSource {
         // Commits that failed earlier are retried even while no records arrive.
         self.context.commit_ready(&self.consumer, None);
         let mut records = Vec::new();
-        let mut wait = self.config.block;
+        let mut deadline = tokio::time::Instant::now() + self.config.block;
         while records.len() < self.config.batch_size {
-            let received = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            let received = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_elapsed) => break,
                 Ok(Err(e)) => {
                     if records.is_empty() {
@@ -99,8 +99,10 @@ impl KafkaSource {
                     delivered.then(|| record::to_raw_record(&message))
                 }
             };
+            if records.is_empty() && received.is_some() {
+                deadline = tokio::time::Instant::now() + LINGER;
+            }
             records.extend(received);
-            wait = LINGER;
         }
         // A rebalance during the reads may have revoked partitions whose records
         // were already gathered; their next owner reads them from the committed offset.
