@@ -355,3 +355,50 @@ fn the_kafka_example_configuration_loads() -> Result<()> {
     assert!(matches!(config.runtime.sources.get("debezium"), Some(evercache::source::SourceConfig::Kafka(_))));
     Ok(())
 }
+
+/// Writes `name`/`version` for ids 1..=20 to the database and produces their updates.
+async fn update_all(broker: &Broker, env: &TestEnv, topic: &str, name: &str, version: i64) -> Result<()> {
+    env.sql(&format!("update item set name = '{name}', version = {version}")).await?;
+    for id in 1..=20 {
+        produce_item(broker, env, topic, 4, "u", item(id, name, version)).await?;
+    }
+    Ok(())
+}
+
+async fn wait_all(env: &TestEnv, name: &str, version: i64) -> Result<()> {
+    for id in 1..=20 {
+        wait_json(env, &format!("{}:item:{id}", env.prefix), Some(&item(id, name, version))).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runtime_instances_share_the_partitions_and_hand_them_over() -> Result<()> {
+    let env = item_env("kafka_group").await?;
+    let broker = Broker::start()?;
+    let topic = env.stream("item");
+    broker.create_topic(&topic, 4)?;
+    let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
+    let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
+    env.sql("insert into item select g, 'v0', 0 from generate_series(1, 20) g").await?;
+
+    let first = Running::start(config.clone()).await?;
+    update_all(&broker, &env, &topic, "v1", 1).await?;
+    wait_all(&env, "v1", 1).await?;
+
+    // A second instance joins: the group rebalances while changes keep coming.
+    let second = Running::start(config).await?;
+    for version in 2..=4 {
+        update_all(&broker, &env, &topic, &format!("v{version}"), version).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_all(&env, "v4", 4).await?;
+    wait_committed(&broker, &env.prefix, &topic, 4).await?;
+
+    // The first leaves: the second takes all partitions from the committed offsets.
+    first.stop().await?;
+    update_all(&broker, &env, &topic, "v5", 5).await?;
+    wait_all(&env, "v5", 5).await?;
+    wait_committed(&broker, &env.prefix, &topic, 4).await?;
+    second.stop().await
+}
