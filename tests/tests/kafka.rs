@@ -402,3 +402,32 @@ async fn two_runtime_instances_share_the_partitions_and_hand_them_over() -> Resu
     wait_committed(&broker, &env.prefix, &topic, 4).await?;
     second.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_dead_letter_topic_blocks_the_commit_until_it_exists() -> Result<()> {
+    let env = item_env("kafka_dlq_wait").await?;
+    let broker = Broker::start()?;
+    let topic = env.stream("item");
+    let dead_letters = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1)?;
+    let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
+    let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
+    env.sql("insert into item values (1, 'one', 1)").await?;
+    broker.produce(&topic, 0, Some(&pg_key(1)), Some("{not json"), &[]).await?;
+    produce_item(&broker, &env, &topic, 1, "c", item(1, "one", 1)).await?;
+    let running = Running::start(config).await?;
+
+    // The batch's cache write may happen, but nothing is committed while the
+    // dead letter cannot be written: a restart would read both records again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let offsets = broker.committed_and_end(&env.prefix, &topic, 1)?;
+    ensure!(offsets[0].0 < offsets[0].1, "committed while the dead letter was not written: {offsets:?}");
+
+    broker.create_topic(&dead_letters, 1)?;
+    wait_committed(&broker, &env.prefix, &topic, 1).await?;
+    let letters = broker.read_all(&dead_letters, 1)?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].value.as_deref(), Some("{not json"));
+    wait_json(&env, &format!("{}:item:1", env.prefix), Some(&item(1, "one", 1))).await?;
+    running.stop().await
+}
