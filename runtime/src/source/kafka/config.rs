@@ -37,7 +37,7 @@ pub struct KafkaConfig {
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
     /// Extra librdkafka properties for consumer and producer, e.g.
-    /// `{ "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }`.
+    /// `{ "session.timeout.ms" = "10000" }` (TLS and SASL are not compiled in).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
