@@ -1,15 +1,20 @@
 //! A private Kafka-protocol broker for a test: `tansu` with in-memory storage on
-//! a free loopback port, plus a producer and offset/topic inspection helpers.
+//! a free loopback port, plus a producer, offset/topic inspection and helpers to
+//! drive the Kafka source directly.
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use evercache::source::{KafkaConfig, RawRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::json;
+
+use crate::{PG_URL, REDIS_URL, TestEnv, plugins_dir};
 
 const INSTALL_HINT: &str =
     "install it with: bash scripts/kafka-deps.sh (cargo install tansu --locked --features dynostore)";
@@ -140,20 +145,18 @@ impl Broker {
             .collect()
     }
 
-    /// Reads every record of `topic` (all partitions, from the start) without a group.
-    pub fn read_all(&self, topic: &str, partitions: i32) -> Result<Vec<ReadRecord>> {
+    /// Reads `topic` (all partitions, from the start, without a group) until
+    /// `count` records came or 10 s passed.
+    pub fn read_all(&self, topic: &str, partitions: i32, count: usize) -> Result<Vec<ReadRecord>> {
         let client = self.client("evercache-test-reader")?;
         let mut list = TopicPartitionList::new();
-        let mut expected = 0;
         for partition in 0..partitions {
             list.add_partition_offset(topic, partition, Offset::Beginning)?;
-            let (low, high) = client.fetch_watermarks(topic, partition, TIMEOUT)?;
-            expected += high - low;
         }
         client.assign(&list)?;
         let mut records = Vec::new();
         let start = Instant::now();
-        while (records.len() as i64) < expected && start.elapsed() < TIMEOUT {
+        while records.len() < count && start.elapsed() < TIMEOUT {
             let Some(message) = client.poll(Duration::from_millis(100)) else { continue };
             let message = message?;
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -170,6 +173,71 @@ impl Broker {
         }
         Ok(records)
     }
+}
+
+/// A runtime file whose source "events" is the Kafka consumer group `<prefix>`.
+pub fn kafka_runtime_toml(env: &TestEnv, broker: &Broker, topics: &[String], extra: &str) -> String {
+    format!(
+        r#"plugins_dir = "{plugins}"
+pipelines_dir = "pipelines"
+
+[databases.db]
+url = "{PG_URL}"
+
+[caches.main]
+url = "{REDIS_URL}"
+
+[sources.events]
+type = "kafka"
+brokers = "{brokers}"
+topics = {topics}
+group = "{group}"
+block = "200ms"
+properties = {{ "session.timeout.ms" = "10000" }}
+{extra}"#,
+        plugins = plugins_dir().display(),
+        brokers = broker.address(),
+        topics = serde_json::to_string(topics).unwrap_or_default(),
+        group = env.prefix,
+    )
+}
+
+/// Reads with the source itself until `count` records came, acking each batch.
+pub async fn read_records(config: &KafkaConfig, name: &str, count: usize) -> Result<Vec<RawRecord>> {
+    let mut source = config.build(name).await?;
+    let mut records = Vec::new();
+    let start = Instant::now();
+    while records.len() < count && start.elapsed() < Duration::from_secs(30) {
+        let batch = source.next_batch().await?;
+        ensure!(batch.len() <= config.batch_size, "batch of {} over batch_size", batch.len());
+        source.ack(&batch).await?;
+        records.extend(batch);
+    }
+    source.shutdown().await;
+    Ok(records)
+}
+
+/// `(partition, offset)` from a record id `<partition>:<offset>`.
+pub fn partition_offset(record: &RawRecord) -> (i32, i64) {
+    let (partition, offset) = record.id.split_once(':').unwrap_or_default();
+    (partition.parse().unwrap_or(-1), offset.parse().unwrap_or(-1))
+}
+
+/// A record field's value.
+pub fn field<'a>(record: &'a RawRecord, name: &str) -> Option<&'a str> {
+    record.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str())
+}
+
+/// A Kafka source configuration for group `group`, with short waits.
+pub fn source_config(broker: &Broker, topics: &[String], group: &str, batch_size: usize) -> Result<KafkaConfig> {
+    Ok(serde_json::from_value(json!({
+        "brokers": broker.address(),
+        "topics": topics,
+        "group": group,
+        "batch_size": batch_size,
+        "block": "200ms",
+        "properties": { "session.timeout.ms": "10000" },
+    }))?)
 }
 
 impl Drop for Broker {

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use evercache::source::{KafkaConfig, RawRecord};
+use evercache::source::KafkaConfig;
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key, with_schema};
-use evercache_e2e::kafka::Broker;
-use evercache_e2e::{PG_URL, REDIS_URL, Running, TestEnv, plugins_dir, wait_until};
+use evercache_e2e::kafka::{Broker, field, kafka_runtime_toml, partition_offset, read_records, source_config};
+use evercache_e2e::{Running, TestEnv, wait_until};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -19,33 +19,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn item(id: i64, name: &str, version: i64) -> Value {
     json!({ "id": id, "name": name, "version": version })
-}
-
-/// A runtime file whose source "events" is the Kafka consumer group `<prefix>`.
-fn kafka_runtime_toml(env: &TestEnv, broker: &Broker, topics: &[String], extra: &str) -> String {
-    format!(
-        r#"plugins_dir = "{plugins}"
-pipelines_dir = "pipelines"
-
-[databases.db]
-url = "{PG_URL}"
-
-[caches.main]
-url = "{REDIS_URL}"
-
-[sources.events]
-type = "kafka"
-brokers = "{brokers}"
-topics = {topics}
-group = "{group}"
-block = "200ms"
-properties = {{ "session.timeout.ms" = "10000" }}
-{extra}"#,
-        plugins = plugins_dir().display(),
-        brokers = broker.address(),
-        topics = serde_json::to_string(topics).unwrap_or_default(),
-        group = env.prefix,
-    )
 }
 
 async fn item_env(name: &str) -> Result<TestEnv> {
@@ -143,41 +116,6 @@ async fn multi_partition_topic_tombstones_and_restart_from_committed_offsets() -
     }
     assert!(!exists(&env, &key(2)).await?, "the deleted row stays deleted");
     running.stop().await
-}
-
-/// Reads with the source itself until `count` records came, acking each batch.
-async fn read_records(config: &KafkaConfig, name: &str, count: usize) -> Result<Vec<RawRecord>> {
-    let mut source = config.build(name).await?;
-    let mut records = Vec::new();
-    let start = std::time::Instant::now();
-    while records.len() < count && start.elapsed() < WAIT {
-        let batch = source.next_batch().await?;
-        ensure!(batch.len() <= config.batch_size, "batch of {} over batch_size", batch.len());
-        source.ack(&batch).await?;
-        records.extend(batch);
-    }
-    source.shutdown().await;
-    Ok(records)
-}
-
-fn partition_offset(record: &RawRecord) -> (i32, i64) {
-    let (partition, offset) = record.id.split_once(':').unwrap_or_default();
-    (partition.parse().unwrap_or(-1), offset.parse().unwrap_or(-1))
-}
-
-fn field<'a>(record: &'a RawRecord, name: &str) -> Option<&'a str> {
-    record.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str())
-}
-
-fn source_config(broker: &Broker, topics: &[String], group: &str, batch_size: usize) -> Result<KafkaConfig> {
-    Ok(serde_json::from_value(json!({
-        "brokers": broker.address(),
-        "topics": topics,
-        "group": group,
-        "batch_size": batch_size,
-        "block": "200ms",
-        "properties": { "session.timeout.ms": "10000" },
-    }))?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +269,7 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason() -> Result<()>
 
     wait_json(&env, &format!("{}:item:1", env.prefix), Some(&item(1, "one", 1))).await?;
     wait_committed(&broker, &env.prefix, &topic, 2).await?;
-    let letters = broker.read_all(&dead_letters, 1)?;
+    let letters = broker.read_all(&dead_letters, 1, 3)?;
     assert_eq!(letters.len(), 3, "{letters:?}");
     let header = |i: usize, name: &str| {
         letters[i].headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
@@ -425,7 +363,7 @@ async fn an_unwritable_dead_letter_topic_blocks_the_commit_until_it_exists() -> 
 
     broker.create_topic(&dead_letters, 1)?;
     wait_committed(&broker, &env.prefix, &topic, 1).await?;
-    let letters = broker.read_all(&dead_letters, 1)?;
+    let letters = broker.read_all(&dead_letters, 1, 1)?;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].value.as_deref(), Some("{not json"));
     wait_json(&env, &format!("{}:item:1", env.prefix), Some(&item(1, "one", 1))).await?;
