@@ -100,9 +100,12 @@ async fn multi_partition_topic_tombstones_and_restart_from_committed_offsets() -
 
     // Changes made while no instance runs stay uncommitted until applied.
     env.sql("update item set name = 'v2', version = 2 where id in (1, 4, 5)").await?;
-    for id in [1, 4, 5] {
+    for id in [1, 4] {
         produce_item(&broker, &env, &topic, 3, "u", item(id, "v2", 2)).await?;
     }
+    // Without the JsonConverter schema wrapper (schemas.enable=false).
+    let plain = pg_change("u", &env.prefix, "item", None, Some(item(5, "v2", 2)), next_lsn());
+    broker.produce(&topic, 2, Some(&pg_key(5)), Some(&plain.to_string()), &[]).await?;
     let offsets = broker.committed_and_end(&env.prefix, &topic, 3)?;
     ensure!(offsets.iter().any(|(committed, end)| committed < end), "nothing is committed while stopped: {offsets:?}");
 
