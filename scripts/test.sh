@@ -14,6 +14,7 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p evercache --test faults -- -D warnings   # not a default test target
 (cd plugins && cargo clippy --release -- -D warnings)
 
 echo "== benchmarks in tiny mode (keeps the harness working; figures meaningless here)"
@@ -22,3 +23,6 @@ cargo run --quiet -p evercache-bench -- capture --rate 200 --seconds 1 --burst 2
 
 echo "== cargo test"
 cargo test --workspace
+
+echo "== fault suite (kills and restarts real processes; prints what each scenario checked)"
+cargo test -p evercache --test faults -- --nocapture --test-threads=1

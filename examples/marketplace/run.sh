@@ -60,17 +60,22 @@ for id in 1 2 3 4; do printf '  specialist:%s = %s\n' "$id" "$(redis GET "specia
 # key's metadata records it) to the moment the new value was visible in Redis.
 legacy() {
   local sql=$1 key=$2
-  local before value seen committed
-  before=$(redis GET "$key")
+  local before pos value seen committed
+  # Wait for the key's version, not its value: a write may leave the value as it was.
+  before=$(redis HGET "{$key}:meta" pos)
   printf '\n[%s] legacy writer: %s\n' "$(clock)" "$sql"
   psql -h 127.0.0.1 -U marketplace_writer -d marketplace -v ON_ERROR_STOP=1 -qc "$sql"
-  value=$before
+  pos=$before
   for _ in $(seq 1 2000); do
-    value=$(redis GET "$key")
-    [ "$value" != "$before" ] && break
+    pos=$(redis HGET "{$key}:meta" pos)
+    [ "$pos" != "$before" ] && break
     sleep 0.001
   done
   seen=$(now_ms)
+  if [ "$pos" = "$before" ]; then
+    echo "ERROR: $key was not rewritten; see the runtime log $log"; exit 1
+  fi
+  value=$(redis GET "$key")
   committed=$(redis HGET "{$key}:meta" committed_at_ms)
   printf '[%s] cache %s = %s   (commit -> cache: %s ms)\n' "$(clock)" "$key" "${value:-(deleted)}" "$(( seen - committed ))"
 }

@@ -1,4 +1,4 @@
-//! The `evercache` command line: `run`, `check` and `capture`.
+//! The `evercache` command line: `run`, `check`, `capture` and `dlq`.
 
 use std::path::PathBuf;
 
@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evercache::config::Config;
 use evercache::runtime::Runtime;
 use evercache::sink::debezium_stream::{DebeziumStreamWriter, forward};
-use evercache::source::SourceConfig;
+use evercache::source::{SourceConfig, read_dead_letters, replay_dead_letter};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -58,11 +58,44 @@ enum Command {
         #[arg(long)]
         schemas: bool,
     },
+    /// Inspect or re-inject dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Validate the configuration and load and init every plugin, then exit.
     Check {
         /// The runtime file, e.g. evercache.toml.
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Print dead letters as JSON lines: origin, pipeline, attempts, error and the original fields.
+    List {
+        /// The runtime file, e.g. evercache.toml.
+        #[arg(long, short, env = "EVERCACHE_CONFIG")]
+        config: PathBuf,
+        /// Only this `[sources.<name>]`.
+        #[arg(long)]
+        source: Option<String>,
+        /// Most letters printed per dead-letter stream.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Re-inject dead letters into the stream they came from (after a fix) and
+    /// remove them from the dead-letter stream. Redis Streams sources only.
+    Replay {
+        /// The runtime file, e.g. evercache.toml.
+        #[arg(long, short, env = "EVERCACHE_CONFIG")]
+        config: PathBuf,
+        /// Only this `[sources.<name>]`.
+        #[arg(long)]
+        source: Option<String>,
+        /// Dead-letter entry ids to replay; all when none are given.
+        ids: Vec<String>,
     },
 }
 
@@ -104,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(source = %name, written, "capture stopped");
             Ok(())
         }
+        Command::Dlq { action } => dlq(action).await,
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let runtime = Runtime::build(config).await.context("startup failed")?;
@@ -114,6 +148,56 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn dlq(action: DlqAction) -> anyhow::Result<()> {
+    let (config, only, limit, ids, replay) = match action {
+        DlqAction::List { config, source, limit } => (config, source, limit, Vec::new(), false),
+        DlqAction::Replay { config, source, ids } => (config, source, usize::MAX, ids, true),
+    };
+    let config = Config::load(&config)?;
+    let mut replayed = 0;
+    for (name, source) in &config.runtime.sources {
+        if only.as_ref().is_some_and(|s| s != name) {
+            continue;
+        }
+        let (url, streams) =
+            source.dead_letter_streams().map_err(anyhow::Error::msg).with_context(|| format!("source '{name}'"))?;
+        if replay && !matches!(source, SourceConfig::RedisStream(_)) {
+            anyhow::bail!(
+                "source '{name}': only Redis Streams dead letters can be replayed (a capture cannot re-read its log); fix the cause and touch the rows, or `dlq list` them"
+            );
+        }
+        let client = redis::Client::open(url.as_str()).with_context(|| format!("source '{name}': Redis url"))?;
+        let mut conn =
+            client.get_connection_manager().await.with_context(|| format!("source '{name}': connecting to Redis"))?;
+        for dlq in streams {
+            let (mut after, mut listed) = (None::<String>, 0);
+            while listed < limit {
+                let page = read_dead_letters(&mut conn, &dlq, after.as_deref(), 500.min(limit - listed))
+                    .await
+                    .with_context(|| format!("reading {dlq}"))?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id.clone());
+                listed += page.len();
+                for letter in page {
+                    if !replay {
+                        println!("{}", serde_json::to_string(&letter)?);
+                    } else if ids.is_empty() || ids.contains(&letter.id) {
+                        let id = replay_dead_letter(&mut conn, &letter)
+                            .await
+                            .with_context(|| format!("replaying {} from {dlq}", letter.id))?;
+                        println!("replayed {dlq} {} -> {} {id}", letter.id, letter.stream);
+                        replayed += 1;
+                    }
+                }
+            }
+        }
+    }
+    if replay {
+        println!("{replayed} dead letter(s) replayed");
+    }
+    Ok(())
 }
 
 /// First SIGINT/SIGTERM drains; a second one aborts at once.

@@ -289,3 +289,82 @@ fn capture_to_redis_stream_runs_until_sigterm() {
     drop_slot(&name);
     psql(&format!("drop publication {name}; drop schema {name} cascade;"));
 }
+
+/// Runs `evercache run` until `done` holds, then stops it with SIGTERM.
+fn run_until(config: &Path, what: &str, mut done: impl FnMut() -> bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evercache"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn dlq_list_shows_dead_letters_and_replay_reinjects_them_after_a_fix() {
+    let name = format!("cli_dlq_{}", std::process::id());
+    let stream = format!("{name}.stream");
+    psql(&format!(
+        "drop schema if exists {name} cascade; create schema {name};
+         create table {name}.item (id bigint primary key, name text, version bigint);
+         insert into {name}.item select g, 'n' || g, 1 from generate_series(1, 3) g;"
+    ));
+    let mut conn = redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let dlq = format!("{stream}:dlq");
+    let _: () = redis::cmd("DEL").arg(&stream).arg(&dlq).query(&mut conn).unwrap();
+    for id in 1..=3u64 {
+        let value = format!(
+            r#"{{"before":null,"after":{{"id":{id}}},"source":{{"connector":"postgresql","name":"t","ts_ms":1700000000000,"db":"test","schema":"{name}","table":"item","sequence":"[\"{id}\",\"{id}\"]","lsn":{id}}},"op":"c","ts_ms":1700000000000}}"#
+        );
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(format!(r#"{{"id":{id}}}"#))
+            .arg(value)
+            .query(&mut conn)
+            .unwrap();
+    }
+    // A plugin bug for row 2, then the fix.
+    let config = write_config(&name, "max_attempts = 1\nretry_backoff = \"10ms\"");
+    let pipeline = config.with_file_name("pipelines/items.toml");
+    let fixed = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, format!("{fixed}fail_ids = \"2\"\n")).unwrap();
+    run_until(&config, "row 2 dead-lettered, rows 1 and 3 written", || {
+        let written: i64 =
+            redis::cmd("EXISTS").arg(format!("{name}:item:1")).arg(format!("{name}:item:3")).query(&mut conn).unwrap();
+        let letters: i64 = redis::cmd("XLEN").arg(&dlq).query(&mut conn).unwrap();
+        written == 2 && letters == 1
+    });
+
+    let listed = evercache(&["dlq", "list", "--config", config.to_str().unwrap()]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&listed.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let letter = &lines[0];
+    assert_eq!(letter["dlq"], dlq.as_str());
+    assert_eq!(letter["stream"], stream.as_str());
+    assert_eq!(letter["pipeline"], "items");
+    assert!(letter["error"].as_str().unwrap().contains("configured failure for id 2"), "{letter}");
+    assert_eq!(letter["fields"][0][0], r#"{"id":2}"#, "the original record's fields: {letter}");
+
+    std::fs::write(&pipeline, fixed).unwrap();
+    let replayed = evercache(&["dlq", "replay", "--config", config.to_str().unwrap()]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("1 dead letter(s) replayed"));
+    let letters: i64 = redis::cmd("XLEN").arg(&dlq).query(&mut conn).unwrap();
+    assert_eq!(letters, 0, "replayed letters leave the dead-letter stream");
+    run_until(&config, "the replayed row 2 is written", || {
+        redis::cmd("EXISTS").arg(format!("{name}:item:2")).query::<i64>(&mut conn).unwrap() == 1
+    });
+    let _: () = redis::cmd("DEL").arg(&stream).arg(&dlq).query(&mut conn).unwrap();
+    psql(&format!("drop schema {name} cascade"));
+}

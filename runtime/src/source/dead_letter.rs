@@ -1,7 +1,9 @@
 //! The dead-letter stream: records that failed for good, with the reason, so
-//! they can be inspected and re-injected after a fix.
+//! they can be inspected (`evercache dlq list`) and re-injected after a fix
+//! (`evercache dlq replay`).
 
 use redis::aio::ConnectionManager;
+use serde::Serialize;
 
 use super::{RawRecord, SourceError};
 
@@ -61,4 +63,79 @@ impl DeadLetterWriter {
             message: e.to_string(),
         })
     }
+}
+
+/// Field names the writer adds to the original record's fields.
+const META_PREFIX: &str = "__evercache.";
+
+/// A dead letter as stored, split into the original record and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredDeadLetter {
+    /// The dead-letter stream holding it.
+    pub dlq: String,
+    /// Its entry id in the dead-letter stream.
+    pub id: String,
+    /// The stream the record came from.
+    pub stream: String,
+    /// The record's entry id there.
+    pub entry: String,
+    /// The pipeline that gave up on it ("" when it could not be decoded).
+    pub pipeline: String,
+    /// Why.
+    pub error: String,
+    /// Attempts made before giving up.
+    pub attempts: u32,
+    /// The record's original fields, in order.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Reads up to `count` dead letters of `dlq`, oldest first, after entry id
+/// `after` (all when `None`).
+pub async fn read_dead_letters(
+    conn: &mut ConnectionManager,
+    dlq: &str,
+    after: Option<&str>,
+    count: usize,
+) -> redis::RedisResult<Vec<StoredDeadLetter>> {
+    let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+    // Pairs, not a map: the original fields are re-injected in their order.
+    let reply: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(dlq).arg(&start).arg("+").arg("COUNT").arg(count).query_async(conn).await?;
+    let mut letters = Vec::with_capacity(reply.len());
+    for (id, pairs) in reply {
+        let mut letter = StoredDeadLetter {
+            dlq: dlq.to_owned(),
+            id,
+            stream: String::new(),
+            entry: String::new(),
+            pipeline: String::new(),
+            error: String::new(),
+            attempts: 0,
+            fields: Vec::new(),
+        };
+        for (field, value) in pairs {
+            match field.strip_prefix(META_PREFIX) {
+                Some("stream") => letter.stream = value,
+                Some("id") => letter.entry = value,
+                Some("pipeline") => letter.pipeline = value,
+                Some("error") => letter.error = value,
+                Some("attempts") => letter.attempts = value.parse().unwrap_or(0),
+                _ => letter.fields.push((field, value)),
+            }
+        }
+        letters.push(letter);
+    }
+    Ok(letters)
+}
+
+/// Re-injects a dead letter into its original stream with its original fields
+/// and removes it from the dead-letter stream, atomically. Returns the new entry id.
+pub async fn replay_dead_letter(conn: &mut ConnectionManager, letter: &StoredDeadLetter) -> redis::RedisResult<String> {
+    let (new_id, _removed): (String, u64) = redis::pipe()
+        .atomic()
+        .xadd(&letter.stream, "*", &letter.fields)
+        .xdel(&letter.dlq, &[&letter.id])
+        .query_async(conn)
+        .await?;
+    Ok(new_id)
 }

@@ -9,7 +9,7 @@ pub mod redis_stream;
 
 use serde::Deserialize;
 
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaSource};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
@@ -40,6 +40,26 @@ impl SourceConfig {
             #[cfg(feature = "kafka")]
             SourceConfig::Kafka(config) => Source::Kafka(Box::new(config.build(name).await?)),
         })
+    }
+}
+
+impl SourceConfig {
+    /// Where this source writes dead letters: the Redis URL and the stream names.
+    pub fn dead_letter_streams(&self) -> Result<(String, Vec<String>), String> {
+        match self {
+            SourceConfig::RedisStream(c) => {
+                Ok((c.url.clone(), c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect()))
+            }
+            SourceConfig::Postgres(c) => Ok((
+                c.dead_letter_url.clone(),
+                c.stream_names()?.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
+            )),
+            #[cfg(feature = "kafka")]
+            SourceConfig::Kafka(c) => Err(format!(
+                "Kafka dead letters are records of the topic(s) `{}`; read them with a Kafka client (e.g. kcat)",
+                c.dead_letter_topic
+            )),
+        }
     }
 }
 

@@ -1,7 +1,12 @@
 //! Redis Streams source: a consumer group over the configured streams, own
-//! pending entries first, `XACK` only after the batch's cache writes succeeded.
+//! pending entries first, entries of dead consumers claimed with `XAUTOCLAIM`,
+//! `XACK` only after the batch's cache writes succeeded.
 
-use std::time::Duration;
+mod reply;
+mod trim;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Value, cmd};
@@ -9,6 +14,7 @@ use serde::Deserialize;
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{RawRecord, SourceError};
+use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
 
 /// `[sources.<name>]` with `type = "redis-stream"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +41,24 @@ pub struct RedisStreamConfig {
     /// record's stream (default "{stream}:dlq").
     #[serde(default = "default_dead_letter_stream")]
     pub dead_letter_stream: String,
+    /// Entries pending on any consumer of the group for longer than this (a
+    /// crashed or stuck instance) are taken over with `XAUTOCLAIM` (default "60s").
+    /// Keep it above the longest time a healthy batch takes.
+    #[serde(default = "default_claim_idle", with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// An entry delivered more often than this without being acknowledged (its
+    /// consumers keep crashing or stalling on it) is dead-lettered instead of
+    /// delivered again; counted by the group's pending entries list (default 10).
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u64,
+    /// Remove entries every group of the stream has acknowledged, with `XTRIM
+    /// MINID` up to the oldest entry still pending or undelivered in *any* group
+    /// (default false: the stream's producer or `MAXLEN` policy owns its size).
+    #[serde(default)]
+    pub trim_acked: bool,
+    /// How often to trim when `trim_acked` is on (default "30s").
+    #[serde(default = "default_trim_interval", with = "humantime_serde")]
+    pub trim_interval: Duration,
 }
 
 fn default_group() -> String {
@@ -49,6 +73,15 @@ fn default_block() -> Duration {
 fn default_dead_letter_stream() -> String {
     "{stream}:dlq".to_owned()
 }
+fn default_claim_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_deliveries() -> u64 {
+    10
+}
+fn default_trim_interval() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// A running Redis Streams consumer.
 pub struct RedisStreamSource {
@@ -61,6 +94,10 @@ pub struct RedisStreamSource {
     dead_letters: DeadLetterWriter,
     /// True until the own pending entries list has been drained once.
     reading_pending: bool,
+    /// `XAUTOCLAIM` cursor per stream, and when claiming is next due.
+    claim_cursors: HashMap<String, String>,
+    next_claim: Instant,
+    next_trim: Instant,
 }
 
 impl RedisStreamConfig {
@@ -117,6 +154,9 @@ impl RedisStreamConfig {
             dead_letters: DeadLetterWriter::new(name, commands.clone(), &self.dead_letter_stream),
             commands,
             reading_pending: true,
+            claim_cursors: HashMap::new(),
+            next_claim: Instant::now(),
+            next_trim: Instant::now() + self.trim_interval,
         })
     }
 }
@@ -148,15 +188,28 @@ impl RedisStreamSource {
     }
 
     /// Reads the next batch: own pending entries first (left over from a crash),
-    /// then new ones, blocking up to `block`. An empty batch means nothing arrived.
+    /// then entries claimed from dead consumers, then new ones, blocking up to
+    /// `block`. An empty batch means nothing arrived.
     pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
         if self.reading_pending {
             let records = self.read("0", false).await?;
             if !records.is_empty() {
-                return Ok(records);
+                return self.without_exhausted(records).await;
             }
             self.reading_pending = false;
             tracing::debug!(source = %self.name, "own pending entries drained");
+        }
+        if Instant::now() >= self.next_claim {
+            let claimed = self.claim().await?;
+            if !claimed.is_empty() {
+                tracing::info!(source = %self.name, entries = claimed.len(), "claimed entries idle on other consumers");
+                return self.without_exhausted(claimed).await;
+            }
+            self.next_claim = Instant::now() + (self.config.claim_idle / 2).max(Duration::from_millis(100));
+        }
+        if self.config.trim_acked && Instant::now() >= self.next_trim {
+            self.next_trim = Instant::now() + self.config.trim_interval;
+            self.trim().await;
         }
         self.read(">", true).await
     }
@@ -174,6 +227,94 @@ impl RedisStreamSource {
         let reply: Value =
             command.query_async(&mut self.reader).await.map_err(|e| self.unavailable("XREADGROUP", e))?;
         Ok(parse_read_reply(reply))
+    }
+
+    /// Takes over entries idle longer than `claim_idle` on any consumer: their
+    /// owner died or hangs. Only called between batches, so none is ours in flight.
+    async fn claim(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+        let mut claimed = Vec::new();
+        for stream in &self.config.streams {
+            let cursor = self.claim_cursors.get(stream).map_or("0-0", String::as_str);
+            let reply: Value = cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(&self.config.group)
+                .arg(&self.consumer)
+                .arg(self.config.claim_idle.as_millis() as u64)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(self.config.batch_size)
+                .query_async(&mut self.commands)
+                .await
+                .map_err(|e| self.unavailable("XAUTOCLAIM", e))?;
+            let (next, records) = parse_autoclaim_reply(stream, reply);
+            self.claim_cursors.insert(stream.clone(), next);
+            claimed.extend(records);
+        }
+        Ok(claimed)
+    }
+
+    /// Dead-letters and acks redelivered entries whose delivery count passed
+    /// `max_deliveries`; returns the rest.
+    async fn without_exhausted(&mut self, records: Vec<RawRecord>) -> Result<Vec<RawRecord>, SourceError> {
+        let mut deliveries = HashMap::new();
+        for stream in &self.config.streams {
+            let ids: Vec<&str> = records.iter().filter(|r| &r.stream == stream).map(|r| r.id.as_str()).collect();
+            let (Some(first), Some(last)) =
+                (ids.iter().min_by_key(|id| id_key(id)), ids.iter().max_by_key(|id| id_key(id)))
+            else {
+                continue;
+            };
+            let reply: Value = cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.config.group)
+                .arg(*first)
+                .arg(*last)
+                .arg(ids.len())
+                .arg(&self.consumer)
+                .query_async(&mut self.commands)
+                .await
+                .map_err(|e| self.unavailable("XPENDING", e))?;
+            for (id, count) in parse_pending_deliveries(reply) {
+                deliveries.insert((stream.clone(), id), count);
+            }
+        }
+        let limit = self.config.max_deliveries;
+        let (exhausted, keep): (Vec<RawRecord>, Vec<RawRecord>) = records
+            .into_iter()
+            .partition(|r| deliveries.get(&(r.stream.clone(), r.id.clone())).is_some_and(|n| *n > limit));
+        if !exhausted.is_empty() {
+            let letters: Vec<DeadLetter<'_>> = exhausted
+                .iter()
+                .map(|record| {
+                    let delivered = deliveries.get(&(record.stream.clone(), record.id.clone())).copied().unwrap_or(0);
+                    tracing::error!(source = %self.name, stream = %record.stream, id = %record.id, delivered, "entry delivered too often without being acknowledged; dead-lettered");
+                    DeadLetter {
+                        record,
+                        pipeline: None,
+                        error: format!(
+                            "delivered {delivered} times without being acknowledged (max_deliveries = {limit}); its consumers crashed or stalled on it"
+                        ),
+                        attempts: delivered as u32,
+                    }
+                })
+                .collect();
+            self.dead_letters.write(&letters).await?;
+            self.ack(&exhausted).await?;
+        }
+        Ok(keep)
+    }
+
+    /// Best effort: a failed trim is logged and tried again at the next interval.
+    async fn trim(&mut self) {
+        for stream in &self.config.streams {
+            match trim::trim_acknowledged(&mut self.commands, stream).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(source = %self.name, %stream, removed, "acknowledged entries trimmed"),
+                Err(e) => {
+                    tracing::warn!(source = %self.name, %stream, error = %e, "trimming acknowledged entries failed")
+                }
+            }
+        }
     }
 
     /// Acknowledges records; call only after their cache writes succeeded.
@@ -202,82 +343,8 @@ impl RedisStreamSource {
     }
 }
 
-/// Parses `XREADGROUP`'s RESP2 reply: `[[stream, [[id, [f, v, …]], …]], …]` or nil.
-fn parse_read_reply(reply: Value) -> Vec<RawRecord> {
-    let mut records = Vec::new();
-    let Value::Array(streams) = reply else {
-        return records;
-    };
-    for stream in streams {
-        let Value::Array(mut parts) = stream else { continue };
-        if parts.len() != 2 {
-            continue;
-        }
-        let entries = parts.pop();
-        let name = text(parts.pop());
-        let Some(Value::Array(entries)) = entries else { continue };
-        for entry in entries {
-            let Value::Array(mut entry) = entry else { continue };
-            if entry.len() != 2 {
-                continue;
-            }
-            let raw_fields = entry.pop();
-            let id = text(entry.pop());
-            // A pending entry deleted from the stream comes back with nil fields;
-            // it is delivered with none so it gets acked like any skipped record.
-            let mut fields = Vec::new();
-            if let Some(Value::Array(values)) = raw_fields {
-                let mut it = values.into_iter();
-                while let (Some(f), Some(v)) = (it.next(), it.next()) {
-                    fields.push((text(Some(f)), text(Some(v))));
-                }
-            }
-            records.push(RawRecord { stream: name.clone(), id, fields });
-        }
-    }
-    records
-}
-
-fn text(value: Option<Value>) -> String {
-    match value {
-        Some(Value::BulkString(bytes)) => {
-            String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-        }
-        Some(Value::SimpleString(s)) => s,
-        Some(Value::VerbatimString { text, .. }) => text,
-        _ => String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn parses_entries_in_field_order_and_deleted_pending_entries() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("shop.public.product"),
-            Value::Array(vec![
-                Value::Array(vec![
-                    bulk("1-0"),
-                    Value::Array(vec![bulk("key"), bulk("{}"), bulk("value"), bulk("default")]),
-                ]),
-                Value::Array(vec![bulk("2-0"), Value::Nil]),
-            ]),
-        ])]);
-        let records = parse_read_reply(reply);
-        assert_eq!(records.len(), 2);
-        assert_eq!(records[0].stream, "shop.public.product");
-        assert_eq!(records[0].id, "1-0");
-        assert_eq!(
-            records[0].fields,
-            vec![("key".to_owned(), "{}".to_owned()), ("value".to_owned(), "default".to_owned())]
-        );
-        assert!(records[1].fields.is_empty());
-        assert!(parse_read_reply(Value::Nil).is_empty());
-    }
+/// Entry ids compare as (milliseconds, sequence), not as text.
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }

@@ -7,6 +7,7 @@ mod pgoutput;
 mod setup;
 mod snapshot;
 mod values;
+mod visibility;
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use super::{RawRecord, SourceError};
 pub use pgoutput::{Decoder, RowChange};
 pub use snapshot::SnapshotMode;
 use snapshot::SnapshotReader;
+use visibility::VisibilityGate;
 
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -60,6 +62,17 @@ pub struct PostgresCaptureConfig {
     pub dead_letter_stream: String,
 }
 
+impl PostgresCaptureConfig {
+    /// The stream names its records carry, `<prefix>.<schema>.<table>`, one per table.
+    pub fn stream_names(&self) -> Result<Vec<String>, String> {
+        let prefix = match &self.topic_prefix {
+            Some(prefix) => prefix.clone(),
+            None => setup::Target::parse(&self.url)?.database,
+        };
+        Ok(self.tables.iter().map(|t| format!("{prefix}.{t}")).collect())
+    }
+}
+
 fn default_name() -> String {
     "evercache".to_owned()
 }
@@ -91,6 +104,11 @@ pub struct PostgresCapture {
     transaction: Option<Transaction>,
     /// End of the last commit handed out; confirmed once its batch is acked.
     unconfirmed: Option<u64>,
+    /// Committed transactions in the batch being built.
+    batch_xids: Vec<u32>,
+    visibility: VisibilityGate,
+    /// A batch read from the stream whose visibility check failed.
+    held: Option<Vec<RawRecord>>,
     batch_size: usize,
     max_batch_delay: Duration,
     dead_letters: DeadLetterWriter,
@@ -164,6 +182,9 @@ impl PostgresCaptureConfig {
             decoder: Decoder::default(),
             transaction: None,
             unconfirmed: None,
+            batch_xids: Vec::new(),
+            visibility: VisibilityGate::new(name, &self.url)?,
+            held: None,
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, dead_letter_conn, &self.dead_letter_stream),
@@ -214,6 +235,20 @@ impl PostgresCapture {
         if let Some(records) = self.snapshot_batch().await? {
             return Ok(records);
         }
+        let records = match self.held.take() {
+            Some(records) => records,
+            None => self.stream_batch().await?,
+        };
+        // Held, not dropped, when the check fails: the stream will not send them again.
+        if let Err(e) = self.visibility.wait(&self.batch_xids).await {
+            self.held = Some(records);
+            return Err(e);
+        }
+        self.batch_xids.clear();
+        Ok(records)
+    }
+
+    async fn stream_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
         let mut records = Vec::new();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -239,6 +274,11 @@ impl PostgresCapture {
                     let changes = self.decoder.decode(&data).map_err(|e| self.unavailable(&e.to_string()))?;
                     for change in changes {
                         records.push(self.record(change, wal_start.as_u64()));
+                    }
+                    if let Some(tx) = self.transaction
+                        && self.batch_xids.last() != Some(&tx.xid)
+                    {
+                        self.batch_xids.push(tx.xid);
                     }
                     deadline.get_or_insert_with(|| Instant::now() + self.max_batch_delay);
                 }

@@ -1,0 +1,384 @@
+//! Throwaway servers and runtime processes for the fault suite: a `redis-server`
+//! with AOF and a Postgres cluster on free loopback ports (so killing them never
+//! touches the machine's shared services), and `evercache run` as a child process.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+pub const SHARED_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+}
+
+/// Builds the plugins (a no-op when fresh) and returns their directory.
+pub fn plugins_dir() -> PathBuf {
+    let status = Command::new("bash").arg(repo_root().join("scripts/build-plugins.sh")).status();
+    assert!(matches!(status, Ok(s) if s.success()), "building plugins failed; run `bash scripts/build-plugins.sh`");
+    repo_root().join("target/plugins")
+}
+
+/// A fresh scratch directory for one scenario.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("evercache-faults").join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+/// A small xorshift generator: reproducible from the printed seed, no extra crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(name: &str) -> Self {
+        let seed = std::env::var("FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
+        });
+        println!("[{name}] seed {seed} (rerun with FAULT_SEED={seed})");
+        Self(seed)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Polls `check` every 50 ms until true, panicking with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+/// A `redis-server` of the test's own, with every write fsynced to its AOF.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> Self {
+        let mut server = Self { port: free_port(), dir: dir.join("redis"), child: None };
+        std::fs::create_dir_all(&server.dir).unwrap();
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--save", "", "--dir", self.dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server not installed; run bash scripts/dev-services.sh");
+        self.child = Some(child);
+        let start = Instant::now();
+        while Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "ping"])
+            .output()
+            .map_or(true, |o| !String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        {
+            assert!(start.elapsed() < Duration::from_secs(10), "redis-server on {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: whatever was acknowledged to a client is in the AOF.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Postgres cluster of the test's own (`initdb` + `pg_ctl` from the installed binaries).
+pub struct PgCluster {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl PgCluster {
+    pub fn start(dir: &Path) -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                let mut found: Vec<PathBuf> = versions
+                    .filter_map(|v| v.ok())
+                    .map(|v| v.path().join("bin"))
+                    .filter(|b| b.join("initdb").exists())
+                    .collect();
+                found.sort_by_key(|b| b.to_string_lossy().split('/').nth(4).and_then(|v| v.parse::<u32>().ok()));
+                found.pop()
+            })
+            .expect("no initdb under /usr/lib/postgresql/*/bin; run bash scripts/dev-services.sh");
+        let cluster = Self { port: free_port(), dir: dir.join("pg"), bin };
+        std::fs::create_dir_all(&cluster.dir).unwrap();
+        // initdb refuses to run as root; the cluster then belongs to `postgres`.
+        let _ = Command::new("chown").args(["-R", "postgres:postgres", cluster.dir.to_str().unwrap()]).status();
+        let data = cluster.dir.join("data");
+        cluster.run("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        cluster.start_server();
+        cluster
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let status = if is_root() {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).stdout(Stdio::null()).status()
+        } else {
+            Command::new(&exe).args(args).stdout(Stdio::null()).status()
+        };
+        assert!(matches!(status, Ok(s) if s.success()), "{tool} {args:?} failed: {status:?}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start_server(&self) {
+        let data = self.dir.join("data");
+        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off", self.port, self.dir.display());
+        let log = self.dir.join("server.log");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"]);
+    }
+
+    pub fn stop_server(&self) {
+        let data = self.dir.join("data");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let exe = self.bin.join("pg_ctl");
+        let args = ["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"];
+        let _ = if is_root() {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).stderr(Stdio::null()).status()
+        } else {
+            Command::new(&exe).args(args).stderr(Stdio::null()).status()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// `evercache run` as a child process, killed (SIGKILL) when dropped.
+pub struct RuntimeProcess {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl RuntimeProcess {
+    pub fn start(config: &Path, log: &Path) -> Self {
+        let mut process = Self { child: None, config: config.to_owned(), log: log.to_owned() };
+        process.spawn();
+        process
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_evercache"))
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .env("RUST_LOG", "warn,evercache=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait for the drain.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes a runtime file with one Redis Streams source named `events`, plus one
+/// testkit pipeline per `(name, key_prefix)`, all over `<schema>.item`.
+pub struct Setup<'a> {
+    pub dir: &'a Path,
+    pub redis_url: &'a str,
+    pub pg_url: &'a str,
+    pub schema: &'a str,
+    pub streams: &'a [String],
+    pub consumer: &'a str,
+    pub source_extra: &'a str,
+}
+
+impl Setup<'_> {
+    pub fn write(&self, key_prefix: &str) -> PathBuf {
+        let plugins = plugins_dir();
+        std::fs::create_dir_all(self.dir.join("pipelines")).unwrap();
+        let runtime = format!(
+            "plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = \"{}\"\n[caches.main]\nurl = \"{}\"\n[sources.events]\ntype = \"redis-stream\"\nurl = \"{}\"\nstreams = {}\ngroup = \"evercache\"\nconsumer = \"{}\"\nblock = \"200ms\"\n{}\n",
+            plugins.display(),
+            self.pg_url,
+            self.redis_url,
+            self.redis_url,
+            serde_json::to_string(self.streams).unwrap(),
+            self.consumer,
+            self.source_extra,
+        );
+        let path = self.dir.join(format!("{}.toml", self.consumer));
+        std::fs::write(&path, runtime).unwrap();
+        let pipeline = format!(
+            "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"testkit\"\ntables = [\"{s}.item\"]\nretry_backoff = \"20ms\"\n[config]\nschema = \"{s}\"\nkey_prefix = \"{key_prefix}\"\n",
+            s = self.schema
+        );
+        std::fs::write(self.dir.join("pipelines/items.toml"), pipeline).unwrap();
+        path
+    }
+}
+
+/// A Debezium Postgres update event (no schema wrapper) for `<schema>.item` row `id`.
+pub fn item_event(schema: &str, op: &str, id: i64, lsn: u64) -> (String, String) {
+    let value = json!({
+        "before": null,
+        "after": if op == "d" { Value::Null } else { json!({"id": id, "name": "from-event", "version": 0}) },
+        "source": {
+            "version": "3.0.1.Final", "connector": "postgresql", "name": "faults", "ts_ms": 1_700_000_000_000u64,
+            "snapshot": "false", "db": "test", "sequence": format!("[\"{lsn}\",\"{lsn}\"]"),
+            "schema": schema, "table": "item", "txId": lsn, "lsn": lsn, "xmin": null
+        },
+        "op": op, "ts_ms": 1_700_000_000_100u64, "transaction": null
+    });
+    (json!({ "id": id }).to_string(), value.to_string())
+}
+
+/// Creates `<schema>.item(id, name, version)` with `rows` rows.
+pub async fn create_items(pg: &PgPool, schema: &str, rows: i64) {
+    sqlx::raw_sql(&format!(
+        "drop schema if exists {schema} cascade; create schema {schema};
+         create table {schema}.item (id bigint primary key, name text, version bigint not null);
+         insert into {schema}.item select g, 'v0', 0 from generate_series(1, {rows}) g;"
+    ))
+    .execute(pg)
+    .await
+    .unwrap();
+}
+
+/// Keys whose cached JSON differs from what testkit computes from the database
+/// now; a row no change touched (version 0) must have no key at all.
+pub async fn mismatches(pg: &PgPool, redis: &mut MultiplexedConnection, schema: &str, prefix: &str) -> Vec<String> {
+    let rows: Vec<(i64, Option<String>, i64)> =
+        sqlx::query_as(&format!("select id, name, version from {schema}.item order by id"))
+            .fetch_all(pg)
+            .await
+            .unwrap();
+    let keys: Vec<String> = rows.iter().map(|(id, _, _)| format!("{prefix}:{id}")).collect();
+    let cached: Vec<Option<String>> =
+        if keys.is_empty() { Vec::new() } else { redis::cmd("MGET").arg(&keys).query_async(redis).await.unwrap() };
+    let mut wrong = Vec::new();
+    for ((id, name, version), value) in rows.iter().zip(cached) {
+        let expected = (*version > 0).then(|| json!({ "id": id, "name": name, "version": version }));
+        if value.as_deref().and_then(|v| serde_json::from_str::<Value>(v).ok()) != expected {
+            wrong.push(format!("{prefix}:{id}"));
+        }
+    }
+    wrong
+}
+
+/// `XPENDING` count of the group, and entries not yet delivered to it.
+pub async fn backlog(redis: &mut MultiplexedConnection, stream: &str) -> (u64, u64) {
+    let summary: Vec<redis::Value> =
+        redis::cmd("XPENDING").arg(stream).arg("evercache").query_async(redis).await.unwrap_or_default();
+    let pending = match summary.first() {
+        Some(redis::Value::Int(n)) => *n as u64,
+        _ => 0,
+    };
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(redis).await.unwrap_or_default();
+    let lag = groups
+        .iter()
+        .find_map(|g| match g.get("lag") {
+            Some(redis::Value::Int(n)) => Some(*n as u64),
+            _ => None,
+        })
+        .unwrap_or(u64::MAX);
+    (pending, lag)
+}
+
+pub async fn dead_letters(redis: &mut MultiplexedConnection, stream: &str) -> u64 {
+    redis::cmd("XLEN").arg(format!("{stream}:dlq")).query_async(redis).await.unwrap_or(0)
+}
+
+pub async fn connect(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis not reachable; run bash scripts/dev-services.sh")
+}
+
+/// Deletes every key of the shared Redis starting with `prefix`.
+pub async fn clear_prefix(redis: &mut MultiplexedConnection, prefix: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("*{prefix}*")).query_async(redis).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(redis).await.unwrap();
+    }
+}
