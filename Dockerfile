@@ -1,5 +1,7 @@
 # The evercache runtime with the example plugins, for docker-compose.yml.
 FROM rust:1.95-bookworm AS build
+# cmake builds the bundled librdkafka (the default-on `kafka` feature).
+RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
 COPY . .

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/dev-services.sh
+bash scripts/kafka-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/build-plugins.sh
 bash scripts/browser.sh
 

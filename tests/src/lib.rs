@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub mod debezium;
+pub mod kafka;
 
 /// Redis the tests use.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";

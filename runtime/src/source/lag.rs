@@ -40,6 +40,9 @@ pub struct LagProbe {
 enum ProbeKind {
     RedisStream { streams: Vec<String>, group: String, dead_letters: Vec<String> },
     Postgres { url: String, slot: String, dead_letters: Vec<String> },
+    /// A source kind without a probe: reported as reachable with no figures.
+    #[cfg(feature = "kafka")]
+    Unprobed,
 }
 
 impl LagProbe {
@@ -51,6 +54,11 @@ impl LagProbe {
                 let dead_letters = c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
                 let kind = ProbeKind::RedisStream { streams: c.streams.clone(), group: c.group.clone(), dead_letters };
                 (kind, c.url.as_str())
+            }
+            // Consumer-group lag of Kafka sources is not probed yet (issue 7 follow-up).
+            #[cfg(feature = "kafka")]
+            SourceConfig::Kafka(_) => {
+                return Ok(Self { source: name.to_owned(), kind: ProbeKind::Unprobed, redis: None, postgres: None });
             }
             SourceConfig::Postgres(c) => {
                 let prefix = c.topic_prefix.clone().unwrap_or_else(|| database_name(&c.url));
@@ -134,6 +142,8 @@ impl LagProbe {
                 }
                 Ok(lags)
             }
+            #[cfg(feature = "kafka")]
+            ProbeKind::Unprobed => Ok(Vec::new()),
             ProbeKind::Postgres { url, slot, dead_letters } => {
                 let conn = match &mut self.postgres {
                     Some(conn) => conn,

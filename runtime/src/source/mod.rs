@@ -2,6 +2,8 @@
 //! them only after the batch's cache writes succeeded.
 
 pub mod dead_letter;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod lag;
 pub mod postgres;
 pub mod redis_stream;
@@ -9,6 +11,8 @@ pub mod redis_stream;
 use serde::Deserialize;
 
 pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaSource};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource};
 
@@ -22,6 +26,10 @@ pub enum SourceConfig {
     /// evercache's own capture of a Postgres database's changes (logical replication).
     #[serde(rename = "postgres")]
     Postgres(PostgresCaptureConfig),
+    /// Debezium on Kafka Connect: a Kafka consumer group over the topics.
+    #[cfg(feature = "kafka")]
+    #[serde(rename = "kafka")]
+    Kafka(KafkaConfig),
 }
 
 impl SourceConfig {
@@ -30,6 +38,8 @@ impl SourceConfig {
         Ok(match self {
             SourceConfig::RedisStream(config) => Source::RedisStream(Box::new(config.build(name).await?)),
             SourceConfig::Postgres(config) => Source::Postgres(Box::new(config.build(name).await?)),
+            #[cfg(feature = "kafka")]
+            SourceConfig::Kafka(config) => Source::Kafka(Box::new(config.build(name).await?)),
         })
     }
 }
@@ -45,6 +55,11 @@ impl SourceConfig {
                 c.dead_letter_url.clone(),
                 c.stream_names()?.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
             )),
+            #[cfg(feature = "kafka")]
+            SourceConfig::Kafka(c) => Err(format!(
+                "Kafka dead letters are records of the topic(s) `{}`; read them with a Kafka client (e.g. kcat)",
+                c.dead_letter_topic
+            )),
         }
     }
 }
@@ -55,6 +70,9 @@ pub enum Source {
     RedisStream(Box<RedisStreamSource>),
     /// Built-in Postgres capture.
     Postgres(Box<PostgresCapture>),
+    /// Kafka consumer group (Debezium on Kafka Connect).
+    #[cfg(feature = "kafka")]
+    Kafka(Box<KafkaSource>),
 }
 
 impl Source {
@@ -63,6 +81,8 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.name(),
             Source::Postgres(s) => s.name(),
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.name(),
         }
     }
 
@@ -71,6 +91,8 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.next_batch().await,
             Source::Postgres(s) => s.next_batch().await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.next_batch().await,
         }
     }
 
@@ -86,6 +108,8 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.dead_letter(letters).await,
             Source::Postgres(s) => s.dead_letter(letters).await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.dead_letter(letters).await,
         }
     }
 
@@ -97,13 +121,18 @@ impl Source {
                 s.confirm();
                 Ok(())
             }
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.ack(records).await,
         }
     }
 
     /// Stops reading; called once, after the last batch.
     pub async fn close(&mut self) {
-        if let Source::Postgres(s) = self {
-            s.shutdown().await;
+        match self {
+            Source::Postgres(s) => s.shutdown().await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.shutdown().await,
+            Source::RedisStream(_) => {}
         }
     }
 }
@@ -113,7 +142,7 @@ impl Source {
 pub struct RawRecord {
     /// Stream (or topic) the record came from; Debezium names it `<prefix>.<schema>.<table>`.
     pub stream: String,
-    /// The source's id for the record (a Redis Stream entry id).
+    /// The source's id for the record (a Redis Stream entry id; `<partition>:<offset>` for Kafka).
     pub id: String,
     /// Field/value pairs in the order they were written.
     pub fields: Vec<(String, String)>,
