@@ -106,7 +106,11 @@ impl Runtime {
         }
         let mut pipelines = Vec::new();
         for (name, pipeline) in &config.pipelines {
-            let database = pipeline.database.as_deref().and_then(|d| databases.get(d)).cloned();
+            let database = pipeline
+                .database
+                .as_deref()
+                .and_then(|d| databases.get(d))
+                .map(|d| d.limited(config.runtime.sandbox.max_concurrent_queries));
             // Config::load checked that the cache exists.
             let Some(cache) = caches.get(pipeline.cache.as_str()) else {
                 continue;
@@ -131,7 +135,8 @@ impl Runtime {
                     found: found.join(", "),
                 }
             })?;
-            let mut instance = PluginInstance::new(&engine, plugin.clone(), name, database, pipeline.plugin_config());
+            let mut instance = PluginInstance::new(&engine, plugin.clone(), name, database, pipeline.plugin_config())
+                .with_call_timeout(pipeline.call_timeout);
             instance.init().await.map_err(|source| StartError::Init { pipeline: name.clone(), source })?;
             tracing::info!(pipeline = %name, plugin = %plugin.label(), tables = ?pipeline.tables, "pipeline ready");
             let handle = PluginHandle::Wasm(Box::new(instance));

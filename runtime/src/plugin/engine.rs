@@ -25,6 +25,13 @@ pub struct SandboxConfig {
     /// Most linear memory one plugin instance may use, in MiB (default 64).
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
+    /// Most keys one `keys` call may return (default 10000); more fails the batch.
+    #[serde(default = "default_max_keys_per_event")]
+    pub max_keys_per_event: usize,
+    /// Host queries one pipeline may have running at once, across plugin
+    /// versions live during a reload (default 4).
+    #[serde(default = "default_max_concurrent_queries")]
+    pub max_concurrent_queries: usize,
 }
 
 fn default_call_timeout() -> Duration {
@@ -33,10 +40,21 @@ fn default_call_timeout() -> Duration {
 fn default_memory_mib() -> usize {
     64
 }
+fn default_max_keys_per_event() -> usize {
+    10_000
+}
+fn default_max_concurrent_queries() -> usize {
+    4
+}
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self { call_timeout: default_call_timeout(), memory_mib: default_memory_mib() }
+        Self {
+            call_timeout: default_call_timeout(),
+            memory_mib: default_memory_mib(),
+            max_keys_per_event: default_max_keys_per_event(),
+            max_concurrent_queries: default_max_concurrent_queries(),
+        }
     }
 }
 
@@ -77,7 +95,8 @@ impl PluginEngine {
         &self.sandbox
     }
 
-    pub(crate) fn deadline_ticks(&self) -> u64 {
-        (self.sandbox.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    /// Epoch ticks a call may run for under `timeout`.
+    pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
+        (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 }

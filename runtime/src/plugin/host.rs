@@ -32,14 +32,20 @@ impl PluginState {
         memory_bytes: usize,
     ) -> Self {
         // No preopens, env, args or network: stdout/stderr go to the log.
-        let wasi = WasiCtx::builder()
-            .stdout(LogStream::new(plugin.clone(), "stdout"))
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(LogStream::new(plugin.clone(), "stdout"))
             .stderr(LogStream::new(plugin.clone(), "stderr"))
-            .build();
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let wasi = wasi.build();
+        // A Rust component needs a handful of instances, tables and memories;
+        // the caps stop a crafted component from multiplying them.
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
             .instances(16)
             .tables(16)
+            .table_elements(100_000)
             .memories(4)
             .trap_on_grow_failure(true)
             .build();

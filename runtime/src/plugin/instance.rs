@@ -86,6 +86,7 @@ pub struct PluginInstance {
     pipeline: Arc<str>,
     database: Option<QueryRunner>,
     config: Vec<(String, String)>,
+    call_timeout: Duration,
     live: Option<Live>,
 }
 
@@ -98,7 +99,37 @@ impl PluginInstance {
         database: Option<QueryRunner>,
         config: Vec<(String, String)>,
     ) -> Self {
-        Self { plugin, engine: engine.clone(), pipeline: Arc::from(pipeline), database, config, live: None }
+        let call_timeout = engine.sandbox.call_timeout;
+        Self {
+            plugin,
+            engine: engine.clone(),
+            pipeline: Arc::from(pipeline),
+            database,
+            config,
+            call_timeout,
+            live: None,
+        }
+    }
+
+    /// Overrides the sandbox's `call_timeout` for this pipeline.
+    pub fn with_call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        if let Some(timeout) = timeout {
+            self.call_timeout = timeout;
+        }
+        self
+    }
+
+    /// The same pipeline wiring around another compiled plugin (a reload); not yet `init`-ed.
+    pub fn with_plugin(&self, plugin: Arc<LoadedPlugin>) -> Self {
+        Self {
+            plugin,
+            engine: self.engine.clone(),
+            pipeline: self.pipeline.clone(),
+            database: self.database.clone(),
+            config: self.config.clone(),
+            call_timeout: self.call_timeout,
+            live: None,
+        }
     }
 
     /// The plugin this instance runs.
@@ -117,7 +148,7 @@ impl PluginInstance {
         );
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.engine.deadline_ticks());
+        store.set_epoch_deadline(PluginEngine::deadline_ticks(self.call_timeout));
         store.epoch_deadline_trap();
         let bindings = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| self.trap("init", e))?;
         let mut live = Live { store, bindings };
@@ -134,7 +165,19 @@ impl PluginInstance {
         let result = live.bindings.call_keys(&mut live.store, event).await;
         let result = self.settle("keys", &mut live, result)?;
         self.live = Some(live);
-        result.map_err(|e| self.plugin_error("keys", e))
+        let keys = result.map_err(|e| self.plugin_error("keys", e))?;
+        let limit = self.engine.sandbox.max_keys_per_event;
+        if keys.len() > limit {
+            return Err(CallError::Contract {
+                plugin: self.plugin.label(),
+                call: "keys",
+                message: format!(
+                    "returned {} keys for one event; the limit is {limit} (sandbox.max_keys_per_event)",
+                    keys.len()
+                ),
+            });
+        }
+        Ok(keys)
     }
 
     /// One outcome per key, in order.
@@ -163,7 +206,7 @@ impl PluginInstance {
             call: "init",
             message: "instance missing after init".to_owned(),
         })?;
-        live.store.set_epoch_deadline(self.engine.deadline_ticks());
+        live.store.set_epoch_deadline(PluginEngine::deadline_ticks(self.call_timeout));
         live.store.data_mut().unavailable = None;
         Ok(live)
     }
@@ -179,7 +222,7 @@ impl PluginInstance {
 
     fn trap(&self, call: &'static str, e: wasmtime::Error) -> CallError {
         if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-            return CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.engine.sandbox.call_timeout };
+            return CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.call_timeout };
         }
         CallError::Trap { plugin: self.plugin.label(), call, message: format!("{e:?}") }
     }
