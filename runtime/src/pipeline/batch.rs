@@ -3,6 +3,7 @@
 //! transient ones (database or Redis down) are waited out without limit.
 
 use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
@@ -55,25 +56,38 @@ pub struct Failure {
 #[error("interrupted by shutdown")]
 pub struct Interrupted;
 
+/// What a pipeline runs a batch with; replaced as a whole by a reload.
+struct Generation {
+    config: PipelineConfig,
+    instance: Mutex<PluginHandle>,
+    writer: RedisWriter,
+}
+
 /// A running pipeline.
 pub struct Pipeline {
     name: String,
-    config: PipelineConfig,
     tables: HashSet<String>,
-    instance: Mutex<PluginHandle>,
-    writer: RedisWriter,
+    current: RwLock<Arc<Generation>>,
 }
 
 impl Pipeline {
     /// Wires a pipeline from its parts; the instance should already be `init`-ed.
     pub fn new(name: &str, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
-        Self {
-            name: name.to_owned(),
-            tables: config.tables.iter().cloned().collect(),
-            config,
-            instance: Mutex::new(instance),
-            writer,
-        }
+        let tables = config.tables.iter().cloned().collect();
+        let current = Generation { config, instance: Mutex::new(instance), writer };
+        Self { name: name.to_owned(), tables, current: RwLock::new(Arc::new(current)) }
+    }
+
+    /// Swaps in a new configuration and plugin instance (already `init`-ed) at
+    /// once. Batches already running finish on the ones they started with; the
+    /// routing (`source`, `tables`) is fixed for the pipeline's life.
+    pub fn replace(&self, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) {
+        let next = Arc::new(Generation { config, instance: Mutex::new(instance), writer });
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The pipeline's name (its file stem).
@@ -93,20 +107,23 @@ impl Pipeline {
         events: &[(usize, ChangeEvent)],
         shutdown: &CancellationToken,
     ) -> Result<Vec<Failure>, Interrupted> {
+        // Every attempt of this batch runs on the version live when it started.
+        let generation = self.generation();
+        let max_attempts = generation.config.max_attempts;
         let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
-        let error = match self.retry(&all, self.config.max_attempts, shutdown).await? {
+        let error = match self.retry(&generation, &all, max_attempts, shutdown).await? {
             None => return Ok(Vec::new()),
             Some(error) => error,
         };
         if events.len() == 1 {
-            return Ok(vec![self.failure(events[0].0, &error, self.config.max_attempts)]);
+            return Ok(vec![self.failure(events[0].0, &error, max_attempts)]);
         }
         // Find the records that fail on their own so the rest are still applied.
         tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; applying its records one by one");
         let mut failures = Vec::new();
         for (record, event) in events {
-            if let Some(error) = self.retry(&[event], 1, shutdown).await? {
-                failures.push(self.failure(*record, &error, self.config.max_attempts + 1));
+            if let Some(error) = self.retry(&generation, &[event], 1, shutdown).await? {
+                failures.push(self.failure(*record, &error, max_attempts + 1));
             }
         }
         Ok(failures)
@@ -121,6 +138,7 @@ impl Pipeline {
     /// counting. Returns the last permanent error, or `None` on success.
     async fn retry(
         &self,
+        generation: &Generation,
         events: &[&ChangeEvent],
         attempts: u32,
         shutdown: &CancellationToken,
@@ -128,7 +146,7 @@ impl Pipeline {
         let mut failed = 0;
         let mut transient_waits = 0u32;
         loop {
-            let error = match self.apply(events).await {
+            let error = match self.apply(generation, events).await {
                 Ok(report) => {
                     tracing::debug!(pipeline = %self.name, events = events.len(), applied = report.applied, deleted = report.deleted, stale = report.stale, "batch written");
                     return Ok(None);
@@ -138,14 +156,14 @@ impl Pipeline {
             let delay = if error.is_transient() {
                 transient_waits += 1;
                 tracing::warn!(pipeline = %self.name, error = %error, "dependency unavailable; waiting, nothing acked");
-                backoff(self.config.retry_backoff, transient_waits)
+                backoff(generation.config.retry_backoff, transient_waits)
             } else {
                 failed += 1;
                 if failed >= attempts {
                     return Ok(Some(error));
                 }
                 tracing::warn!(pipeline = %self.name, error = %error, attempt = failed, "batch failed; retrying");
-                backoff(self.config.retry_backoff, failed)
+                backoff(generation.config.retry_backoff, failed)
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Interrupted),
@@ -155,8 +173,8 @@ impl Pipeline {
     }
 
     /// One attempt: keys for every event, coalesce, recompute, write.
-    async fn apply(&self, events: &[&ChangeEvent]) -> Result<WriteReport, ApplyError> {
-        let mut instance = self.instance.lock().await;
+    async fn apply(&self, generation: &Generation, events: &[&ChangeEvent]) -> Result<WriteReport, ApplyError> {
+        let mut instance = generation.instance.lock().await;
         let mut plan = KeyPlan::default();
         for event in events {
             for key in instance.keys(event).await? {
@@ -175,7 +193,7 @@ impl Pipeline {
             return Ok(WriteReport::default());
         }
         let mut writes = Vec::with_capacity(plan.len());
-        match self.config.on_change {
+        match generation.config.on_change {
             OnChange::Invalidate => {
                 let read_at_ms = now_ms();
                 for key in plan.keys() {
@@ -183,7 +201,7 @@ impl Pipeline {
                 }
             }
             OnChange::Recompute => {
-                for chunk in plan.keys().chunks(self.config.recompute_batch) {
+                for chunk in plan.keys().chunks(generation.config.recompute_batch) {
                     // Stamped before the call: the value reflects the database at least as of now.
                     let read_at_ms = now_ms();
                     let outcomes = instance.recompute(chunk).await?;
@@ -200,7 +218,7 @@ impl Pipeline {
         }
         let label = instance.label();
         drop(instance);
-        Ok(self.writer.write(&label, &writes).await?)
+        Ok(generation.writer.write(&label, &writes).await?)
     }
 }
 
