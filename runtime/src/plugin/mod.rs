@@ -10,6 +10,7 @@ mod loader;
 mod native;
 pub mod reload;
 mod stdio;
+pub mod tooling;
 mod watch;
 
 pub use engine::{PluginEngine, SandboxConfig};
