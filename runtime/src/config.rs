@@ -86,6 +86,11 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         runtime.plugins_dir = base.join(&runtime.plugins_dir);
         runtime.pipelines_dir = base.join(&runtime.pipelines_dir);
+        let compile_cache = match &runtime.sandbox.compile_cache {
+            Some(dir) => base.join(dir),
+            None => runtime.plugins_dir.join(".compiled"),
+        };
+        runtime.sandbox.compile_cache = runtime.sandbox.cache_compiled.then_some(compile_cache);
         let mut pipelines = BTreeMap::new();
         for file in toml_files(&runtime.pipelines_dir)? {
             let (name, pipeline) = load_pipeline(&runtime, &file)?;

@@ -94,8 +94,11 @@ impl Runtime {
         config: Config,
         natives: HashMap<String, NativeFactory>,
     ) -> Result<Self, StartError> {
-        let engine =
+        let mut engine =
             PluginEngine::new(config.runtime.sandbox.clone()).map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        if let Some(dir) = &config.runtime.sandbox.compile_cache {
+            engine = engine.with_compile_cache(dir);
+        }
         let plugins = load_dir(&engine, &config.runtime.plugins_dir).await?;
         let mut databases: HashMap<String, QueryRunner> = HashMap::new();
         for (name, database) in &config.runtime.databases {

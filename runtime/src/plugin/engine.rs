@@ -1,6 +1,7 @@
 //! One wasmtime engine per process, with the linker that provides the host
 //! imports and a ticker that drives epoch deadlines.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,14 @@ pub struct SandboxConfig {
     /// versions live during a reload (default 4).
     #[serde(default = "default_max_concurrent_queries")]
     pub max_concurrent_queries: usize,
+    /// Directory for compiled components, keyed by content hash and engine
+    /// configuration, e.g. "/var/cache/evercache" (default: `.compiled` in
+    /// `plugins_dir`); relative to the runtime file.
+    #[serde(default)]
+    pub compile_cache: Option<PathBuf>,
+    /// Keep compiled components between runs (default true).
+    #[serde(default = "default_true")]
+    pub cache_compiled: bool,
 }
 
 fn default_call_timeout() -> Duration {
@@ -46,6 +55,9 @@ fn default_max_keys_per_event() -> usize {
 fn default_max_concurrent_queries() -> usize {
     4
 }
+fn default_true() -> bool {
+    true
+}
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -54,6 +66,8 @@ impl Default for SandboxConfig {
             memory_mib: default_memory_mib(),
             max_keys_per_event: default_max_keys_per_event(),
             max_concurrent_queries: default_max_concurrent_queries(),
+            compile_cache: None,
+            cache_compiled: true,
         }
     }
 }
@@ -64,6 +78,8 @@ pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<PluginState>>,
     pub(crate) sandbox: SandboxConfig,
+    /// Where compiled components are kept between runs, if anywhere.
+    pub(crate) compile_cache: Option<PathBuf>,
 }
 
 impl PluginEngine {
@@ -87,7 +103,23 @@ impl PluginEngine {
                 }
             })
             .map_err(wasmtime::Error::from)?;
-        Ok(Self { engine, linker: Arc::new(linker), sandbox })
+        Ok(Self { engine, linker: Arc::new(linker), sandbox, compile_cache: None })
+    }
+
+    /// Keeps compiled components in `dir`, keyed by content hash and engine
+    /// configuration, so restarts and reloads skip compiling unchanged plugins.
+    pub fn with_compile_cache(mut self, dir: &Path) -> Self {
+        self.compile_cache = Some(dir.to_owned());
+        self
+    }
+
+    /// The engine's compatibility fingerprint: compiled artifacts from an engine
+    /// with another wasmtime version or configuration must not be reused.
+    pub(crate) fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
     }
 
     /// The limits calls run under.
