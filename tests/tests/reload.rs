@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// One test at a time: the 1 s reload deadline must not include compiling for
+/// the other test on the same two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The testkit component with a custom section naming `tag`: the same
 /// behaviour, a different file and so a different version.
 fn tagged_testkit(tag: &str) -> Result<Vec<u8>> {
@@ -54,6 +58,7 @@ fn land(dir: &Path, bytes: &[u8]) -> Result<Instant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_replaced_twice_under_traffic_loses_nothing() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let mut env = TestEnv::new("reload").await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     let plugins = env.dir.join("plugins");
@@ -145,5 +150,63 @@ async fn plugin_replaced_twice_under_traffic_loses_nothing() -> Result<()> {
     }
     ensure!(seen.iter().all(|&n| n > 0), "every version applied some events: {seen:?}");
     println!("events: {}, per version (v1, v2, v3): {seen:?}", sent.len());
+    running.stop().await
+}
+
+/// Writes `text` as pipeline `name`'s file the way a deploy would.
+fn land_pipeline(env: &TestEnv, name: &str, text: &str) -> Result<()> {
+    let dir = env.dir.join("pipelines");
+    std::fs::write(dir.join(format!("{name}.toml.tmp")), text)?;
+    std::fs::rename(dir.join(format!("{name}.toml.tmp")), dir.join(format!("{name}.toml")))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_pipeline_file_restarts_the_pipeline_and_a_broken_one_is_ignored() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut env = TestEnv::new("reload_pipeline").await?;
+    env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
+    let stream = env.stream("item");
+    let runtime = env.runtime_toml(std::slice::from_ref(&stream), "[reload]\ndebounce = \"50ms\"\n");
+    let config = env.config(&runtime, &[("items", &env.testkit_pipeline(""))])?;
+    let running = Running::start(config).await?;
+    let send = |id: i64| {
+        let (pg, mut redis, prefix, stream) = (env.pg.clone(), env.redis.clone(), env.prefix.clone(), stream.clone());
+        async move {
+            sqlx::query(&format!("insert into {prefix}.item values ($1, 'x', 1)")).bind(id).execute(&pg).await?;
+            let change = pg_change("c", &prefix, "item", None, Some(json!({"id": id})), next_lsn());
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(pg_key(id))
+                .arg(change.to_string())
+                .query_async::<String>(&mut redis)
+                .await?;
+            anyhow::Ok(format!("{prefix}:item:{id}"))
+        }
+    };
+    let kind = |key: String| {
+        let mut redis = env.redis.clone();
+        async move { anyhow::Ok(redis::cmd("TYPE").arg(&key).query_async::<String>(&mut redis).await?) }
+    };
+
+    let key = send(1).await?;
+    wait_until("item 1 cached as JSON", WAIT, || async { Ok(kind(key.clone()).await? == "string") }).await?;
+
+    land_pipeline(&env, "items", &format!("{}\nbogus = 1\n", env.testkit_pipeline("")))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let key = send(2).await?;
+    wait_until("item 2 still cached as JSON", WAIT, || async { Ok(kind(key.clone()).await? == "string") }).await?;
+
+    land_pipeline(&env, "items", &env.testkit_pipeline("mode = \"hash\""))?;
+    let mut id = 2;
+    wait_until("the restarted pipeline writes hashes", WAIT, || {
+        id += 1;
+        let next = send(id);
+        async { Ok(kind(next.await?).await? == "hash") }
+    })
+    .await?;
+    let dead: u64 = redis::cmd("XLEN").arg(format!("{stream}:dlq")).query_async(&mut env.redis).await?;
+    ensure!(dead == 0, "{dead} entries dead-lettered");
     running.stop().await
 }
