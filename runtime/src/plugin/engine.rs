@@ -12,7 +12,7 @@ use wasmtime::{Config, Engine};
 use super::bindings::Plugin;
 use super::host::PluginState;
 
-/// How often the epoch advances; deadlines are whole ticks.
+/// How often the epoch advances: running calls yield and check their deadline this often.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Limits every plugin call runs under (`[sandbox]` in the runtime file).
@@ -125,10 +125,5 @@ impl PluginEngine {
     /// The limits calls run under.
     pub fn sandbox(&self) -> &SandboxConfig {
         &self.sandbox
-    }
-
-    /// Epoch ticks a call may run for under `timeout`.
-    pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
-        (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct PluginState {
     /// Set when a host query failed because the database was unreachable: the
     /// call's failure is then transient, whatever the plugin made of it.
     pub(crate) unavailable: Option<String>,
+    /// When the running call's `call_timeout` is up.
+    pub(crate) call_deadline: Option<std::time::Instant>,
 }
 
 impl PluginState {
@@ -49,7 +51,16 @@ impl PluginState {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        Self { wasi, table: ResourceTable::new(), limits, plugin, pipeline, database, unavailable: None }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            plugin,
+            pipeline,
+            database,
+            unavailable: None,
+            call_deadline: None,
+        }
     }
 }
 

@@ -2,9 +2,9 @@
 //! reused across batches, and rebuilt after a trap (a trapped instance is poisoned).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{ChangeEvent, Outcome, Plugin, PluginError};
 use super::engine::PluginEngine;
@@ -148,8 +148,16 @@ impl PluginInstance {
         );
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(PluginEngine::deadline_ticks(self.call_timeout));
-        store.epoch_deadline_trap();
+        // Every epoch tick the call yields to the executor, so a plugin spinning
+        // on the CPU never holds a runtime worker; past its deadline it traps.
+        store.epoch_deadline_callback(|ctx| {
+            if ctx.data().call_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        });
+        store.set_epoch_deadline(1);
+        store.data_mut().call_deadline = Some(Instant::now() + self.call_timeout);
         let bindings = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| self.trap("init", e))?;
         let mut live = Live { store, bindings };
         let result = live.bindings.call_init(&mut live.store, &self.config).await;
@@ -206,7 +214,8 @@ impl PluginInstance {
             call: "init",
             message: "instance missing after init".to_owned(),
         })?;
-        live.store.set_epoch_deadline(PluginEngine::deadline_ticks(self.call_timeout));
+        live.store.set_epoch_deadline(1);
+        live.store.data_mut().call_deadline = Some(Instant::now() + self.call_timeout);
         live.store.data_mut().unavailable = None;
         Ok(live)
     }
