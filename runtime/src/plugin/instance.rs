@@ -233,7 +233,9 @@ impl PluginInstance {
         if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
             return CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.call_timeout };
         }
-        CallError::Trap { plugin: self.plugin.label(), call, message: format!("{e:?}") }
+        // `{:#}`: the cause chain and the wasm backtrace, without a host backtrace
+        // (resolving one under RUST_BACKTRACE=1 would stall a runtime worker).
+        CallError::Trap { plugin: self.plugin.label(), call, message: format!("{e:#}") }
     }
 
     fn plugin_error(&self, call: &'static str, error: PluginError) -> CallError {
