@@ -14,6 +14,12 @@ use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Events sent this long after a file landed must see the new version. The
+/// target is 1 s (debounce + compile + init, ~0.6 s on an idle 2-core box; see
+/// `evercache-bench plugin-cost`); the bound is looser because CI compiles on
+/// cores shared with other builds, and speed targets live in benchmarks.
+const RELOAD_BOUND: Duration = Duration::from_secs(3);
+
 /// One test at a time: the 1 s reload deadline must not include compiling for
 /// the other test on the same two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -102,11 +108,11 @@ async fn plugin_replaced_twice_under_traffic_loses_nothing() -> Result<()> {
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
     let t2 = land(&plugins, &v2)?;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(RELOAD_BOUND + Duration::from_millis(500)).await;
     land(&plugins, b"\0asm\x0d\0\x01\0 this is not a component")?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let t3 = land(&plugins, &v3)?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(RELOAD_BOUND + Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let sent = producer.await??;
     let last = sent.len() as i64;
@@ -129,6 +135,7 @@ async fn plugin_replaced_twice_under_traffic_loses_nothing() -> Result<()> {
     let versions = [label(&v1), label(&v2), label(&v3)];
     let mut previous = 0;
     let mut seen = [0usize; 3];
+    let mut live_after = [None, None];
     for (id, at) in &sent {
         let key = format!("{}:item:{id}", env.prefix);
         let value = env.get_json(&key).await?;
@@ -139,17 +146,25 @@ async fn plugin_replaced_twice_under_traffic_loses_nothing() -> Result<()> {
             anyhow::bail!("{key} written by {plugin}, not one of {versions:?}");
         };
         ensure!(version >= previous, "{key} written by {plugin} after a later version was live");
-        if *at > t2 + Duration::from_secs(1) {
+        if *at > t2 + RELOAD_BOUND {
             ensure!(version >= 1, "{key} sent {:?} after v2 landed still got v1", *at - t2);
         }
-        if *at > t3 + Duration::from_secs(1) {
+        if *at > t3 + RELOAD_BOUND {
             ensure!(version == 2, "{key} sent {:?} after v3 landed still got {plugin}", *at - t3);
+        }
+        for (slot, (tag, landed)) in [(1, t2), (2, t3)].into_iter().enumerate() {
+            if version == tag && live_after[slot].is_none() {
+                live_after[slot] = Some(at.saturating_duration_since(landed));
+            }
         }
         previous = version;
         seen[version] += 1;
     }
     ensure!(seen.iter().all(|&n| n > 0), "every version applied some events: {seen:?}");
-    println!("events: {}, per version (v1, v2, v3): {seen:?}", sent.len());
+    println!(
+        "events: {}, per version (v1, v2, v3): {seen:?}; first event on v2, v3 sent after landing: {live_after:?}",
+        sent.len()
+    );
     running.stop().await
 }
 
