@@ -4,10 +4,12 @@
 //! `cargo run --release -p evercache-bench -- compare` runs evercache, the
 //! naive worker and the same logic compiled into the host over the same data;
 //! `-- capture` measures the built-in capture's commit→cache latency and burst
-//! drain rate. `--tiny` keeps a workload's harness working in CI.
+//! drain rate; `-- plugin-cost` what compiling, instantiating and calling a
+//! plugin costs. `--tiny` keeps a workload's harness working in CI.
 
 mod capture;
 mod compare;
+mod plugin_cost;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,8 @@ enum Workload {
     Capture(capture::Options),
     /// evercache vs the naive worker vs native logic: distinct keys, hot keys, steady-rate delay.
     Compare(compare::Options),
+    /// What a Wasm plugin costs: compile, cache load, instantiate, keys, recompute.
+    PluginCost(plugin_cost::Options),
 }
 
 #[tokio::main]
@@ -34,5 +38,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().workload {
         Workload::Capture(options) => capture::run(options).await,
         Workload::Compare(options) => compare::run(options).await,
+        Workload::PluginCost(options) => plugin_cost::run(options).await,
     }
 }

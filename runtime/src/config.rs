@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::pipeline::config::PipelineConfig;
-use crate::plugin::SandboxConfig;
+use crate::plugin::{ReloadConfig, SandboxConfig};
 use crate::recompute::query::DatabaseConfig;
 use crate::sink::CacheConfig;
 use crate::source::SourceConfig;
@@ -35,6 +35,9 @@ pub struct RuntimeConfig {
     /// The metrics, health and status page listener; none when absent.
     #[serde(default)]
     pub http: Option<crate::http::HttpConfig>,
+    /// Watching `plugins_dir` and `pipelines_dir` for changes while running.
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 /// A loaded and cross-checked configuration.
@@ -86,15 +89,27 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         runtime.plugins_dir = base.join(&runtime.plugins_dir);
         runtime.pipelines_dir = base.join(&runtime.pipelines_dir);
+        let compile_cache = match &runtime.sandbox.compile_cache {
+            Some(dir) => base.join(dir),
+            None => runtime.plugins_dir.join(".compiled"),
+        };
+        runtime.sandbox.compile_cache = runtime.sandbox.cache_compiled.then_some(compile_cache);
         let mut pipelines = BTreeMap::new();
         for file in toml_files(&runtime.pipelines_dir)? {
-            let pipeline: PipelineConfig = parse_file(&file)?;
-            check_pipeline(&runtime, &file, &pipeline)?;
-            let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let (name, pipeline) = load_pipeline(&runtime, &file)?;
             pipelines.insert(name, pipeline);
         }
         Ok(Self { path: path.to_owned(), runtime, pipelines })
     }
+}
+
+/// Reads and checks one pipeline file against the runtime file; the pipeline
+/// is named after the file stem.
+pub fn load_pipeline(runtime: &RuntimeConfig, file: &Path) -> Result<(String, PipelineConfig), ConfigError> {
+    let pipeline: PipelineConfig = parse_file(file)?;
+    check_pipeline(runtime, file, &pipeline)?;
+    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok((name, pipeline))
 }
 
 /// Parses one TOML file into `T`, naming the file in errors.

@@ -1,10 +1,11 @@
-//! The `evercache` command line: `run`, `check`, `status`, `capture` and `dlq`.
+//! The `evercache` command line: `run`, `check`, `status`, `capture`, `dlq` and `plugin`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use evercache::config::Config;
+use evercache::plugin::tooling;
 use evercache::runtime::Runtime;
 use evercache::sink::debezium_stream::{DebeziumStreamWriter, forward};
 use evercache::source::{SourceConfig, read_dead_letters, replay_dead_letter};
@@ -76,6 +77,60 @@ enum Command {
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
         config: PathBuf,
     },
+    /// Write, build and try plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Scaffold a plugin crate (Cargo.toml, src/lib.rs, a fixture events file, a test).
+    New {
+        /// Crate name, e.g. product-cache.
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The evercache-plugin-sdk directory (default: the one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate for wasm32-wasip2 and copy the component into the plugins directory.
+    Build {
+        /// The plugin crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// The plugins directory (default: the runtime file's plugins_dir with --config, else ./plugins).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A runtime file whose plugins_dir receives the component.
+        #[arg(long, short, env = "EVERCACHE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run init, keys and recompute for every event of a file against a real
+    /// database (no Redis) and print the keys and outcomes as JSON lines.
+    Test {
+        /// The .wasm component.
+        plugin: PathBuf,
+        /// Debezium change events, one JSON envelope per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// Postgres URL the plugin's queries run on.
+        #[arg(long)]
+        database: String,
+        /// A `[config]` entry handed to init, KEY=VALUE (repeatable).
+        #[arg(long = "set", value_parser = parse_pair)]
+        set: Vec<(String, String)>,
+        /// A pipeline file whose `[config]` and `call_timeout` to use.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -150,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", evercache::status::report(&config).await?);
             Ok(())
         }
+        Command::Plugin { command } => plugin_command(command).await,
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let runtime = Runtime::build(config).await.context("startup failed")?;
@@ -208,6 +264,44 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
     }
     if replay {
         println!("{replayed} dead letter(s) replayed");
+    }
+    Ok(())
+}
+
+async fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::New { name, dir, sdk } => {
+            let dir = tooling::scaffold(&tooling::ScaffoldOptions { name, dir, sdk })?;
+            println!("created {}; next: cd {} && evercache plugin build", dir.display(), dir.display());
+        }
+        PluginCommand::Build { path, out, config } => {
+            let out = match (out, config) {
+                (Some(out), _) => out,
+                (None, Some(config)) => Config::load(&config)?.runtime.plugins_dir,
+                (None, None) => PathBuf::from("plugins"),
+            };
+            for component in tooling::build(&tooling::BuildOptions { path, out })? {
+                println!("built {}", component.display());
+            }
+        }
+        PluginCommand::Test { plugin, events, database, set, pipeline } => {
+            let mut config = Vec::new();
+            let mut sandbox = evercache::plugin::SandboxConfig::default();
+            if let Some(file) = pipeline {
+                let pipeline: evercache::pipeline::PipelineConfig = evercache::config::parse_file(&file)?;
+                config = pipeline.plugin_config();
+                sandbox.call_timeout = pipeline.call_timeout.unwrap_or(sandbox.call_timeout);
+            }
+            for (key, value) in set {
+                config.retain(|(k, _)| *k != key);
+                config.push((key, value));
+            }
+            let options = tooling::ExerciseOptions { plugin, events, database, config, sandbox };
+            let failed = tooling::exercise(&options, &mut std::io::stdout().lock()).await?;
+            if failed > 0 {
+                anyhow::bail!("{failed} event(s) failed; see the \"error\" fields above");
+            }
+        }
     }
     Ok(())
 }

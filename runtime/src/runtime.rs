@@ -1,7 +1,7 @@
 //! Wiring: builds engines, pools, caches, plugins, pipelines and sources from a
 //! [`Config`], checks them, and runs every source until shutdown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::pipeline::{Pipeline, SourceRunner};
 use crate::plugin::{
     CallError, LoadError, LoadedPlugin, NativeContext, NativeFactory, PluginEngine, PluginHandle, PluginInstance,
-    load_dir,
+    ReloadSlot, Reloader, load_dir,
 };
 use crate::recompute::query::{QueryError, QueryRunner};
 use crate::sink::{RedisCache, SinkError, WriteSettings};
@@ -81,6 +81,8 @@ pub struct Runtime {
     plugins: HashMap<String, Arc<LoadedPlugin>>,
     pipelines: Vec<(String, Arc<Pipeline>)>,
     http: Option<tokio::net::TcpListener>,
+    /// Kept for hot reload.
+    reloader: Reloader,
 }
 
 impl Runtime {
@@ -100,21 +102,29 @@ impl Runtime {
             // Before the pipelines exist, so their first figures are recorded.
             crate::metrics::install();
         }
-        let engine =
+        let mut engine =
             PluginEngine::new(config.runtime.sandbox.clone()).map_err(|e| StartError::Engine(format!("{e:#}")))?;
-        let plugins = load_dir(&engine, &config.runtime.plugins_dir).await?;
-        let mut databases: HashMap<&str, QueryRunner> = HashMap::new();
-        for (name, database) in &config.runtime.databases {
-            databases.insert(name, database.build(name)?);
+        if let Some(dir) = &config.runtime.sandbox.compile_cache {
+            engine = engine.with_compile_cache(dir);
         }
-        let mut caches: HashMap<&str, RedisCache> = HashMap::new();
+        let plugins = load_dir(&engine, &config.runtime.plugins_dir).await?;
+        let mut databases: HashMap<String, QueryRunner> = HashMap::new();
+        for (name, database) in &config.runtime.databases {
+            databases.insert(name.clone(), database.build(name)?);
+        }
+        let mut caches: HashMap<String, RedisCache> = HashMap::new();
         for (name, cache) in &config.runtime.caches {
             let built = cache.build(name).await.map_err(|source| StartError::Cache { cache: name.clone(), source })?;
-            caches.insert(name, built);
+            caches.insert(name.clone(), built);
         }
         let mut pipelines = Vec::new();
+        let mut slots = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
-            let database = pipeline.database.as_deref().and_then(|d| databases.get(d)).cloned();
+            let database = pipeline
+                .database
+                .as_deref()
+                .and_then(|d| databases.get(d))
+                .map(|d| d.limited(config.runtime.sandbox.max_concurrent_queries));
             // Config::load checked that the cache exists.
             let Some(cache) = caches.get(pipeline.cache.as_str()) else {
                 continue;
@@ -126,7 +136,11 @@ impl Runtime {
                     factory(context).map_err(|message| StartError::Native { pipeline: name.clone(), message })?;
                 tracing::info!(pipeline = %name, plugin = %native.label(), "pipeline ready (native plugin)");
                 let handle = PluginHandle::Native(native);
-                pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer))));
+                let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer));
+                let slot =
+                    ReloadSlot { pipeline: built.clone(), config: pipeline.clone(), database: None, native: true };
+                slots.insert(name.clone(), slot);
+                pipelines.push((name.clone(), built));
                 continue;
             }
             let plugin = plugins.get(&pipeline.plugin).ok_or_else(|| {
@@ -139,13 +153,21 @@ impl Runtime {
                     found: found.join(", "),
                 }
             })?;
-            let mut instance = PluginInstance::new(&engine, plugin.clone(), name, database, pipeline.plugin_config());
+            let mut instance =
+                PluginInstance::new(&engine, plugin.clone(), name, database.clone(), pipeline.plugin_config())
+                    .with_call_timeout(pipeline.call_timeout);
             instance.init().await.map_err(|source| StartError::Init { pipeline: name.clone(), source })?;
             tracing::info!(pipeline = %name, plugin = %plugin.label(), tables = ?pipeline.tables, "pipeline ready");
             let handle = PluginHandle::Wasm(Box::new(instance));
-            pipelines.push((name.clone(), Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer))));
+            let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer));
+            slots.insert(
+                name.clone(),
+                ReloadSlot { pipeline: built.clone(), config: pipeline.clone(), database, native: false },
+            );
+            pipelines.push((name.clone(), built));
         }
-        Ok(Self { config, plugins, pipelines, http: None })
+        let reloader = Reloader::new(engine, config.runtime.clone(), plugins.clone(), slots, databases, caches);
+        Ok(Self { config, plugins, pipelines, http: None, reloader })
     }
 
     /// The loaded plugins by name.
@@ -188,7 +210,10 @@ impl Runtime {
         self.bind_http().await?;
         if let (Some(http), Some(listener)) = (self.config.runtime.http.clone(), self.http.take()) {
             let pipelines = self.pipelines.iter().map(|(_, p)| p.clone()).collect();
-            tasks.spawn(crate::http::serve(listener, http, self.config.clone(), pipelines, shutdown));
+            tasks.spawn(crate::http::serve(listener, http, self.config.clone(), pipelines, shutdown.clone()));
+        }
+        if self.config.runtime.reload.watch {
+            tasks.spawn(self.reloader.run(shutdown));
         }
         Ok(tasks)
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use evercache::source::KafkaConfig;
+use evercache::source::lag::{LagProbe, SourceLag};
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key, with_schema};
 use evercache_e2e::kafka::{Broker, field, kafka_runtime_toml, partition_offset, read_records, source_config};
 use evercache_e2e::{Running, TestEnv, wait_until};
@@ -108,12 +109,17 @@ async fn multi_partition_topic_tombstones_and_restart_from_committed_offsets() -
     broker.produce(&topic, 2, Some(&pg_key(5)), Some(&plain.to_string()), &[]).await?;
     let offsets = broker.committed_and_end(&env.prefix, &topic, 3)?;
     ensure!(offsets.iter().any(|(committed, end)| committed < end), "nothing is committed while stopped: {offsets:?}");
+    // The consumer-group lag the metrics and `evercache status` show.
+    let mut probe = LagProbe::new("events", &config.runtime.sources["events"])?;
+    let lag = |lags: Vec<SourceLag>| lags.iter().find(|l| l.stream == topic).and_then(|l| l.lag_entries);
+    assert_eq!(lag(probe.probe().await?), Some(3), "three changes wait while no instance runs");
 
     let running = Running::start(config).await?;
     for id in [1, 4, 5] {
         wait_json(&env, &key(id), Some(&item(id, "v2", 2))).await?;
     }
     wait_committed(&broker, &env.prefix, &topic, 3).await?;
+    assert_eq!(lag(probe.probe().await?), Some(0), "no lag once everything is committed");
     for id in [3, 6] {
         wait_json(&env, &key(id), Some(&item(id, "v1", 1))).await?;
     }

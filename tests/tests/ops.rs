@@ -13,36 +13,12 @@ use evercache::runtime::Runtime;
 use evercache::source::SourceConfig;
 use evercache::source::lag::LagProbe;
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key};
+use evercache_e2e::http::{get, sample};
 use evercache_e2e::{PG_URL, REDIS_URL, TestEnv, repo_root, wait_until};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `GET path` over plain HTTP/1.1; returns the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no header end")?;
-    let code = head.split(' ').nth(1).context("no status")?.parse()?;
-    Ok((code, body.to_owned()))
-}
-
-/// The value of the sample `name{labels…}` in a Prometheus text page.
-fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    page.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let rest = series.strip_prefix(name)?;
-        if !(rest.is_empty() || rest.starts_with('{')) {
-            return None;
-        }
-        labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))).then(|| value.parse().ok())?
-    })
-}
 
 /// A stream entry whose commit time is now, so the end-to-end delay is real.
 fn change_now(env: &TestEnv, op: &str, id: i64, name: &str) -> String {

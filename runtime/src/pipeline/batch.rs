@@ -3,7 +3,7 @@
 //! transient ones (database or Redis down) are waited out without limit.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
@@ -57,34 +57,42 @@ pub struct Failure {
 #[error("interrupted by shutdown")]
 pub struct Interrupted;
 
+/// What a pipeline runs a batch with; replaced as a whole by a reload.
+struct Generation {
+    config: PipelineConfig,
+    instance: Mutex<PluginHandle>,
+    writer: RedisWriter,
+}
+
 /// A running pipeline.
 pub struct Pipeline {
     name: String,
-    config: PipelineConfig,
     tables: HashSet<String>,
-    instance: Mutex<PluginHandle>,
-    writer: RedisWriter,
+    current: RwLock<Arc<Generation>>,
     stats: Arc<PipelineStats>,
 }
 
 impl Pipeline {
     /// Wires a pipeline from its parts; the instance should already be `init`-ed.
     pub fn new(name: &str, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
+        let tables = config.tables.iter().cloned().collect();
         let stats = Arc::new(PipelineStats::new(name, &config.plugin));
-        let loaded_at = match &instance {
-            PluginHandle::Wasm(wasm) => wasm.plugin().loaded_at,
-            PluginHandle::Native(_) => SystemTime::now(),
-        };
-        let label = instance.label();
-        stats.plugin_loaded(label.rsplit_once('@').map_or("", |(_, v)| v), loaded_at);
-        Self {
-            stats,
-            name: name.to_owned(),
-            tables: config.tables.iter().cloned().collect(),
-            config,
-            instance: Mutex::new(instance),
-            writer,
-        }
+        record_plugin(&stats, &instance);
+        let current = Generation { config, instance: Mutex::new(instance), writer };
+        Self { name: name.to_owned(), tables, current: RwLock::new(Arc::new(current)), stats }
+    }
+
+    /// Swaps in a new configuration and plugin instance (already `init`-ed) at
+    /// once. Batches already running finish on the ones they started with; the
+    /// routing (`source`, `tables`) is fixed for the pipeline's life.
+    pub fn replace(&self, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) {
+        record_plugin(&self.stats, &instance);
+        let next = Arc::new(Generation { config, instance: Mutex::new(instance), writer });
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The pipeline's name (its file stem).
@@ -92,9 +100,9 @@ impl Pipeline {
         &self.name
     }
 
-    /// Its configuration.
-    pub fn config(&self) -> &PipelineConfig {
-        &self.config
+    /// Its configuration as of now.
+    pub fn config(&self) -> PipelineConfig {
+        self.generation().config.clone()
     }
 
     /// Its live figures (metrics and status page).
@@ -109,14 +117,18 @@ impl Pipeline {
 
     /// Applies `events` (record index, event). Returns the records that failed
     /// permanently, to be dead-lettered; everything else was written.
-    #[tracing::instrument(skip_all, fields(pipeline = %self.name, plugin = %self.config.plugin, events = events.len()))]
+    #[tracing::instrument(skip_all, fields(pipeline = %self.name, plugin = tracing::field::Empty, events = events.len()))]
     pub async fn process(
         &self,
         events: &[(usize, ChangeEvent)],
         shutdown: &CancellationToken,
     ) -> Result<Vec<Failure>, Interrupted> {
+        // Every attempt of this batch runs on the version live when it started.
+        let generation = self.generation();
+        let max_attempts = generation.config.max_attempts;
+        tracing::Span::current().record("plugin", generation.config.plugin.as_str());
         let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
-        let error = match self.retry(&all, self.config.max_attempts, shutdown).await? {
+        let error = match self.retry(&generation, &all, max_attempts, shutdown).await? {
             None => {
                 self.stats.finished(events, &[]);
                 return Ok(Vec::new());
@@ -125,14 +137,14 @@ impl Pipeline {
         };
         if events.len() == 1 {
             self.stats.finished(events, &[events[0].0]);
-            return Ok(vec![self.failure(events[0].0, &events[0].1, &error, self.config.max_attempts)]);
+            return Ok(vec![self.failure(events[0].0, &events[0].1, &error, max_attempts)]);
         }
         // Find the records that fail on their own so the rest are still applied.
         tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; applying its records one by one");
         let mut failures = Vec::new();
         for (record, event) in events {
-            if let Some(error) = self.retry(&[event], 1, shutdown).await? {
-                failures.push(self.failure(*record, event, &error, self.config.max_attempts + 1));
+            if let Some(error) = self.retry(&generation, &[event], 1, shutdown).await? {
+                failures.push(self.failure(*record, event, &error, max_attempts + 1));
             }
         }
         self.stats.finished(events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
@@ -149,6 +161,7 @@ impl Pipeline {
     /// counting. Returns the last permanent error, or `None` on success.
     async fn retry(
         &self,
+        generation: &Generation,
         events: &[&ChangeEvent],
         attempts: u32,
         shutdown: &CancellationToken,
@@ -156,7 +169,7 @@ impl Pipeline {
         let mut failed = 0;
         let mut transient_waits = 0u32;
         loop {
-            let error = match self.apply(events).await {
+            let error = match self.apply(generation, events).await {
                 Ok(report) => {
                     self.stats.written(&report);
                     tracing::debug!(pipeline = %self.name, events = events.len(), applied = report.applied, deleted = report.deleted, stale = report.stale, "batch written");
@@ -168,14 +181,14 @@ impl Pipeline {
             let delay = if error.is_transient() {
                 transient_waits += 1;
                 tracing::warn!(pipeline = %self.name, error = %error, "dependency unavailable; waiting, nothing acked");
-                backoff(self.config.retry_backoff, transient_waits)
+                backoff(generation.config.retry_backoff, transient_waits)
             } else {
                 failed += 1;
                 if failed >= attempts {
                     return Ok(Some(error));
                 }
                 tracing::warn!(pipeline = %self.name, error = %error, attempt = failed, "batch failed; retrying");
-                backoff(self.config.retry_backoff, failed)
+                backoff(generation.config.retry_backoff, failed)
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Interrupted),
@@ -185,8 +198,8 @@ impl Pipeline {
     }
 
     /// One attempt: keys for every event, coalesce, recompute, write.
-    async fn apply(&self, events: &[&ChangeEvent]) -> Result<WriteReport, ApplyError> {
-        let mut instance = self.instance.lock().await;
+    async fn apply(&self, generation: &Generation, events: &[&ChangeEvent]) -> Result<WriteReport, ApplyError> {
+        let mut instance = generation.instance.lock().await;
         let mut plan = KeyPlan::default();
         for event in events {
             for key in instance.keys(event).await? {
@@ -206,7 +219,7 @@ impl Pipeline {
             return Ok(WriteReport::default());
         }
         let mut writes = Vec::with_capacity(plan.len());
-        match self.config.on_change {
+        match generation.config.on_change {
             OnChange::Invalidate => {
                 let read_at_ms = now_ms();
                 for key in plan.keys() {
@@ -214,7 +227,7 @@ impl Pipeline {
                 }
             }
             OnChange::Recompute => {
-                for chunk in plan.keys().chunks(self.config.recompute_batch) {
+                for chunk in plan.keys().chunks(generation.config.recompute_batch) {
                     // Stamped before the call: the value reflects the database at least as of now.
                     let read_at_ms = now_ms();
                     let started = Instant::now();
@@ -234,8 +247,18 @@ impl Pipeline {
         }
         let label = instance.label();
         drop(instance);
-        Ok(self.writer.write(&label, &writes).await?)
+        Ok(generation.writer.write(&label, &writes).await?)
     }
+}
+
+/// Tells the figures which plugin version now runs and since when.
+fn record_plugin(stats: &PipelineStats, instance: &PluginHandle) {
+    let loaded_at = match instance {
+        PluginHandle::Wasm(wasm) => wasm.plugin().loaded_at,
+        PluginHandle::Native(_) => SystemTime::now(),
+    };
+    let label = instance.label();
+    stats.plugin_loaded(label.rsplit_once('@').map_or("", |(_, v)| v), loaded_at);
 }
 
 fn planned_write(plan: &KeyPlan, key: &str, action: KeyAction, read_at_ms: u64) -> KeyWrite {

@@ -46,6 +46,10 @@ pub struct PipelineConfig {
     /// First retry delay; doubles per attempt up to 5s (default "100ms").
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// Longest one plugin call may run for this pipeline, e.g. "500ms"; default:
+    /// `[sandbox] call_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub call_timeout: Option<Duration>,
     /// Most keys handed to one `recompute` call (default 500).
     #[serde(default = "default_recompute_batch")]
     pub recompute_batch: usize,

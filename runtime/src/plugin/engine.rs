@@ -1,6 +1,7 @@
 //! One wasmtime engine per process, with the linker that provides the host
 //! imports and a ticker that drives epoch deadlines.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use wasmtime::{Config, Engine};
 use super::bindings::Plugin;
 use super::host::PluginState;
 
-/// How often the epoch advances; deadlines are whole ticks.
+/// How often the epoch advances: running calls yield and check their deadline this often.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Limits every plugin call runs under (`[sandbox]` in the runtime file).
@@ -25,6 +26,21 @@ pub struct SandboxConfig {
     /// Most linear memory one plugin instance may use, in MiB (default 64).
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
+    /// Most keys one `keys` call may return (default 10000); more fails the batch.
+    #[serde(default = "default_max_keys_per_event")]
+    pub max_keys_per_event: usize,
+    /// Host queries one pipeline may have running at once, across plugin
+    /// versions live during a reload (default 4).
+    #[serde(default = "default_max_concurrent_queries")]
+    pub max_concurrent_queries: usize,
+    /// Directory for compiled components, keyed by content hash and engine
+    /// configuration, e.g. "/var/cache/evercache" (default: `.compiled` in
+    /// `plugins_dir`); relative to the runtime file.
+    #[serde(default)]
+    pub compile_cache: Option<PathBuf>,
+    /// Keep compiled components between runs (default true).
+    #[serde(default = "default_true")]
+    pub cache_compiled: bool,
 }
 
 fn default_call_timeout() -> Duration {
@@ -33,10 +49,26 @@ fn default_call_timeout() -> Duration {
 fn default_memory_mib() -> usize {
     64
 }
+fn default_max_keys_per_event() -> usize {
+    10_000
+}
+fn default_max_concurrent_queries() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self { call_timeout: default_call_timeout(), memory_mib: default_memory_mib() }
+        Self {
+            call_timeout: default_call_timeout(),
+            memory_mib: default_memory_mib(),
+            max_keys_per_event: default_max_keys_per_event(),
+            max_concurrent_queries: default_max_concurrent_queries(),
+            compile_cache: None,
+            cache_compiled: true,
+        }
     }
 }
 
@@ -46,6 +78,8 @@ pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<PluginState>>,
     pub(crate) sandbox: SandboxConfig,
+    /// Where compiled components are kept between runs, if anywhere.
+    pub(crate) compile_cache: Option<PathBuf>,
 }
 
 impl PluginEngine {
@@ -69,15 +103,27 @@ impl PluginEngine {
                 }
             })
             .map_err(wasmtime::Error::from)?;
-        Ok(Self { engine, linker: Arc::new(linker), sandbox })
+        Ok(Self { engine, linker: Arc::new(linker), sandbox, compile_cache: None })
+    }
+
+    /// Keeps compiled components in `dir`, keyed by content hash and engine
+    /// configuration, so restarts and reloads skip compiling unchanged plugins.
+    pub fn with_compile_cache(mut self, dir: &Path) -> Self {
+        self.compile_cache = Some(dir.to_owned());
+        self
+    }
+
+    /// The engine's compatibility fingerprint: compiled artifacts from an engine
+    /// with another wasmtime version or configuration must not be reused.
+    pub(crate) fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
     }
 
     /// The limits calls run under.
     pub fn sandbox(&self) -> &SandboxConfig {
         &self.sandbox
-    }
-
-    pub(crate) fn deadline_ticks(&self) -> u64 {
-        (self.sandbox.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 }

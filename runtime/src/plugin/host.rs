@@ -22,6 +22,8 @@ pub(crate) struct PluginState {
     /// Set when a host query failed because the database was unreachable: the
     /// call's failure is then transient, whatever the plugin made of it.
     pub(crate) unavailable: Option<String>,
+    /// When the running call's `call_timeout` is up.
+    pub(crate) call_deadline: Option<std::time::Instant>,
 }
 
 impl PluginState {
@@ -32,18 +34,33 @@ impl PluginState {
         memory_bytes: usize,
     ) -> Self {
         // No preopens, env, args or network: stdout/stderr go to the log.
-        let wasi = WasiCtx::builder()
-            .stdout(LogStream::new(plugin.clone(), "stdout"))
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(LogStream::new(plugin.clone(), "stdout"))
             .stderr(LogStream::new(plugin.clone(), "stderr"))
-            .build();
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let wasi = wasi.build();
+        // A Rust component needs a handful of instances, tables and memories;
+        // the caps stop a crafted component from multiplying them.
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
             .instances(16)
             .tables(16)
+            .table_elements(100_000)
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        Self { wasi, table: ResourceTable::new(), limits, plugin, pipeline, database, unavailable: None }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            plugin,
+            pipeline,
+            database,
+            unavailable: None,
+            call_deadline: None,
+        }
     }
 }
 

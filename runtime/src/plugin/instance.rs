@@ -2,9 +2,9 @@
 //! reused across batches, and rebuilt after a trap (a trapped instance is poisoned).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{ChangeEvent, Outcome, Plugin, PluginError};
 use super::engine::PluginEngine;
@@ -86,6 +86,7 @@ pub struct PluginInstance {
     pipeline: Arc<str>,
     database: Option<QueryRunner>,
     config: Vec<(String, String)>,
+    call_timeout: Duration,
     live: Option<Live>,
 }
 
@@ -98,7 +99,37 @@ impl PluginInstance {
         database: Option<QueryRunner>,
         config: Vec<(String, String)>,
     ) -> Self {
-        Self { plugin, engine: engine.clone(), pipeline: Arc::from(pipeline), database, config, live: None }
+        let call_timeout = engine.sandbox.call_timeout;
+        Self {
+            plugin,
+            engine: engine.clone(),
+            pipeline: Arc::from(pipeline),
+            database,
+            config,
+            call_timeout,
+            live: None,
+        }
+    }
+
+    /// Overrides the sandbox's `call_timeout` for this pipeline.
+    pub fn with_call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        if let Some(timeout) = timeout {
+            self.call_timeout = timeout;
+        }
+        self
+    }
+
+    /// The same pipeline wiring around another compiled plugin (a reload); not yet `init`-ed.
+    pub fn with_plugin(&self, plugin: Arc<LoadedPlugin>) -> Self {
+        Self {
+            plugin,
+            engine: self.engine.clone(),
+            pipeline: self.pipeline.clone(),
+            database: self.database.clone(),
+            config: self.config.clone(),
+            call_timeout: self.call_timeout,
+            live: None,
+        }
     }
 
     /// The plugin this instance runs.
@@ -117,8 +148,16 @@ impl PluginInstance {
         );
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.engine.deadline_ticks());
-        store.epoch_deadline_trap();
+        // Every epoch tick the call yields to the executor, so a plugin spinning
+        // on the CPU never holds a runtime worker; past its deadline it traps.
+        store.epoch_deadline_callback(|ctx| {
+            if ctx.data().call_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        });
+        store.set_epoch_deadline(1);
+        store.data_mut().call_deadline = Some(Instant::now() + self.call_timeout);
         let bindings = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| self.trap("init", e))?;
         let mut live = Live { store, bindings };
         let result = live.bindings.call_init(&mut live.store, &self.config).await;
@@ -134,7 +173,19 @@ impl PluginInstance {
         let result = live.bindings.call_keys(&mut live.store, event).await;
         let result = self.settle("keys", &mut live, result)?;
         self.live = Some(live);
-        result.map_err(|e| self.plugin_error("keys", e))
+        let keys = result.map_err(|e| self.plugin_error("keys", e))?;
+        let limit = self.engine.sandbox.max_keys_per_event;
+        if keys.len() > limit {
+            return Err(CallError::Contract {
+                plugin: self.plugin.label(),
+                call: "keys",
+                message: format!(
+                    "returned {} keys for one event; the limit is {limit} (sandbox.max_keys_per_event)",
+                    keys.len()
+                ),
+            });
+        }
+        Ok(keys)
     }
 
     /// One outcome per key, in order.
@@ -163,7 +214,8 @@ impl PluginInstance {
             call: "init",
             message: "instance missing after init".to_owned(),
         })?;
-        live.store.set_epoch_deadline(self.engine.deadline_ticks());
+        live.store.set_epoch_deadline(1);
+        live.store.data_mut().call_deadline = Some(Instant::now() + self.call_timeout);
         live.store.data_mut().unavailable = None;
         Ok(live)
     }
@@ -179,9 +231,11 @@ impl PluginInstance {
 
     fn trap(&self, call: &'static str, e: wasmtime::Error) -> CallError {
         if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-            return CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.engine.sandbox.call_timeout };
+            return CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.call_timeout };
         }
-        CallError::Trap { plugin: self.plugin.label(), call, message: format!("{e:?}") }
+        // `{:#}`: the cause chain and the wasm backtrace, without a host backtrace
+        // (resolving one under RUST_BACKTRACE=1 would stall a runtime worker).
+        CallError::Trap { plugin: self.plugin.label(), call, message: format!("{e:#}") }
     }
 
     fn plugin_error(&self, call: &'static str, error: PluginError) -> CallError {

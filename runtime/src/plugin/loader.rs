@@ -21,6 +21,8 @@ pub struct LoadedPlugin {
     pub path: PathBuf,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Taken from the compile cache instead of compiled.
+    pub from_cache: bool,
     pub(crate) pre: PluginPre<super::host::PluginState>,
 }
 
@@ -62,22 +64,60 @@ pub enum LoadError {
     },
 }
 
-/// Compiles one `.wasm` component; compilation runs on a blocking thread so the
-/// async workers keep serving.
+/// Compiles one `.wasm` component, or takes it from the compile cache;
+/// compilation runs on a blocking thread so the async workers keep serving.
 pub async fn load_file(engine: &PluginEngine, path: &Path) -> Result<Arc<LoadedPlugin>, LoadError> {
     let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
-    let version = hex::encode(&Sha256::digest(&bytes)[..6]);
+    let digest = hex::encode(Sha256::digest(&bytes));
+    let version = digest[..12].to_owned();
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.to_owned(), message: format!("{e:#}") };
+    let cached = engine.compile_cache.as_ref().map(|dir| dir.join(format!("{digest}-{}.cwasm", engine.fingerprint())));
     let wasm_engine = engine.engine.clone();
-    let component = tokio::task::spawn_blocking(move || Component::from_binary(&wasm_engine, &bytes))
+    let (component, from_cache) = tokio::task::spawn_blocking(move || compile(&wasm_engine, &bytes, cached.as_deref()))
         .await
         .map_err(|e| LoadError::Invalid { path: path.to_owned(), message: format!("compiler task failed: {e}") })?
         .map_err(invalid)?;
     let instance_pre = engine.linker.instantiate_pre(&component).map_err(invalid)?;
     let pre = PluginPre::new(instance_pre).map_err(invalid)?;
-    tracing::info!(plugin = %name, %version, path = %path.display(), "plugin loaded");
-    Ok(Arc::new(LoadedPlugin { name, version, path: path.to_owned(), loaded_at: SystemTime::now(), pre }))
+    tracing::info!(plugin = %name, %version, from_cache, path = %path.display(), "plugin loaded");
+    Ok(Arc::new(LoadedPlugin { name, version, path: path.to_owned(), loaded_at: SystemTime::now(), from_cache, pre }))
+}
+
+/// Reads the cached artifact when there is a usable one, else compiles and
+/// stores it. A cache that cannot be read or written only costs a compile.
+fn compile(engine: &wasmtime::Engine, bytes: &[u8], cached: Option<&Path>) -> wasmtime::Result<(Component, bool)> {
+    if let Some(file) = cached
+        && let Ok(artifact) = std::fs::read(file)
+    {
+        // Read into memory rather than mapped: a file truncated under a mapping
+        // would crash the process. SAFETY: the cache holds only what
+        // `Component::serialize` wrote for this engine configuration (the name
+        // carries its fingerprint) and is trusted like plugins_dir itself; a
+        // corrupt entry fails wasmtime's checks here and is recompiled.
+        match unsafe { Component::deserialize(engine, &artifact) } {
+            Ok(component) => return Ok((component, true)),
+            Err(e) => tracing::warn!(file = %file.display(), error = %e, "compile cache entry unusable; recompiling"),
+        }
+    }
+    let component = Component::from_binary(engine, bytes)?;
+    if let Some(file) = cached
+        && let Err(e) = store(&component, file)
+    {
+        tracing::warn!(file = %file.display(), error = %e, "cannot write the compile cache");
+    }
+    Ok((component, false))
+}
+
+fn store(component: &Component, file: &Path) -> wasmtime::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Written aside, then renamed: a concurrent reader never sees half an artifact.
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, component.serialize()?)?;
+    std::fs::rename(&tmp, file)?;
+    Ok(())
 }
 
 /// Loads every `*.wasm` file of `dir`, keyed by file stem. One broken file fails

@@ -8,9 +8,13 @@ mod host;
 mod instance;
 mod loader;
 mod native;
+pub mod reload;
 mod stdio;
+pub mod tooling;
+mod watch;
 
 pub use engine::{PluginEngine, SandboxConfig};
 pub use instance::{CallError, PluginInstance};
 pub use loader::{LoadError, LoadedPlugin, load_dir, load_file};
 pub use native::{NativeContext, NativeFactory, NativePlugin, PluginHandle};
+pub use reload::{ReloadConfig, ReloadSlot, Reloader};

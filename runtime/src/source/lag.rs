@@ -38,11 +38,19 @@ pub struct LagProbe {
 }
 
 enum ProbeKind {
-    RedisStream { streams: Vec<String>, group: String, dead_letters: Vec<String> },
-    Postgres { url: String, slot: String, dead_letters: Vec<String> },
-    /// A source kind without a probe: reported as reachable with no figures.
+    RedisStream {
+        streams: Vec<String>,
+        group: String,
+        dead_letters: Vec<String>,
+    },
+    Postgres {
+        url: String,
+        slot: String,
+        dead_letters: Vec<String>,
+    },
+    /// Consumer-group lag from the broker's committed offsets and watermarks.
     #[cfg(feature = "kafka")]
-    Unprobed,
+    Kafka(Box<super::KafkaConfig>),
 }
 
 impl LagProbe {
@@ -55,10 +63,10 @@ impl LagProbe {
                 let kind = ProbeKind::RedisStream { streams: c.streams.clone(), group: c.group.clone(), dead_letters };
                 (kind, c.url.as_str())
             }
-            // Consumer-group lag of Kafka sources is not probed yet (issue 7 follow-up).
             #[cfg(feature = "kafka")]
-            SourceConfig::Kafka(_) => {
-                return Ok(Self { source: name.to_owned(), kind: ProbeKind::Unprobed, redis: None, postgres: None });
+            SourceConfig::Kafka(c) => {
+                let kind = ProbeKind::Kafka(Box::new(c.clone()));
+                return Ok(Self { source: name.to_owned(), kind, redis: None, postgres: None });
             }
             SourceConfig::Postgres(c) => {
                 let prefix = c.topic_prefix.clone().unwrap_or_else(|| database_name(&c.url));
@@ -97,6 +105,29 @@ impl LagProbe {
     }
 
     async fn probe_inner(&mut self) -> Result<Vec<SourceLag>, SourceError> {
+        #[cfg(feature = "kafka")]
+        if let ProbeKind::Kafka(config) = &self.kind {
+            let config = config.clone();
+            let lags = tokio::task::spawn_blocking(move || super::kafka::lag::consumer_lag(&config, PROBE_TIMEOUT))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map_err(|message| SourceError::Unavailable {
+                    source_name: self.source.clone(),
+                    operation: "Kafka consumer lag",
+                    message,
+                })?;
+            return Ok(lags
+                .into_iter()
+                .map(|(topic, lag)| SourceLag {
+                    stream: topic,
+                    lag_entries: Some(lag),
+                    pending_entries: None,
+                    lag_bytes: None,
+                    dead_letters: None,
+                })
+                .collect());
+        }
         let unavailable = |operation: &'static str, message: String| SourceError::Unavailable {
             source_name: self.source.clone(),
             operation,
@@ -114,6 +145,9 @@ impl LagProbe {
             None => return Ok(Vec::new()),
         };
         match &self.kind {
+            // Answered above, without Redis.
+            #[cfg(feature = "kafka")]
+            ProbeKind::Kafka(_) => Ok(Vec::new()),
             ProbeKind::RedisStream { streams, group, dead_letters } => {
                 let mut lags = Vec::with_capacity(streams.len());
                 for (stream, dlq) in streams.iter().zip(dead_letters) {
@@ -142,8 +176,6 @@ impl LagProbe {
                 }
                 Ok(lags)
             }
-            #[cfg(feature = "kafka")]
-            ProbeKind::Unprobed => Ok(Vec::new()),
             ProbeKind::Postgres { url, slot, dead_letters } => {
                 let conn = match &mut self.postgres {
                     Some(conn) => conn,

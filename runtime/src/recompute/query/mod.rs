@@ -129,6 +129,8 @@ pub struct QueryRunner {
     max_rows: usize,
     max_result_bytes: usize,
     password: Option<Arc<str>>,
+    /// The owning pipeline's share of the pool, when limited.
+    permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl DatabaseConfig {
@@ -154,6 +156,7 @@ impl DatabaseConfig {
             max_rows: self.max_rows,
             max_result_bytes: self.max_result_bytes,
             password: password.map(Arc::from),
+            permits: None,
         })
     }
 }
@@ -179,11 +182,25 @@ impl QueryRunner {
         &self.name
     }
 
+    /// A runner on the same pool that lets at most `limit` of its queries run at
+    /// once, so one pipeline cannot take every connection from the others.
+    pub fn limited(&self, limit: usize) -> Self {
+        Self { permits: Some(Arc::new(tokio::sync::Semaphore::new(limit.max(1)))), ..self.clone() }
+    }
+
     /// Runs one read-only statement with `$1…` parameters.
     pub async fn query(&self, sql: &str, params: &[DbValue]) -> Result<Rows, QueryError> {
         if let Err(message) = check_read_only(sql) {
             return Err(QueryError::Rejected { database: self.name.to_string(), message });
         }
+        let _permit =
+            match &self.permits {
+                Some(permits) => Some(permits.acquire().await.map_err(|e| QueryError::Unavailable {
+                    database: self.name.to_string(),
+                    message: e.to_string(),
+                })?),
+                None => None,
+            };
         let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
         let mut checkout = Checkout { conn, clean: false };
         let connection: &mut PgConnection = &mut checkout.conn;

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod context;
 pub mod dead_letter;
+pub mod lag;
 pub mod offsets;
 pub mod record;
 
