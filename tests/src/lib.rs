@@ -106,6 +106,31 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Drops the test's replication slot and publication (both named `<prefix>`),
+    /// waiting for the server to release the slot after its client disconnected.
+    pub async fn drop_capture(&self) -> Result<()> {
+        let slot = self.prefix.clone();
+        wait_until("replication slot released and dropped", Duration::from_secs(20), || {
+            let (pg, slot) = (self.pg.clone(), slot.clone());
+            async move {
+                sqlx::query(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
+                )
+                .bind(&slot)
+                .execute(&pg)
+                .await?;
+                let left: i64 = sqlx::query_scalar("select count(*) from pg_replication_slots where slot_name = $1")
+                    .bind(&slot)
+                    .fetch_one(&pg)
+                    .await?;
+                Ok(left == 0)
+            }
+        })
+        .await?;
+        sqlx::query(&format!("drop publication if exists {slot}")).execute(&self.pg).await?;
+        Ok(())
+    }
+
     /// Name of a stream owned by this test.
     pub fn stream(&self, table: &str) -> String {
         format!("{}.{}.{}", self.prefix, self.prefix, table)

@@ -12,30 +12,6 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Drops the test's slot and publication (left over from an earlier run, or at the end).
-async fn drop_capture(env: &TestEnv) -> Result<()> {
-    let slot = &env.prefix;
-    // The server releases a slot a moment after its client disconnects.
-    wait_until("replication slot released and dropped", WAIT, || {
-        let pg = env.pg.clone();
-        let slot = slot.clone();
-        async move {
-            sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active")
-                .bind(&slot)
-                .execute(&pg)
-                .await?;
-            let left: i64 = sqlx::query_scalar("select count(*) from pg_replication_slots where slot_name = $1")
-                .bind(&slot)
-                .fetch_one(&pg)
-                .await?;
-            Ok(left == 0)
-        }
-    })
-    .await?;
-    sqlx::query(&format!("drop publication if exists {slot}")).execute(&env.pg).await?;
-    Ok(())
-}
-
 fn capture_source(env: &TestEnv, tables: &[&str]) -> String {
     let tables: Vec<String> = tables.iter().map(|t| format!("{}.{t}", env.prefix)).collect();
     format!(
@@ -77,7 +53,7 @@ async fn wait_json(env: &TestEnv, key: &str, expected: Option<Value>) -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_writes_reach_the_cache_and_the_slot_is_confirmed_after_them() -> Result<()> {
     let env = TestEnv::new("capture").await?;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     let config = env.config(&runtime_toml(&env, &["item"]), &[("items", &env.testkit_pipeline(""))])?;
     assert!(matches!(config.runtime.sources["events"], SourceConfig::Postgres(_)));
@@ -115,13 +91,13 @@ async fn committed_writes_reach_the_cache_and_the_slot_is_confirmed_after_them()
     let meta = env.clone_redis_hash(&format!("{{{}}}:meta", key(1))).await?;
     assert!(meta["pos"].as_str().unwrap_or("").starts_with("pg:"), "{meta}");
     running.stop().await?;
-    drop_capture(&env).await
+    env.drop_capture().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_events_match_what_debezium_emits() -> Result<()> {
     let env = TestEnv::new("capture_same").await?;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
     env.sql("create table customers (id int primary key, first_name text not null, last_name text not null, email text not null)")
         .await?;
     // Capture to a stream-free pipeline is not needed: read the records straight from the source.
@@ -137,7 +113,7 @@ async fn captured_events_match_what_debezium_emits() -> Result<()> {
     }
     source.confirm();
     source.shutdown().await;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
 
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].stream, format!("{0}.{0}.customers", env.prefix));
@@ -163,7 +139,7 @@ async fn captured_events_match_what_debezium_emits() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_snapshot_warms_the_cache_before_streaming() -> Result<()> {
     let env = TestEnv::new("capture_snap").await?;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
     let mut redis = env.redis.clone();
     redis::cmd("DEL").arg(format!("evercache:snapshot:test:{}", env.prefix)).query_async::<()>(&mut redis).await?;
     env.sql("create table item (id bigint primary key, name text, version bigint); insert into item select g, 'old', 1 from generate_series(1, 1234) g;")
@@ -179,14 +155,14 @@ async fn initial_snapshot_warms_the_cache_before_streaming() -> Result<()> {
         redis::cmd("EXISTS").arg(format!("evercache:snapshot:test:{}", env.prefix)).query_async(&mut redis).await?;
     assert!(marker, "the finished snapshot is recorded so a restart does not repeat it");
     running.stop().await?;
-    drop_capture(&env).await
+    env.drop_capture().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result<()> {
     use evercache::sink::debezium_stream::{DebeziumStreamWriter, forward};
     let env = TestEnv::new("capture_fwd").await?;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     let runtime =
         runtime_toml(&env, &["item"]).replace("type = \"postgres\"", "type = \"postgres\"\nsnapshot = \"never\"");
@@ -211,7 +187,7 @@ async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result
     .await?;
     shutdown.cancel();
     let written = task.await??;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
     assert_eq!(written, 4);
 
     let reply: redis::streams::StreamRangeReply =

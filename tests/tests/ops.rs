@@ -274,34 +274,10 @@ async fn lag_probes_read_stream_lag_pending_dead_letters_and_slot_bytes() -> Res
     Ok(())
 }
 
-/// Drops the test's slot and publication once the server released them.
-async fn drop_capture(env: &TestEnv) -> Result<()> {
-    let slot = env.prefix.clone();
-    wait_until("replication slot released and dropped", WAIT, || {
-        let (pg, slot) = (env.pg.clone(), slot.clone());
-        async move {
-            sqlx::query(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
-            )
-            .bind(&slot)
-            .execute(&pg)
-            .await?;
-            let left: i64 = sqlx::query_scalar("select count(*) from pg_replication_slots where slot_name = $1")
-                .bind(&slot)
-                .fetch_one(&pg)
-                .await?;
-            Ok(left == 0)
-        }
-    })
-    .await?;
-    sqlx::query(&format!("drop publication if exists {slot}")).execute(&env.pg).await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_pipeline_exports_slot_lag_and_real_commit_delay() -> Result<()> {
     let env = TestEnv::new("ops_capture").await?;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     let p = env.prefix.clone();
     let runtime = format!(
@@ -361,7 +337,7 @@ probe_interval = "100ms"
     }
     .await;
     stop(shutdown, tasks).await?;
-    drop_capture(&env).await?;
+    env.drop_capture().await?;
     result
 }
 
