@@ -29,4 +29,7 @@ cargo test --workspace
 echo "== fault suite (kills and restarts real processes; prints what each scenario checked)"
 cargo test -p evercache --test faults -- --nocapture --test-threads=1
 
+echo "== the quickstart demo (README), end to end"
+bash examples/marketplace/run.sh
+
 echo "== artifacts: target/artifacts/status-page.png (the status page as headless Chromium rendered it)"

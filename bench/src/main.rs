@@ -25,7 +25,7 @@ struct Cli {
 enum Workload {
     /// Built-in Postgres capture: commit→cache latency and burst drain rate.
     Capture(capture::Options),
-    /// evercache vs the naive worker vs native logic: distinct keys, hot keys, steady-rate delay.
+    /// evercache vs the naive worker vs native logic: distinct keys, hot keys, fan-out, steady-rate delay.
     Compare(compare::Options),
     /// What a Wasm plugin costs: compile, cache load, instantiate, keys, recompute.
     PluginCost(plugin_cost::Options),

@@ -32,6 +32,7 @@ admin -d marketplace -f examples/marketplace/roles.sql
 echo "ok: $(admin -d marketplace -c 'select count(*) from specialist') specialists, $(admin -d marketplace -c 'select count(*) from session') sessions"
 
 step "build: plugins and runtime"
+bash scripts/build-deps.sh
 bash scripts/build-plugins.sh
 cargo build --quiet -p evercache
 evercache="$root/target/debug/evercache"

@@ -191,10 +191,10 @@ async fn main() -> anyhow::Result<()> {
                     _ => None,
                 })
                 .context("no `type = \"postgres\"` source (with that name) in the config")?;
+            let shutdown = CancellationToken::new();
+            watch_signals(shutdown.clone());
             let mut capture = capture.build(&name).await?;
             let mut writer = DebeziumStreamWriter::connect(&redis_url, schemas).await.context("connecting to Redis")?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(watch_signals(shutdown.clone()));
             let written = forward(&mut capture, &mut writer, &shutdown).await?;
             tracing::info!(source = %name, written, "capture stopped");
             Ok(())
@@ -208,9 +208,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Plugin { command } => plugin_command(command).await,
         Command::Run { config } => {
             let config = Config::load(&config)?;
-            let runtime = Runtime::build(config).await.context("startup failed")?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(watch_signals(shutdown.clone()));
+            watch_signals(shutdown.clone());
+            let runtime = tokio::select! {
+                built = Runtime::build(config) => built.context("startup failed")?,
+                _ = shutdown.cancelled() => {
+                    tracing::info!("stopped during startup");
+                    return Ok(());
+                }
+            };
             runtime.run(shutdown).await?;
             tracing::info!("stopped");
             Ok(())
@@ -306,19 +312,23 @@ async fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// First SIGINT/SIGTERM drains; a second one aborts at once.
-async fn watch_signals(shutdown: CancellationToken) {
+/// Installs the SIGINT/SIGTERM handlers before returning, so a signal during
+/// startup is not fatal: the first one cancels `shutdown` (drain), a second
+/// one aborts at once.
+fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("shutdown requested; draining in-flight batches (signal again to abort)");
-    shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::warn!("second signal; aborting without draining");
-    std::process::exit(130);
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("shutdown requested; draining in-flight batches (signal again to abort)");
+        shutdown.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal; aborting without draining");
+        std::process::exit(130);
+    });
 }
 
 fn init_logging(format: LogFormat) {

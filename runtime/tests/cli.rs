@@ -47,6 +47,7 @@ url = "{REDIS_URL}"
 streams = ["{name}.stream"]
 consumer = "{name}"
 batch_size = 50
+max_batch_entries = 50  # no read-ahead past one batch: SIGTERM lands with entries still unread
 block = "100ms"
 "#,
         plugins = plugins_dir().display()

@@ -324,16 +324,19 @@ pub async fn drop_abandoned_slots(pg: &PgPool) -> Result<()> {
 pub struct Running {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// The `[http]` listener's address, when the config has one.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Running {
     /// Builds the runtime (loads plugins, inits pipelines), connects its
     /// sources (consumer groups exist when this returns) and starts it.
     pub async fn start(config: Config) -> Result<Self> {
-        let runtime = Runtime::build(config).await?;
+        let mut runtime = Runtime::build(config).await?;
+        let http = runtime.bind_http().await?;
         let shutdown = CancellationToken::new();
         let tasks = runtime.start(shutdown.clone()).await?;
-        Ok(Self { shutdown, tasks })
+        Ok(Self { shutdown, tasks, http })
     }
 
     /// Requests shutdown and waits for the drain.

@@ -1,11 +1,13 @@
 //! Redis Streams consumer-group mechanics against a real Redis: entries that
-//! keep killing their consumers are dead-lettered by delivery count, and
-//! acknowledged entries are trimmed only where every group is done with them.
+//! keep killing their consumers are dead-lettered by delivery count,
+//! acknowledged entries are trimmed only where every group is done with them,
+//! and a backlog is applied in bigger, coalescing batches.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key};
+use evercache_e2e::http::{get, sample};
 use evercache_e2e::{Running, TestEnv, wait_until};
 use serde_json::json;
 
@@ -156,6 +158,56 @@ async fn trimming_keeps_every_entry_another_group_still_needs() -> Result<()> {
         async move { Ok(xlen(env, stream).await? == 0) }
     })
     .await?;
+    assert!(env.dead_letters(&stream).await?.is_empty());
+    running.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_applied_in_batches_bigger_than_one_read_that_coalesce_hot_rows() -> Result<()> {
+    let mut env = item_env("backlog", 10).await?;
+    let stream = env.stream("item");
+    let events: u32 = 3000;
+    let mut fill = redis::pipe();
+    for i in 0..events {
+        let id = i64::from(i % 10) + 1;
+        let value =
+            pg_change("u", &env.prefix, "item", None, Some(json!({"id": id, "name": "row", "version": 1})), next_lsn());
+        fill.cmd("XADD").arg(&stream).arg("*").arg(pg_key(id)).arg(value.to_string()).ignore();
+    }
+    fill.query_async::<()>(&mut env.redis).await?;
+    env.sql("update item set version = 2").await?;
+
+    let pipeline = format!("{}_items", env.prefix);
+    let extra = "batch_size = 50\nmax_batch_entries = 950\n[http]\nlisten = \"127.0.0.1:0\"";
+    let config =
+        env.config(&env.runtime_toml(std::slice::from_ref(&stream), extra), &[(&pipeline, &env.testkit_pipeline(""))])?;
+    let running = Running::start(config).await?;
+    let addr = running.http.expect("[http] is configured");
+    let p = ("pipeline", pipeline.as_str());
+    wait_until("every event is written and acknowledged", WAIT, || {
+        let mut redis = env.redis.clone();
+        let stream = stream.clone();
+        async move {
+            let (_, page) = get(addr, "/metrics").await?;
+            let written = sample(&page, "evercache_events_total", &[p, ("op", "u"), ("outcome", "written")]);
+            let pending: Vec<redis::Value> =
+                redis::cmd("XPENDING").arg(&stream).arg("evercache").query_async(&mut redis).await?;
+            Ok(written == Some(f64::from(events)) && matches!(pending.first(), Some(redis::Value::Int(0))))
+        }
+    })
+    .await?;
+    let (_, page) = get(addr, "/metrics").await?;
+    let at = |name: &str, labels: &[(&str, &str)]| sample(&page, name, labels).unwrap_or(f64::NAN);
+    let batches = at("evercache_batch_events_count", &[p]);
+    println!("{events} events in {batches} batches, {} keys recomputed", at("evercache_keys_recomputed_total", &[p]));
+    assert!(at("evercache_batch_events_bucket", &[p, ("le", "50")]) < batches, "no batch held more than one read");
+    assert_eq!(at("evercache_batch_events_bucket", &[p, ("le", "1000")]), batches, "max_batch_entries bounds a batch");
+    // Every batch touches all ten rows, so fewer batches than reads means fewer recomputes.
+    assert!(at("evercache_keys_recomputed_total", &[p]) < f64::from(events / 50 * 10));
+    for id in 1..=10 {
+        let value = env.get_json(&format!("{}:item:{id}", env.prefix)).await?.expect("written");
+        assert_eq!(value["version"], 2, "row {id}: {value}");
+    }
     assert!(env.dead_letters(&stream).await?.is_empty());
     running.stop().await
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use sqlx::PgPool;
 
 use crate::stats::{Latencies, ms};
-use runtime::Implementation;
+use runtime::{Implementation, Logic};
 
 pub(crate) const SCHEMA: &str = "bench_compare";
 
@@ -28,10 +28,19 @@ pub struct Options {
     /// Rows the hot-keys events cycle over.
     #[arg(long, default_value_t = 1_000)]
     hot_rows: u32,
+    /// Categories of the fan-out workload; each is renamed once.
+    #[arg(long, default_value_t = 200)]
+    fanout_categories: u32,
+    /// Products per category: the keys one rename touches.
+    #[arg(long, default_value_t = 1_000)]
+    fanout_products: u32,
     /// Most events the naive worker handles per workload (its rate is steady,
     /// so a prefix measures it; the full run would dominate the benchmark).
     #[arg(long, default_value_t = 20_000)]
     naive_limit: u32,
+    /// Most renames the naive worker handles in the fan-out workload.
+    #[arg(long, default_value_t = 20)]
+    naive_fanout_limit: u32,
     /// Seconds of each steady-rate latency run.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u32,
@@ -53,6 +62,8 @@ struct Row {
     workload: String,
     implementation: Implementation,
     events: usize,
+    /// Keys the events touch before coalescing (one per event, or a category's products).
+    keys_per_event: u32,
     elapsed: Duration,
     latency: Option<Latencies>,
 }
@@ -61,32 +72,49 @@ impl Row {
     fn rate(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn key_rate(&self) -> f64 {
+        self.rate() * f64::from(self.keys_per_event)
+    }
 }
 
 pub async fn run(mut options: Options) -> Result<()> {
     if options.tiny {
         (options.distinct, options.hot, options.hot_rows, options.naive_limit) = (2_000, 2_000, 100, 500);
+        (options.fanout_categories, options.fanout_products, options.naive_fanout_limit) = (10, 100, 3);
         (options.latency_seconds, options.rates) = (1, vec![500]);
     }
     let pg = PgPool::connect(&options.pg_url).await.context("Postgres; run: bash scripts/dev-services.sh")?;
     let redis = redis::Client::open(options.redis_url.as_str())?;
     let rows = options.distinct.max(options.hot_rows);
+    let (categories, per_category) = (options.fanout_categories, options.fanout_products);
     sqlx::raw_sql(&format!(
         "drop schema if exists {SCHEMA} cascade; create schema {SCHEMA};
          create table {SCHEMA}.item (id bigint primary key, name text, version bigint);
          insert into {SCHEMA}.item select g, 'row ' || g, 1 from generate_series(1, {rows}) g;
-         analyze {SCHEMA}.item;"
+         create table {SCHEMA}.category (id bigint primary key, name text not null);
+         create table {SCHEMA}.product (id bigint primary key, category_id bigint not null references {SCHEMA}.category (id),
+                                        name text not null, price numeric(12, 2) not null, stock integer not null);
+         create index on {SCHEMA}.product (category_id);
+         insert into {SCHEMA}.category select g, 'category ' || g from generate_series(1, {categories}) g;
+         insert into {SCHEMA}.product select g, (g - 1) / {per_category} + 1, 'product ' || g, g % 1000 + 0.99, g % 50
+           from generate_series(1, {categories} * {per_category}) g;
+         analyze {SCHEMA}.item; analyze {SCHEMA}.category; analyze {SCHEMA}.product;"
     ))
     .execute(&pg)
     .await?;
 
     let mut table = Vec::new();
-    let workloads: [(&str, u32, u32); 2] =
-        [("distinct keys", options.distinct, options.distinct), ("hot keys", options.hot, options.hot_rows)];
-    for (workload, events, over) in workloads {
+    let fanout = format!("fan-out ({per_category} products/category)");
+    let workloads = [
+        ("distinct keys", Logic::Item, options.distinct, options.distinct, options.naive_limit, 1),
+        ("hot keys", Logic::Item, options.hot, options.hot_rows, options.naive_limit, 1),
+        (fanout.as_str(), Logic::Shop, categories, categories, options.naive_fanout_limit, per_category),
+    ];
+    for (workload, logic, events, over, naive_limit, keys_per_event) in workloads {
         for implementation in Implementation::ALL {
-            let limit = if implementation == Implementation::Naive { events.min(options.naive_limit) } else { events };
-            let run = runtime::drain(&options, &redis, &pg, implementation, workload, limit, over).await?;
+            let limit = if implementation == Implementation::Naive { events.min(naive_limit) } else { events };
+            let run = runtime::drain(&options, &redis, &pg, implementation, logic, workload, limit, over).await?;
             eprintln!(
                 "{workload:>14} | {:>9} | {:>8.0} events/s",
                 implementation.name(),
@@ -96,6 +124,7 @@ pub async fn run(mut options: Options) -> Result<()> {
                 workload: workload.to_owned(),
                 implementation,
                 events: run.0,
+                keys_per_event,
                 elapsed: run.1,
                 latency: None,
             });
@@ -108,7 +137,7 @@ pub async fn run(mut options: Options) -> Result<()> {
                 runtime::steady(&options, &redis, &pg, implementation, &workload, rate, options.latency_seconds)
                     .await?;
             eprintln!("{workload:>14} | {:>9} | p99 {}", implementation.name(), ms(latencies.percentile(99.0)));
-            table.push(Row { workload, implementation, events, elapsed, latency: Some(latencies) });
+            table.push(Row { workload, implementation, events, keys_per_event: 1, elapsed, latency: Some(latencies) });
         }
     }
     sqlx::query(&format!("drop schema if exists {SCHEMA} cascade")).execute(&pg).await?;
@@ -120,8 +149,10 @@ fn print(table: &[Row]) {
     let rate_of = |workload: &str, implementation: Implementation| {
         table.iter().find(|r| r.workload == workload && r.implementation == implementation).map(Row::rate)
     };
-    println!("| workload | implementation | events | events/s | vs naive | vs native | delay p50 | p99 | p99.9 |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| workload | implementation | events | events/s | keys/s | vs naive | vs native | delay p50 | p99 | p99.9 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in table {
         // Steady runs all offer the same rate; only drains compare throughput.
         let ratio = |other: Implementation| match row.latency {
@@ -133,11 +164,12 @@ fn print(table: &[Row]) {
             None => Default::default(),
         };
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {p50} | {p99} | {p999} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {p50} | {p99} | {p999} |",
             row.workload,
             row.implementation.name(),
             row.events,
             row.rate(),
+            row.key_rate(),
             ratio(Implementation::Naive),
             ratio(Implementation::Native),
         );

@@ -40,21 +40,54 @@ impl Implementation {
     }
 }
 
-/// A Debezium update event for row `id` (compact layout, no schema wrapper).
-fn event(id: i64) -> String {
+/// What the events are about, and the plugin that caches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logic {
+    /// `item` rows cached one key each by `testkit`.
+    Item,
+    /// `category` renames fanned out to every product's key by `shop_product`.
+    Shop,
+}
+
+impl Logic {
+    /// The table the events change.
+    fn table(self) -> &'static str {
+        match self {
+            Self::Item => "item",
+            Self::Shop => "category",
+        }
+    }
+
+    /// The plugin (Wasm file stem, or native name) and the tables its pipeline handles.
+    fn plugin(self, implementation: Implementation) -> (&'static str, &'static [&'static str]) {
+        let native = implementation == Implementation::Native;
+        match self {
+            Self::Item => (if native { "native_testkit" } else { "testkit" }, &["item"]),
+            Self::Shop => (if native { "native_shop_product" } else { "shop_product" }, &["category", "product"]),
+        }
+    }
+}
+
+/// A Debezium update event for row `id` of `table` (compact layout, no schema wrapper).
+fn event(table: &str, id: i64) -> String {
     static LSN: AtomicU64 = AtomicU64::new(1 << 32);
     let lsn = LSN.fetch_add(16, Ordering::Relaxed);
     format!(
-        r#"{{"before":null,"after":{{"id":{id}}},"source":{{"version":"bench","connector":"postgresql","name":"bench","ts_ms":{ts},"snapshot":"false","db":"test","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"{SCHEMA}","table":"item","txId":1,"lsn":{lsn}}},"op":"u","ts_ms":{ts}}}"#,
+        r#"{{"before":null,"after":{{"id":{id}}},"source":{{"version":"bench","connector":"postgresql","name":"bench","ts_ms":{ts},"snapshot":"false","db":"test","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"{SCHEMA}","table":"{table}","txId":1,"lsn":{lsn}}},"op":"u","ts_ms":{ts}}}"#,
         ts = evercache::pipeline::now_ms()
     )
 }
 
-async fn fill(conn: &mut MultiplexedConnection, stream: &str, ids: impl Iterator<Item = i64>) -> Result<()> {
+async fn fill(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    table: &str,
+    ids: impl Iterator<Item = i64>,
+) -> Result<()> {
     let mut pipe = redis::pipe();
     let mut queued = 0;
     for id in ids {
-        pipe.cmd("XADD").arg(stream).arg("*").arg(format!(r#"{{"id":{id}}}"#)).arg(event(id)).ignore();
+        pipe.cmd("XADD").arg(stream).arg("*").arg(format!(r#"{{"id":{id}}}"#)).arg(event(table, id)).ignore();
         queued += 1;
         if queued == 1000 {
             pipe.query_async::<()>(conn).await?;
@@ -107,12 +140,15 @@ struct Running {
 async fn start_runtime(
     options: &Options,
     implementation: Implementation,
+    logic: Logic,
     stream: &str,
     prefix: &str,
 ) -> Result<Running> {
     let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
-    if !plugins.join("testkit.wasm").exists() {
-        bail!("{} has no testkit.wasm; run: bash scripts/build-plugins.sh", plugins.display());
+    let (plugin, tables) = logic.plugin(implementation);
+    let tables = tables.iter().map(|t| format!("\"{SCHEMA}.{t}\"")).collect::<Vec<_>>().join(", ");
+    if implementation == Implementation::Evercache && !plugins.join(format!("{plugin}.wasm")).exists() {
+        bail!("{} has no {plugin}.wasm; run: bash scripts/build-plugins.sh", plugins.display());
     }
     let dir = std::env::temp_dir().join(format!("evercache-bench-{}", slug(stream)));
     let _ = std::fs::remove_dir_all(&dir);
@@ -126,15 +162,17 @@ async fn start_runtime(
             plugins.display()
         ),
     )?;
-    let plugin = if implementation == Implementation::Native { "native_testkit" } else { "testkit" };
     std::fs::write(
         dir.join("pipelines/items.toml"),
         format!(
-            "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"{plugin}\"\ntables = [\"{SCHEMA}.item\"]\n\
+            "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"{plugin}\"\ntables = [{tables}]\n\
              [config]\nschema = \"{SCHEMA}\"\nkey_prefix = \"{prefix}\"\n"
         ),
     )?;
-    let natives = HashMap::from([("native_testkit".to_owned(), native::factory())]);
+    let natives = HashMap::from([
+        ("native_testkit".to_owned(), native::testkit()),
+        ("native_shop_product".to_owned(), native::shop_product()),
+    ]);
     let runtime = Runtime::build_with_native(Config::load(&dir.join("evercache.toml"))?, natives).await?;
     let shutdown = CancellationToken::new();
     let tasks = runtime.start(shutdown.clone()).await?;
@@ -159,13 +197,15 @@ async fn drained(conn: &mut MultiplexedConnection, stream: &str) -> Result<bool>
     Ok(groups.first().is_some_and(|g| int(g, "lag") == Some(0) && int(g, "pending") == Some(0)))
 }
 
-/// Fills a stream with `events` updates cycling over `over` rows, then measures
-/// how long the implementation takes to apply them all.
+/// Fills a stream with `events` updates of `logic`'s table cycling over `over`
+/// rows, then measures how long the implementation takes to apply them all.
+#[allow(clippy::too_many_arguments)]
 pub async fn drain(
     options: &Options,
     redis: &redis::Client,
     pg: &PgPool,
     implementation: Implementation,
+    logic: Logic,
     workload: &str,
     events: u32,
     over: u32,
@@ -174,16 +214,16 @@ pub async fn drain(
     let stream = format!("bench:{}:{}", slug(workload), implementation.name());
     let prefix = format!("bench:{}:{}:item", slug(workload), implementation.name());
     cleanup(&mut conn, &stream, &prefix).await?;
-    fill(&mut conn, &stream, (0..events).map(|i| i64::from(i % over) + 1)).await?;
+    fill(&mut conn, &stream, logic.table(), (0..events).map(|i| i64::from(i % over) + 1)).await?;
     let result = match implementation {
         Implementation::Naive => {
             let start = Instant::now();
-            let handled =
-                naive::run(redis, pg, &stream, SCHEMA, &prefix, events as usize, Duration::from_millis(100)).await?;
+            let naive = naive::Naive::new(redis, pg, &stream, SCHEMA, &prefix).await?;
+            let handled = naive.run(logic, events as usize, Duration::from_millis(100)).await?;
             (handled, start.elapsed())
         }
         _ => {
-            let running = start_runtime(options, implementation, &stream, &prefix).await?;
+            let running = start_runtime(options, implementation, logic, &stream, &prefix).await?;
             let start = Instant::now();
             while !drained(&mut conn, &stream).await? {
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -241,11 +281,12 @@ pub async fn steady(
         Implementation::Naive => {
             let (redis, pg, stream, prefix) = (redis.clone(), pg.clone(), stream.clone(), prefix.clone());
             let worker = tokio::spawn(async move {
-                naive::run(&redis, &pg, &stream, SCHEMA, &prefix, total, Duration::from_secs(10)).await
+                let naive = naive::Naive::new(&redis, &pg, &stream, SCHEMA, &prefix).await?;
+                naive.run(Logic::Item, total, Duration::from_secs(10)).await
             });
             (None, Some(worker))
         }
-        _ => (Some(start_runtime(options, implementation, &stream, &prefix).await?), None),
+        _ => (Some(start_runtime(options, implementation, Logic::Item, &stream, &prefix).await?), None),
     };
 
     let mut sent = Sent::with_capacity(total);
@@ -260,7 +301,7 @@ pub async fn steady(
             .arg(&stream)
             .arg("*")
             .arg(format!(r#"{{"id":{id}}}"#))
-            .arg(event(id))
+            .arg(event("item", id))
             .query_async::<()>(&mut conn)
             .await?;
     }

@@ -65,13 +65,14 @@ impl SourceRunner {
             }
             // Reading the next batch overlaps applying this one where the source
             // allows it; batches are still applied and acknowledged in order.
-            let applied = if self.source.prefetches() && !shutdown.is_cancelled() {
-                let (applied, next) =
-                    tokio::join!(apply(&self.pipelines, &self.routes, &records, &shutdown), self.source.next_batch());
-                prefetched = Some(next);
-                applied
-            } else {
-                apply(&self.pipelines, &self.routes, &records, &shutdown).await
+            let applied = match self.source.read_ahead() {
+                Some(limit) if !shutdown.is_cancelled() => {
+                    let applying = apply(&self.pipelines, &self.routes, &records, &shutdown);
+                    let (applied, next) = read_while(&mut self.source, applying, limit).await;
+                    prefetched = Some(next);
+                    applied
+                }
+                _ => apply(&self.pipelines, &self.routes, &records, &shutdown).await,
             };
             let settled = match applied {
                 Ok(letters) => self.settle(&records, letters, &shutdown).await,
@@ -184,6 +185,56 @@ async fn apply(
         }
     }
     Ok(letters)
+}
+
+/// Runs `applying` to its end while reading the next batch alongside. Reads
+/// go on while it runs and the source has a backlog, up to `limit` records, so
+/// a backlog is applied in bigger batches; a read already started is always
+/// awaited, since Redis may have delivered its entries to us.
+async fn read_while<F: Future>(
+    source: &mut Source,
+    applying: F,
+    limit: usize,
+) -> (F::Output, Result<Vec<RawRecord>, SourceError>) {
+    tokio::pin!(applying);
+    let mut applied = None;
+    let mut next: Vec<RawRecord> = Vec::new();
+    loop {
+        let read = source.next_batch();
+        tokio::pin!(read);
+        let batch = loop {
+            tokio::select! {
+                out = &mut applying, if applied.is_none() => applied = Some(out),
+                batch = &mut read => break batch,
+            }
+        };
+        match batch {
+            Ok(batch) => {
+                let caught_up = batch.is_empty();
+                next.extend(batch);
+                if applied.is_some() || caught_up || next.len() >= limit {
+                    break;
+                }
+            }
+            // Records gathered so far are ours now and go on; the failing read is retried after them.
+            Err(e) if next.is_empty() => {
+                let applied = match applied {
+                    Some(out) => out,
+                    None => applying.await,
+                };
+                return (applied, Err(e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "read-ahead failed; applying what was read");
+                break;
+            }
+        }
+    }
+    let applied = match applied {
+        Some(out) => out,
+        None => applying.await,
+    };
+    (applied, Ok(next))
 }
 
 async fn sleep_unless(shutdown: &CancellationToken, delay: Duration) {

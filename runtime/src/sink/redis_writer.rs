@@ -165,28 +165,33 @@ pub struct WriteReport {
     pub stale: usize,
 }
 
+/// Most keys sent in one pipeline: a fan-out batch of many thousands of keys
+/// goes in several round trips, so no single reply outlasts `response_timeout`.
+const KEYS_PER_ROUND_TRIP: usize = 2000;
+
 impl RedisWriter {
-    /// Writes all keys in one pipeline round trip. Reloads the script once if
-    /// Redis lost it (a restart or `SCRIPT FLUSH`).
+    /// Writes all keys in as few pipeline round trips as the chunk size allows.
+    /// Reloads the script once if Redis lost it (a restart or `SCRIPT FLUSH`).
+    /// A failure part-way is retried whole: keys already written then count as
+    /// stale, since the guard never applies the same position twice.
     pub async fn write(&self, plugin: &str, writes: &[KeyWrite]) -> Result<WriteReport, SinkError> {
-        if writes.is_empty() {
-            return Ok(WriteReport::default());
-        }
-        let pipe = self.pipeline(plugin, writes)?;
-        let mut conn = self.cache.conn.clone();
-        let codes: Vec<i64> = match pipe.query_async(&mut conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.cache.script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
-                pipe.query_async(&mut conn).await.map_err(SinkError::redis)?
-            }
-            other => other.map_err(SinkError::redis)?,
-        };
         let mut report = WriteReport::default();
-        for code in codes {
-            match code {
-                1 => report.applied += 1,
-                2 => report.deleted += 1,
-                _ => report.stale += 1,
+        let mut conn = self.cache.conn.clone();
+        for chunk in writes.chunks(KEYS_PER_ROUND_TRIP) {
+            let pipe = self.pipeline(plugin, chunk)?;
+            let codes: Vec<i64> = match pipe.query_async(&mut conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    self.cache.script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
+                    pipe.query_async(&mut conn).await.map_err(SinkError::redis)?
+                }
+                other => other.map_err(SinkError::redis)?,
+            };
+            for code in codes {
+                match code {
+                    1 => report.applied += 1,
+                    2 => report.deleted += 1,
+                    _ => report.stale += 1,
+                }
             }
         }
         Ok(report)

@@ -96,11 +96,15 @@ impl Source {
         }
     }
 
-    /// Whether the next batch may be read while the current one is applied:
-    /// Redis Streams track every entry on its own, while the capture confirms
-    /// one position and so must not read past a batch that is not written.
-    pub fn prefetches(&self) -> bool {
-        matches!(self, Source::RedisStream(_))
+    /// How many records may be read ahead, into the next batch, while the
+    /// current one is applied; `None` for no read-ahead. Redis Streams track
+    /// every entry on its own, while the capture confirms one position and so
+    /// must not read past a batch that is not written.
+    pub fn read_ahead(&self) -> Option<usize> {
+        match self {
+            Source::RedisStream(s) => Some(s.max_batch_entries()),
+            _ => None,
+        }
     }
 
     /// Writes dead letters for records that failed for good.

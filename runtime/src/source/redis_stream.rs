@@ -34,6 +34,13 @@ pub struct RedisStreamConfig {
     /// Most entries read per stream and batch (default 500).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Most entries applied as one batch once a backlog builds up (default 5000).
+    /// Reads go on while a batch is applied and join the next batch up to this
+    /// many entries, so a backlog is worked off in bigger batches in which the
+    /// changes of a hot row are recomputed and written once; with no backlog a
+    /// batch is whatever one read returned.
+    #[serde(default = "default_max_batch_entries")]
+    pub max_batch_entries: usize,
     /// How long one read blocks waiting for new entries (default "1s").
     #[serde(default = "default_block", with = "humantime_serde")]
     pub block: Duration,
@@ -66,6 +73,9 @@ fn default_group() -> String {
 }
 fn default_batch_size() -> usize {
     500
+}
+fn default_max_batch_entries() -> usize {
+    5000
 }
 fn default_block() -> Duration {
     Duration::from_secs(1)
@@ -184,6 +194,11 @@ impl RedisStreamSource {
     /// The streams this source reads.
     pub fn streams(&self) -> &[String] {
         &self.config.streams
+    }
+
+    /// Most entries to gather into one batch while the previous one is applied.
+    pub fn max_batch_entries(&self) -> usize {
+        self.config.max_batch_entries.max(self.config.batch_size)
     }
 
     /// The consumer name used in the group.

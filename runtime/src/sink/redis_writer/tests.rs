@@ -194,3 +194,17 @@ async fn bad_keys_are_permanent_and_connection_errors_transient() {
         Ok(_) => panic!("nothing listens on port 1"),
     }
 }
+
+#[tokio::test]
+async fn a_fan_out_batch_goes_in_several_round_trips_and_a_retry_counts_written_keys_stale() {
+    let cache = cache(Duration::from_secs(60)).await;
+    let w = writer(&cache, None);
+    let p = prefix("fanout");
+    let count = KEYS_PER_ROUND_TRIP * 2 + 7;
+    let writes: Vec<KeyWrite> = (0..count).map(|i| put(&format!("{p}:{i}"), text(&i.to_string()), "pg:5")).collect();
+    assert_eq!(w.write("p@1", &writes).await.unwrap(), WriteReport { applied: count, deleted: 0, stale: 0 });
+    let mut c = cache.connection();
+    let last: String = c.get(format!("{p}:{}", count - 1)).await.unwrap();
+    assert_eq!(last, (count - 1).to_string());
+    assert_eq!(w.write("p@1", &writes).await.unwrap(), WriteReport { applied: 0, deleted: 0, stale: count });
+}

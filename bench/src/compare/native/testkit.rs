@@ -1,5 +1,4 @@
-//! The benchmark's recompute logic compiled into the host: the testkit plugin's
-//! `keys`/`recompute` in plain Rust, to measure what the Wasm sandbox costs.
+//! `plugins/testkit` in plain Rust: `<prefix>:<id>` = JSON of item (id, name, version).
 
 use std::collections::HashMap;
 
@@ -8,6 +7,10 @@ use evercache::plugin::bindings::{CacheValue, DbValue, Entry, Outcome};
 use evercache::plugin::{CallError, NativeContext, NativeFactory, NativePlugin};
 use evercache::recompute::query::QueryRunner;
 use futures::future::BoxFuture;
+
+use super::{failed, id_of, ids_of, text};
+
+const NAME: &str = "native_testkit";
 
 struct NativeTestkit {
     key_prefix: String,
@@ -28,51 +31,34 @@ pub fn factory() -> NativeFactory {
     })
 }
 
-fn failed(call: &'static str, message: String) -> CallError {
-    CallError::Plugin { plugin: "native_testkit@0".to_owned(), call, message }
-}
-
-fn id_of(event: &ChangeEvent) -> Option<i64> {
-    let image = event.after.as_deref().or(event.before.as_deref())?;
-    serde_json::from_str::<serde_json::Value>(image).ok()?.get("id")?.as_i64()
-}
-
 impl NativePlugin for NativeTestkit {
     fn label(&self) -> String {
-        "native_testkit@0".to_owned()
+        format!("{NAME}@0")
     }
 
     fn keys<'a>(&'a mut self, event: &'a ChangeEvent) -> BoxFuture<'a, Result<Vec<String>, CallError>> {
         Box::pin(async move {
-            let id = id_of(event).ok_or_else(|| failed("keys", "event without id".to_owned()))?;
+            let id = id_of(event).ok_or_else(|| failed(NAME, "keys", "event without id".to_owned()))?;
             Ok(vec![format!("{}:{id}", self.key_prefix)])
         })
     }
 
     fn recompute<'a>(&'a mut self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Outcome>, CallError>> {
         Box::pin(async move {
-            let ids = keys
-                .iter()
-                .map(|k| k.rsplit(':').next().and_then(|id| id.parse::<i64>().ok()))
-                .collect::<Option<Vec<i64>>>()
-                .ok_or_else(|| failed("recompute", "key without id".to_owned()))?;
+            let ids = ids_of(keys).ok_or_else(|| failed(NAME, "recompute", "key without id".to_owned()))?;
             let rows = self
                 .database
                 .query(&self.sql, &[DbValue::IntList(ids.clone())])
                 .await
-                .map_err(|e| failed("recompute", e.to_string()))?;
+                .map_err(|e| failed(NAME, "recompute", e.to_string()))?;
             let mut found = HashMap::with_capacity(rows.values.len());
             for row in rows.values {
                 if let [DbValue::Int(id), name, version] = row.as_slice() {
-                    let name = match name {
-                        DbValue::Text(t) => serde_json::Value::from(t.as_str()),
-                        _ => serde_json::Value::Null,
-                    };
                     let version = match version {
-                        DbValue::Int(v) => serde_json::Value::from(*v),
-                        _ => serde_json::Value::Null,
+                        DbValue::Int(v) => Some(*v),
+                        _ => None,
                     };
-                    let json = serde_json::json!({ "id": id, "name": name, "version": version }).to_string();
+                    let json = serde_json::json!({ "id": id, "name": text(name), "version": version }).to_string();
                     found.insert(*id, Outcome::Put(CacheValue { entry: Entry::Json(json), ttl_seconds: None }));
                 }
             }
