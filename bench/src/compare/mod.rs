@@ -47,6 +47,16 @@ pub struct Options {
     /// Steady rates (events/s) of the latency runs.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u32>,
+    /// The evercache source's `max_batch_entries`: how many entries read while a
+    /// batch is applied may join the next one.
+    #[arg(long, default_value_t = 5_000)]
+    max_batch_entries: u32,
+    /// Run only the workloads whose name contains this, e.g. "hot".
+    #[arg(long)]
+    only: Option<String>,
+    /// Run only these implementations, e.g. "evercache" (for profiling one).
+    #[arg(long, value_delimiter = ',', default_value = "evercache,native,naive")]
+    implementations: Vec<String>,
     /// A few thousand events, to keep the harness working in CI (figures meaningless).
     #[arg(long)]
     tiny: bool,
@@ -111,8 +121,14 @@ pub async fn run(mut options: Options) -> Result<()> {
         ("hot keys", Logic::Item, options.hot, options.hot_rows, options.naive_limit, 1),
         (fanout.as_str(), Logic::Shop, categories, categories, options.naive_fanout_limit, per_category),
     ];
+    let selected = |workload: &str| options.only.as_deref().is_none_or(|only| workload.contains(only));
     for (workload, logic, events, over, naive_limit, keys_per_event) in workloads {
-        for implementation in Implementation::ALL {
+        if !selected(workload) {
+            continue;
+        }
+        for implementation in
+            Implementation::ALL.into_iter().filter(|i| options.implementations.iter().any(|n| n == i.name()))
+        {
             let limit = if implementation == Implementation::Naive { events.min(naive_limit) } else { events };
             let run = runtime::drain(&options, &redis, &pg, implementation, logic, workload, limit, over).await?;
             eprintln!(
@@ -131,13 +147,25 @@ pub async fn run(mut options: Options) -> Result<()> {
         }
     }
     for rate in options.rates.clone() {
-        for implementation in Implementation::ALL {
-            let workload = format!("steady {rate}/s");
+        let workload = format!("steady {rate}/s");
+        if !selected(&workload) {
+            continue;
+        }
+        for implementation in
+            Implementation::ALL.into_iter().filter(|i| options.implementations.iter().any(|n| n == i.name()))
+        {
             let (events, elapsed, latencies) =
                 runtime::steady(&options, &redis, &pg, implementation, &workload, rate, options.latency_seconds)
                     .await?;
             eprintln!("{workload:>14} | {:>9} | p99 {}", implementation.name(), ms(latencies.percentile(99.0)));
-            table.push(Row { workload, implementation, events, keys_per_event: 1, elapsed, latency: Some(latencies) });
+            table.push(Row {
+                workload: workload.clone(),
+                implementation,
+                events,
+                keys_per_event: 1,
+                elapsed,
+                latency: Some(latencies),
+            });
         }
     }
     sqlx::query(&format!("drop schema if exists {SCHEMA} cascade")).execute(&pg).await?;

@@ -158,8 +158,10 @@ async fn start_runtime(
         dir.join("evercache.toml"),
         format!(
             "plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = \"{pg}\"\n[caches.main]\nurl = \"{redis}\"\n\
-             [sources.events]\ntype = \"redis-stream\"\nurl = \"{redis}\"\nstreams = [\"{stream}\"]\nconsumer = \"bench\"\nblock = \"100ms\"\n",
-            plugins.display()
+             [sources.events]\ntype = \"redis-stream\"\nurl = \"{redis}\"\nstreams = [\"{stream}\"]\nconsumer = \"bench\"\nblock = \"100ms\"\n\
+             max_batch_entries = {}\n",
+            plugins.display(),
+            options.max_batch_entries
         ),
     )?;
     std::fs::write(

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -218,23 +219,40 @@ impl Pipeline {
         if plan.is_empty() {
             return Ok(WriteReport::default());
         }
-        let mut writes = Vec::with_capacity(plan.len());
+        let label = instance.label();
         match generation.config.on_change {
             OnChange::Invalidate => {
+                drop(instance);
                 let read_at_ms = now_ms();
-                for key in plan.keys() {
-                    writes.push(planned_write(&plan, key, KeyAction::Delete, read_at_ms));
-                }
+                let writes: Vec<KeyWrite> =
+                    plan.keys().iter().map(|key| planned_write(&plan, key, KeyAction::Delete, read_at_ms)).collect();
+                Ok(generation.writer.write(&label, &writes).await?)
             }
             OnChange::Recompute => {
+                let mut report = WriteReport::default();
+                let mut writing: Option<BoxFuture<'_, Result<WriteReport, SinkError>>> = None;
                 for chunk in plan.keys().chunks(generation.config.recompute_batch) {
                     // Stamped before the call: the value reflects the database at least as of now.
                     let read_at_ms = now_ms();
-                    let started = Instant::now();
-                    let outcomes = instance.recompute(chunk).await;
-                    self.stats.recomputed(started.elapsed());
-                    let outcomes = outcomes?;
-                    for (key, outcome) in chunk.iter().zip(outcomes) {
+                    let recompute = async {
+                        let started = Instant::now();
+                        let outcomes = instance.recompute(chunk).await;
+                        self.stats.recomputed(started.elapsed());
+                        outcomes
+                    };
+                    // The previous chunk's writes go to Redis while this chunk's
+                    // queries run; a failure of either fails the attempt, and a
+                    // retry rewrites nothing twice (the guard skips equal positions).
+                    let outcomes = match writing.take() {
+                        Some(write) => {
+                            let (written, outcomes) = tokio::join!(write, recompute);
+                            report.add(&written?);
+                            outcomes
+                        }
+                        None => recompute.await,
+                    };
+                    let mut writes = Vec::with_capacity(chunk.len());
+                    for (key, outcome) in chunk.iter().zip(outcomes?) {
                         let action = match outcome {
                             Outcome::Put(value) => KeyAction::Put(value),
                             Outcome::Delete => KeyAction::Delete,
@@ -242,12 +260,16 @@ impl Pipeline {
                         };
                         writes.push(planned_write(&plan, key, action, read_at_ms));
                     }
+                    let (writer, label) = (&generation.writer, label.as_str());
+                    writing = Some(Box::pin(async move { writer.write(label, &writes).await }));
                 }
+                drop(instance);
+                if let Some(write) = writing {
+                    report.add(&write.await?);
+                }
+                Ok(report)
             }
         }
-        let label = instance.label();
-        drop(instance);
-        Ok(generation.writer.write(&label, &writes).await?)
     }
 }
 

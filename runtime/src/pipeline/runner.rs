@@ -153,9 +153,11 @@ async fn apply(
                 let table = format!("{}.{}", event.schema.as_deref().unwrap_or(""), event.table);
                 match routes.get(&table) {
                     Some(targets) => {
-                        for &target in targets {
+                        let (&last, others) = targets.split_last().expect("a route names at least one pipeline");
+                        for &target in others {
                             per_pipeline[target].push((index, event.clone()));
                         }
+                        per_pipeline[last].push((index, event));
                     }
                     None => {
                         tracing::debug!(stream = %record.stream, id = %record.id, %table, "no pipeline for table; acked")

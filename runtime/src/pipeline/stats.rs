@@ -1,7 +1,7 @@
 //! A pipeline's live figures: it feeds the Prometheus metrics and keeps the
 //! last minutes per second, plus the last errors, for the status page.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -127,10 +127,12 @@ impl PipelineStats {
         let mut written = 0;
         let mut max_delay = None::<u64>;
         let mut newest = None::<u64>;
+        // Counted per batch and looked up once: a backlog batch holds thousands of events.
+        let mut counts: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
+        let delays = histogram!(m::DELAY_SECONDS, "pipeline" => self.pipeline.clone());
         for (record, event) in events {
             let outcome = if failed.contains(record) { "dead_lettered" } else { "written" };
-            let labels = [("pipeline", self.pipeline.clone()), ("op", op_code(event.op).to_owned())];
-            counter!(m::EVENTS_TOTAL, &[&labels[..], &[("outcome", outcome.to_owned())]].concat()).increment(1);
+            *counts.entry((op_code(event.op), outcome)).or_default() += 1;
             if outcome == "dead_lettered" {
                 continue;
             }
@@ -138,10 +140,14 @@ impl PipelineStats {
             // Snapshot reads carry the snapshot's time, not a change's: no delay.
             if event.committed_at_ms > 0 && event.op != Op::SnapshotRead {
                 let delay = now.saturating_sub(event.committed_at_ms);
-                histogram!(m::DELAY_SECONDS, "pipeline" => self.pipeline.clone()).record(delay as f64 / 1000.0);
+                delays.record(delay as f64 / 1000.0);
                 max_delay = max_delay.max(Some(delay));
                 newest = newest.max(Some(event.committed_at_ms));
             }
+        }
+        for ((op, outcome), n) in counts {
+            counter!(m::EVENTS_TOTAL, "pipeline" => self.pipeline.clone(), "op" => op, "outcome" => outcome)
+                .increment(n);
         }
         let mut inner = self.lock();
         inner.events += written;

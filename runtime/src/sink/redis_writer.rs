@@ -165,6 +165,15 @@ pub struct WriteReport {
     pub stale: usize,
 }
 
+impl WriteReport {
+    /// Adds another write's figures to these.
+    pub fn add(&mut self, other: &WriteReport) {
+        self.applied += other.applied;
+        self.deleted += other.deleted;
+        self.stale += other.stale;
+    }
+}
+
 /// Most keys sent in one pipeline: a fan-out batch of many thousands of keys
 /// goes in several round trips, so no single reply outlasts `response_timeout`.
 const KEYS_PER_ROUND_TRIP: usize = 2000;
