@@ -38,7 +38,9 @@ pub struct RedisStreamConfig {
     /// Reads go on while a batch is applied and join the next batch up to this
     /// many entries, so a backlog is worked off in bigger batches in which the
     /// changes of a hot row are recomputed and written once; with no backlog a
-    /// batch is whatever one read returned.
+    /// batch is whatever one read returned. A batch's keys are held in memory,
+    /// so a fan-out pipeline (one change touching thousands of keys) may want it
+    /// lower, e.g. 500.
     #[serde(default = "default_max_batch_entries")]
     pub max_batch_entries: usize,
     /// How long one read blocks waiting for new entries (default "1s").
