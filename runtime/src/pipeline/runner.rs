@@ -201,6 +201,7 @@ async fn read_while<F: Future>(
     tokio::pin!(applying);
     let mut applied = None;
     let mut next: Vec<RawRecord> = Vec::new();
+    let mut failed = None;
     loop {
         let read = source.next_batch();
         tokio::pin!(read);
@@ -218,14 +219,11 @@ async fn read_while<F: Future>(
                     break;
                 }
             }
-            // Records gathered so far are ours now and go on; the failing read is retried after them.
             Err(e) if next.is_empty() => {
-                let applied = match applied {
-                    Some(out) => out,
-                    None => applying.await,
-                };
-                return (applied, Err(e));
+                failed = Some(e);
+                break;
             }
+            // Records gathered so far are ours now and go on; the failing read is retried after them.
             Err(e) => {
                 tracing::warn!(error = %e, "read-ahead failed; applying what was read");
                 break;
@@ -236,7 +234,7 @@ async fn read_while<F: Future>(
         Some(out) => out,
         None => applying.await,
     };
-    (applied, Ok(next))
+    (applied, failed.map_or(Ok(next), Err))
 }
 
 async fn sleep_unless(shutdown: &CancellationToken, delay: Duration) {

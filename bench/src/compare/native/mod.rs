@@ -5,11 +5,32 @@ mod shop;
 mod testkit;
 
 use evercache::event::ChangeEvent;
-use evercache::plugin::CallError;
 use evercache::plugin::bindings::DbValue;
+use evercache::plugin::{CallError, NativeContext};
+use evercache::recompute::query::QueryRunner;
 
 pub use shop::factory as shop_product;
 pub use testkit::factory as testkit;
+
+/// What both benchmark plugins are configured with, as their Wasm twins are.
+struct Settings {
+    schema: String,
+    key_prefix: String,
+    database: QueryRunner,
+}
+
+impl Settings {
+    fn from(context: NativeContext) -> Result<Self, String> {
+        let get = |name: &str| {
+            context.config.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).ok_or(format!("{name} is required"))
+        };
+        Ok(Self {
+            schema: get("schema")?,
+            key_prefix: get("key_prefix")?,
+            database: context.database.ok_or("a database is required")?,
+        })
+    }
+}
 
 fn failed(plugin: &str, call: &'static str, message: String) -> CallError {
     CallError::Plugin { plugin: format!("{plugin}@0"), call, message }

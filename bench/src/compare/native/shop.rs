@@ -9,7 +9,7 @@ use evercache::plugin::{CallError, NativeContext, NativeFactory, NativePlugin};
 use evercache::recompute::query::QueryRunner;
 use futures::future::BoxFuture;
 
-use super::{failed, id_of, ids_of, text};
+use super::{Settings, failed, id_of, ids_of, text};
 
 const NAME: &str = "native_shop_product";
 
@@ -23,17 +23,16 @@ struct NativeShopProduct {
 /// The factory registered as plugin "native_shop_product".
 pub fn factory() -> NativeFactory {
     std::sync::Arc::new(|context: NativeContext| {
-        let get = |name: &str| context.config.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let schema = get("schema").ok_or("schema is required")?;
+        let Settings { schema, key_prefix, database } = Settings::from(context)?;
         Ok(Box::new(NativeShopProduct {
-            key_prefix: get("key_prefix").ok_or("key_prefix is required")?,
+            key_prefix,
             products_in_category: format!("select id from {schema}.product where category_id = $1"),
             products: format!(
                 "select p.id, p.name, c.name as category, p.price, p.stock
                  from {schema}.product p join {schema}.category c on c.id = p.category_id
                  where p.id = any($1)"
             ),
-            database: context.database.ok_or("a database is required")?,
+            database,
         }) as Box<dyn NativePlugin>)
     })
 }

@@ -8,7 +8,7 @@ use evercache::plugin::{CallError, NativeContext, NativeFactory, NativePlugin};
 use evercache::recompute::query::QueryRunner;
 use futures::future::BoxFuture;
 
-use super::{failed, id_of, ids_of, text};
+use super::{Settings, failed, id_of, ids_of, text};
 
 const NAME: &str = "native_testkit";
 
@@ -21,13 +21,9 @@ struct NativeTestkit {
 /// The factory registered as plugin "native_testkit".
 pub fn factory() -> NativeFactory {
     std::sync::Arc::new(|context: NativeContext| {
-        let get = |name: &str| context.config.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let schema = get("schema").ok_or("schema is required")?;
-        Ok(Box::new(NativeTestkit {
-            key_prefix: get("key_prefix").ok_or("key_prefix is required")?,
-            sql: format!("select id, name, version from {schema}.item where id = any($1)"),
-            database: context.database.ok_or("a database is required")?,
-        }) as Box<dyn NativePlugin>)
+        let Settings { schema, key_prefix, database } = Settings::from(context)?;
+        let sql = format!("select id, name, version from {schema}.item where id = any($1)");
+        Ok(Box::new(NativeTestkit { key_prefix, sql, database }) as Box<dyn NativePlugin>)
     })
 }
 
