@@ -1,6 +1,8 @@
 //! A change event with typed access to its row images.
 
-use serde::de::DeserializeOwned;
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::{ChangeEvent, Op, PluginError};
 
@@ -135,8 +137,66 @@ fn parse<T: DeserializeOwned>(json: Option<&str>) -> Result<Option<T>, PluginErr
 
 fn field(image: Option<&str>, column: &str) -> Result<Option<serde_json::Value>, PluginError> {
     let Some(text) = image.filter(|t| *t != "null") else { return Ok(None) };
-    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)?;
-    Ok(object.remove(column))
+    let mut json = serde_json::Deserializer::from_str(text);
+    let value = Column(column).deserialize(&mut json)?;
+    json.end()?;
+    Ok(value)
+}
+
+/// Reads one column of a row image, building a value for it alone: the other
+/// columns are only scanned, since `keys` runs for every event.
+struct Column<'c>(&'c str);
+
+impl<'de> DeserializeSeed<'de> for Column<'_> {
+    type Value = Option<serde_json::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Column<'_> {
+    type Value = Option<serde_json::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object (a row image)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(wanted) = map.next_key_seed(NameIs(self.0))? {
+            // Like a parsed object, a repeated name keeps its last value.
+            if wanted {
+                found = Some(map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether an object's member name is the wanted column, compared in place.
+struct NameIs<'c>(&'c str);
+
+impl<'de> DeserializeSeed<'de> for NameIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for NameIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a column name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<bool, E> {
+        Ok(name == self.0)
+    }
 }
 
 #[cfg(test)]
@@ -176,5 +236,17 @@ mod tests {
         let key_only = event(None, None);
         assert_eq!(key_only.row_field::<i64>("id").unwrap(), 7, "falls back to the key");
         assert!(key_only.row::<Session>().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_column_is_found_past_nested_values_and_escaped_names() {
+        let image = r#"{"tags":{"id":1},"list":[{"id":2}],"na\u006de":"x","id":3,"note":"a \"quoted\" id"}"#;
+        assert_eq!(field(Some(image), "id").unwrap(), Some(serde_json::json!(3)));
+        assert_eq!(field(Some(image), "name").unwrap(), Some(serde_json::json!("x")), "escaped member name");
+        assert_eq!(field(Some(image), "missing").unwrap(), None);
+        assert_eq!(field(Some(r#"{"id":1,"id":2}"#), "id").unwrap(), Some(serde_json::json!(2)), "last one wins");
+        assert_eq!(field(Some("null"), "id").unwrap(), None);
+        assert!(field(Some("[1]"), "id").is_err(), "not an object");
+        assert!(field(Some(r#"{"id":1} trailing"#), "id").is_err());
     }
 }

@@ -68,8 +68,10 @@ pub use config::Config;
 pub use event::Event;
 pub use query::{FromDbValue, Row, ToDbValue, query};
 
-/// A cache plugin. One value is built by [`Plugin::init`] per pipeline and
-/// answers every call for it.
+/// A cache plugin. One value is built by [`Plugin::init`] per instance and
+/// answers every call made to that instance. A pipeline runs two instances
+/// (one plans the next batch's `keys` while the other recomputes) and rebuilds
+/// one after a trap, so answers must not depend on state kept between calls.
 pub trait Plugin: Sized + 'static {
     /// Builds the plugin from the pipeline's `[config]` table.
     fn init(config: &Config) -> Result<Self, PluginError>;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{OnChange, PipelineConfig};
 use super::plan::KeyPlan;
+use super::planning::{Planning, plan_keys};
 use super::stats::PipelineStats;
 use crate::event::ChangeEvent;
 use crate::plugin::bindings::Outcome;
@@ -59,10 +60,24 @@ pub struct Failure {
 pub struct Interrupted;
 
 /// What a pipeline runs a batch with; replaced as a whole by a reload.
-struct Generation {
-    config: PipelineConfig,
+pub(super) struct Generation {
+    pub(super) config: PipelineConfig,
     instance: Mutex<PluginHandle>,
+    /// Plans the next batch's keys while `instance` recomputes this one.
+    planner: Option<Mutex<PluginHandle>>,
     writer: RedisWriter,
+}
+
+impl Generation {
+    fn new(config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
+        let planner = instance.planner().map(Mutex::new);
+        Self { config, instance: Mutex::new(instance), planner, writer }
+    }
+
+    /// The instance `keys` is called on ahead of recomputing.
+    pub(super) fn planner(&self) -> &Mutex<PluginHandle> {
+        self.planner.as_ref().unwrap_or(&self.instance)
+    }
 }
 
 /// A running pipeline.
@@ -79,7 +94,7 @@ impl Pipeline {
         let tables = config.tables.iter().cloned().collect();
         let stats = Arc::new(PipelineStats::new(name, &config.plugin));
         record_plugin(&stats, &instance);
-        let current = Generation { config, instance: Mutex::new(instance), writer };
+        let current = Generation::new(config, instance, writer);
         Self { name: name.to_owned(), tables, current: RwLock::new(Arc::new(current)), stats }
     }
 
@@ -88,11 +103,11 @@ impl Pipeline {
     /// routing (`source`, `tables`) is fixed for the pipeline's life.
     pub fn replace(&self, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) {
         record_plugin(&self.stats, &instance);
-        let next = Arc::new(Generation { config, instance: Mutex::new(instance), writer });
+        let next = Arc::new(Generation::new(config, instance, writer));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
-    fn generation(&self) -> Arc<Generation> {
+    pub(super) fn generation(&self) -> Arc<Generation> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -116,39 +131,36 @@ impl Pipeline {
         &self.tables
     }
 
-    /// Applies `events` (record index, event). Returns the records that failed
-    /// permanently, to be dead-lettered; everything else was written.
-    #[tracing::instrument(skip_all, fields(pipeline = %self.name, plugin = tracing::field::Empty, events = events.len()))]
-    pub async fn process(
-        &self,
-        events: &[(usize, ChangeEvent)],
-        shutdown: &CancellationToken,
-    ) -> Result<Vec<Failure>, Interrupted> {
-        // Every attempt of this batch runs on the version live when it started.
-        let generation = self.generation();
+    /// Recomputes and writes a planned batch (record index, event). Returns
+    /// the records that failed permanently, to be dead-lettered; everything
+    /// else was written.
+    #[tracing::instrument(skip_all, fields(pipeline = %self.name, plugin = tracing::field::Empty, events = planning.events.len()))]
+    pub async fn finish(&self, planning: Planning, shutdown: &CancellationToken) -> Result<Vec<Failure>, Interrupted> {
+        // Every attempt of this batch runs on the version live when it was planned.
+        let Planning { generation, events, plan } = planning;
         let max_attempts = generation.config.max_attempts;
         tracing::Span::current().record("plugin", generation.config.plugin.as_str());
         let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
-        let error = match self.retry(&generation, &all, max_attempts, shutdown).await? {
+        let error = match self.retry(&generation, &all, max_attempts, shutdown, Some(plan)).await? {
             None => {
-                self.stats.finished(events, &[]);
+                self.stats.finished(&events, &[]);
                 return Ok(Vec::new());
             }
             Some(error) => error,
         };
         if events.len() == 1 {
-            self.stats.finished(events, &[events[0].0]);
+            self.stats.finished(&events, &[events[0].0]);
             return Ok(vec![self.failure(events[0].0, &events[0].1, &error, max_attempts)]);
         }
         // Find the records that fail on their own so the rest are still applied.
         tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; applying its records one by one");
         let mut failures = Vec::new();
-        for (record, event) in events {
-            if let Some(error) = self.retry(&generation, &[event], 1, shutdown).await? {
+        for (record, event) in &events {
+            if let Some(error) = self.retry(&generation, &[event], 1, shutdown, None).await? {
                 failures.push(self.failure(*record, event, &error, max_attempts + 1));
             }
         }
-        self.stats.finished(events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
+        self.stats.finished(&events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
         Ok(failures)
     }
 
@@ -158,19 +170,27 @@ impl Pipeline {
         Failure { record, error: error.to_string(), attempts }
     }
 
-    /// Tries up to `attempts` times; transient errors are retried without
-    /// counting. Returns the last permanent error, or `None` on success.
+    /// Tries up to `attempts` times, the first with `planned` when given;
+    /// transient errors are retried without counting. Returns the last
+    /// permanent error, or `None` on success.
     async fn retry(
         &self,
         generation: &Generation,
         events: &[&ChangeEvent],
         attempts: u32,
         shutdown: &CancellationToken,
+        mut planned: Option<Result<KeyPlan, ApplyError>>,
     ) -> Result<Option<ApplyError>, Interrupted> {
         let mut failed = 0;
         let mut transient_waits = 0u32;
         loop {
-            let error = match self.apply(generation, events).await {
+            // The first attempt uses the keys planned ahead; retries plan again.
+            let attempt = match planned.take() {
+                Some(Ok(plan)) => self.execute(generation, plan, events.len()).await,
+                Some(Err(error)) => Err(error),
+                None => self.apply(generation, events).await,
+            };
+            let error = match attempt {
                 Ok(report) => {
                     self.stats.written(&report);
                     tracing::debug!(pipeline = %self.name, events = events.len(), applied = report.applied, deleted = report.deleted, stale = report.stale, "batch written");
@@ -198,27 +218,24 @@ impl Pipeline {
         }
     }
 
-    /// One attempt: keys for every event, coalesce, recompute, write.
+    /// One attempt: keys for every event, then [`Self::execute`].
     async fn apply(&self, generation: &Generation, events: &[&ChangeEvent]) -> Result<WriteReport, ApplyError> {
-        let mut instance = generation.instance.lock().await;
         let mut plan = KeyPlan::default();
+        let mut instance = generation.instance.lock().await;
         for event in events {
-            for key in instance.keys(event).await? {
-                if key.is_empty() {
-                    return Err(CallError::Contract {
-                        plugin: instance.label(),
-                        call: "keys",
-                        message: "returned an empty key".to_owned(),
-                    }
-                    .into());
-                }
-                plan.add(key, event);
-            }
+            plan_keys(&mut instance, &mut plan, event).await?;
         }
-        self.stats.planned(events.len(), plan.named(), plan.len());
+        drop(instance);
+        self.execute(generation, plan, events.len()).await
+    }
+
+    /// Recomputes (or, for `invalidate`, deletes) the planned keys and writes them.
+    async fn execute(&self, generation: &Generation, plan: KeyPlan, events: usize) -> Result<WriteReport, ApplyError> {
+        self.stats.planned(events, plan.named(), plan.len());
         if plan.is_empty() {
             return Ok(WriteReport::default());
         }
+        let mut instance = generation.instance.lock().await;
         let label = instance.label();
         match generation.config.on_change {
             OnChange::Invalidate => {

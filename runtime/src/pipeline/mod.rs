@@ -4,9 +4,12 @@
 mod batch;
 pub mod config;
 pub mod plan;
+mod planning;
 mod runner;
+mod staging;
 pub mod stats;
 
 pub use batch::{ApplyError, Failure, Interrupted, Pipeline, now_ms};
 pub use config::{OnChange, PipelineConfig};
+pub use planning::Planning;
 pub use runner::SourceRunner;

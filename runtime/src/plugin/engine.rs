@@ -23,7 +23,8 @@ pub struct SandboxConfig {
     /// included (default "10s").
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
     pub call_timeout: Duration,
-    /// Most linear memory one plugin instance may use, in MiB (default 64).
+    /// Most linear memory one plugin instance may use, in MiB (default 64); a
+    /// pipeline runs two instances (one plans keys while the other recomputes).
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
     /// Most keys one `keys` call may return (default 10000); more fails the batch.

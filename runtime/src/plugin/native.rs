@@ -16,6 +16,11 @@ pub trait NativePlugin: Send {
     fn keys<'a>(&'a mut self, event: &'a ChangeEvent) -> BoxFuture<'a, Result<Vec<String>, CallError>>;
     /// One outcome per key, in order.
     fn recompute<'a>(&'a mut self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Outcome>, CallError>>;
+    /// A second instance for planning the next batch's keys while this one
+    /// recomputes; `None` (the default) plans on this instance, one batch at a time.
+    fn planner(&self) -> Option<Box<dyn NativePlugin>> {
+        None
+    }
 }
 
 /// What a native plugin is built from, like `init` for a component.
@@ -45,6 +50,18 @@ impl PluginHandle {
         match self {
             PluginHandle::Wasm(instance) => instance.plugin().label(),
             PluginHandle::Native(plugin) => plugin.label(),
+        }
+    }
+
+    /// Another instance of the same plugin and pipeline wiring, for the keys of
+    /// the next batch while this one recomputes; a component instance is
+    /// instantiated and `init`-ed on its first call.
+    pub fn planner(&self) -> Option<PluginHandle> {
+        match self {
+            PluginHandle::Wasm(instance) => {
+                Some(PluginHandle::Wasm(Box::new(instance.with_plugin(instance.plugin().clone()))))
+            }
+            PluginHandle::Native(plugin) => plugin.planner().map(PluginHandle::Native),
         }
     }
 

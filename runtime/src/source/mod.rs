@@ -14,7 +14,7 @@ pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_de
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaSource};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
-pub use redis_stream::{RedisStreamConfig, RedisStreamSource};
+pub use redis_stream::{RedisStreamConfig, RedisStreamSource, StreamAcker};
 
 /// `[sources.<name>]` in the runtime file; the kind is chosen by `type`.
 #[derive(Debug, Clone, Deserialize)]
@@ -96,13 +96,22 @@ impl Source {
         }
     }
 
-    /// How many records may be read ahead, into the next batch, while the
-    /// current one is applied; `None` for no read-ahead. Redis Streams track
-    /// every entry on its own, while the capture confirms one position and so
-    /// must not read past a batch that is not written.
-    pub fn read_ahead(&self) -> Option<usize> {
+    /// How far to read ahead, into the next batch, while the current one is
+    /// applied; `None` for no read-ahead. Redis Streams track every entry on
+    /// its own, while the capture confirms one position and so must not read
+    /// past a batch that is not written.
+    pub fn read_ahead(&self) -> Option<ReadAhead> {
         match self {
-            Source::RedisStream(s) => Some(s.max_batch_entries()),
+            Source::RedisStream(s) => Some(ReadAhead { batch: s.max_batch_entries(), full_read: s.read_size() }),
+            _ => None,
+        }
+    }
+
+    /// A handle that settles batches from another task while this source
+    /// reads on; `None` when batches must be settled on the source itself.
+    pub fn acker(&self) -> Option<StreamAcker> {
+        match self {
+            Source::RedisStream(s) => Some(s.acker().clone()),
             _ => None,
         }
     }
@@ -139,6 +148,15 @@ impl Source {
             Source::RedisStream(_) => {}
         }
     }
+}
+
+/// Limits of reading ahead.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadAhead {
+    /// Most records gathered into one batch.
+    pub batch: usize,
+    /// A read returning this many records is full: more are waiting.
+    pub full_read: usize,
 }
 
 /// One record as a source delivered it, before decoding.

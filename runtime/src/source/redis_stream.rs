@@ -2,10 +2,11 @@
 //! pending entries first, entries of dead consumers claimed with `XAUTOCLAIM`,
 //! `XACK` only after the batch's cache writes succeeded.
 
+mod acker;
 mod reply;
 mod trim;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{RawRecord, SourceError};
+pub use acker::StreamAcker;
 use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
 
 /// `[sources.<name>]` with `type = "redis-stream"`.
@@ -103,12 +105,10 @@ pub struct RedisStreamSource {
     /// Dedicated to blocking reads, so acks and dead letters never wait behind them.
     reader: ConnectionManager,
     commands: ConnectionManager,
-    dead_letters: DeadLetterWriter,
+    acker: StreamAcker,
     /// While re-reading the own pending entries list after a start: the last id
     /// read per stream, so a batch still in flight is not read twice.
     pending_cursor: Option<HashMap<String, String>>,
-    /// Entries handed out and not yet acknowledged: never claimed back from ourselves.
-    in_flight: HashSet<(String, String)>,
     /// `XAUTOCLAIM` cursor per stream, and when claiming is next due.
     claim_cursors: HashMap<String, String>,
     next_claim: Instant,
@@ -166,10 +166,15 @@ impl RedisStreamConfig {
             config: self.clone(),
             consumer,
             reader,
-            dead_letters: DeadLetterWriter::new(name, commands.clone(), &self.dead_letter_stream),
+            acker: StreamAcker::new(
+                name,
+                &self.group,
+                &self.streams,
+                commands.clone(),
+                DeadLetterWriter::new(name, commands.clone(), &self.dead_letter_stream),
+            ),
             commands,
             pending_cursor: Some(self.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect()),
-            in_flight: HashSet::new(),
             claim_cursors: HashMap::new(),
             next_claim: Instant::now(),
             next_trim: Instant::now() + self.trim_interval,
@@ -203,6 +208,11 @@ impl RedisStreamSource {
         self.config.max_batch_entries.max(self.config.batch_size)
     }
 
+    /// Most entries one read returns per stream.
+    pub fn read_size(&self) -> usize {
+        self.config.batch_size
+    }
+
     /// The consumer name used in the group.
     pub fn consumer(&self) -> &str {
         &self.consumer
@@ -221,7 +231,7 @@ impl RedisStreamSource {
                 return Err(e);
             }
         };
-        self.in_flight.extend(records.iter().map(|r| (r.stream.clone(), r.id.clone())));
+        self.acker.track(&records);
         Ok(records)
     }
 
@@ -241,7 +251,7 @@ impl RedisStreamSource {
                 cursor.insert(record.stream.clone(), record.id.clone());
             }
             self.pending_cursor = Some(cursor);
-            records.retain(|r| !self.in_flight.contains(&(r.stream.clone(), r.id.clone())));
+            self.acker.untracked(&mut records);
             if !records.is_empty() {
                 return self.without_exhausted(records).await;
             }
@@ -249,7 +259,7 @@ impl RedisStreamSource {
         if Instant::now() >= self.next_claim {
             let mut claimed = self.claim().await?;
             // Our own entries still being processed are not orphans.
-            claimed.retain(|r| !self.in_flight.contains(&(r.stream.clone(), r.id.clone())));
+            self.acker.untracked(&mut claimed);
             if !claimed.is_empty() {
                 tracing::info!(source = %self.name, entries = claimed.len(), "claimed entries idle on other consumers");
                 return self.without_exhausted(claimed).await;
@@ -345,7 +355,7 @@ impl RedisStreamSource {
                     }
                 })
                 .collect();
-            self.dead_letters.write(&letters).await?;
+            self.acker.dead_letter(&letters).await?;
             crate::metrics::dead_lettered(&self.name, &letters);
             self.ack(&exhausted).await?;
         }
@@ -367,27 +377,18 @@ impl RedisStreamSource {
 
     /// Acknowledges records; call only after their cache writes succeeded.
     pub async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for stream in &self.config.streams {
-            let ids: Vec<&str> = records.iter().filter(|r| &r.stream == stream).map(|r| r.id.as_str()).collect();
-            if !ids.is_empty() {
-                pipe.cmd("XACK").arg(stream).arg(&self.config.group).arg(ids).ignore();
-            }
-        }
-        pipe.query_async::<()>(&mut self.commands).await.map_err(|e| self.unavailable("XACK", e))?;
-        for record in records {
-            self.in_flight.remove(&(record.stream.clone(), record.id.clone()));
-        }
-        Ok(())
+        self.acker.ack(records).await
     }
 
     /// Appends records to their dead-letter streams with the reason; the caller
     /// acks them afterwards.
     pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
-        self.dead_letters.write(letters).await
+        self.acker.dead_letter(letters).await
+    }
+
+    /// Dead-letters and acknowledges this source's records from another task.
+    pub fn acker(&self) -> &StreamAcker {
+        &self.acker
     }
 
     fn unavailable(&self, operation: &'static str, e: redis::RedisError) -> SourceError {

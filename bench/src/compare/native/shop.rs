@@ -13,6 +13,7 @@ use super::{Settings, failed, id_of, ids_of, text};
 
 const NAME: &str = "native_shop_product";
 
+#[derive(Clone)]
 struct NativeShopProduct {
     key_prefix: String,
     products_in_category: String,
@@ -40,6 +41,10 @@ pub fn factory() -> NativeFactory {
 impl NativePlugin for NativeShopProduct {
     fn label(&self) -> String {
         format!("{NAME}@0")
+    }
+
+    fn planner(&self) -> Option<Box<dyn NativePlugin>> {
+        Some(Box::new(self.clone()))
     }
 
     fn keys<'a>(&'a mut self, event: &'a ChangeEvent) -> BoxFuture<'a, Result<Vec<String>, CallError>> {

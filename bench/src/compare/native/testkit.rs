@@ -12,6 +12,7 @@ use super::{Settings, failed, id_of, ids_of, text};
 
 const NAME: &str = "native_testkit";
 
+#[derive(Clone)]
 struct NativeTestkit {
     key_prefix: String,
     sql: String,
@@ -30,6 +31,10 @@ pub fn factory() -> NativeFactory {
 impl NativePlugin for NativeTestkit {
     fn label(&self) -> String {
         format!("{NAME}@0")
+    }
+
+    fn planner(&self) -> Option<Box<dyn NativePlugin>> {
+        Some(Box::new(self.clone()))
     }
 
     fn keys<'a>(&'a mut self, event: &'a ChangeEvent) -> BoxFuture<'a, Result<Vec<String>, CallError>> {

@@ -1,0 +1,102 @@
+//! Acknowledging a Redis Streams source's entries from any task, so the runner
+//! settles one batch while the reader goes on with the next.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redis::aio::ConnectionManager;
+
+use super::id_key;
+use crate::source::dead_letter::{DeadLetter, DeadLetterWriter};
+use crate::source::{RawRecord, SourceError};
+
+/// A stream (by index into `streams`) and an entry id.
+type EntryKey = (usize, (u64, u64));
+
+/// Writes dead letters and acknowledges entries for one source; cheap to clone.
+#[derive(Clone)]
+pub struct StreamAcker {
+    name: Arc<str>,
+    group: Arc<str>,
+    streams: Arc<[String]>,
+    commands: ConnectionManager,
+    dead_letters: DeadLetterWriter,
+    /// Entries handed out and not yet acknowledged: never claimed back from ourselves.
+    in_flight: Arc<Mutex<HashSet<EntryKey>>>,
+}
+
+impl StreamAcker {
+    pub(super) fn new(
+        name: &str,
+        group: &str,
+        streams: &[String],
+        commands: ConnectionManager,
+        dead_letters: DeadLetterWriter,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            group: Arc::from(group),
+            streams: Arc::from(streams),
+            commands,
+            dead_letters,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// The `[sources.<name>]` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Records handed out to the runner.
+    pub(super) fn track(&self, records: &[RawRecord]) {
+        let keys: Vec<EntryKey> = records.iter().map(|r| self.key(r)).collect();
+        self.in_flight().extend(keys);
+    }
+
+    /// Keeps the records not handed out already.
+    pub(super) fn untracked(&self, records: &mut Vec<RawRecord>) {
+        let in_flight = self.in_flight();
+        records.retain(|r| !in_flight.contains(&self.key(r)));
+    }
+
+    /// Acknowledges records; call only after their cache writes succeeded.
+    pub async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for stream in self.streams.iter() {
+            let ids: Vec<&str> = records.iter().filter(|r| &r.stream == stream).map(|r| r.id.as_str()).collect();
+            if !ids.is_empty() {
+                pipe.cmd("XACK").arg(stream).arg(&*self.group).arg(ids).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut self.commands).await.map_err(|e| SourceError::Unavailable {
+            source_name: self.name.to_string(),
+            operation: "XACK",
+            message: e.to_string(),
+        })?;
+        let mut in_flight = self.in_flight();
+        for record in records {
+            in_flight.remove(&self.key(record));
+        }
+        Ok(())
+    }
+
+    /// Appends records to their dead-letter streams with the reason; the caller
+    /// acks them afterwards.
+    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
+        self.dead_letters.write(letters).await
+    }
+
+    /// A record's identity without allocating: its stream's index and its id.
+    fn key(&self, record: &RawRecord) -> EntryKey {
+        let stream = self.streams.iter().position(|s| *s == record.stream).unwrap_or(usize::MAX);
+        (stream, id_key(&record.id))
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashSet<EntryKey>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
