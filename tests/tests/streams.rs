@@ -1,7 +1,8 @@
 //! Redis Streams consumer-group mechanics against a real Redis: entries that
 //! keep killing their consumers are dead-lettered by delivery count,
 //! acknowledged entries are trimmed only where every group is done with them,
-//! and a backlog is applied in bigger, coalescing batches.
+//! a backlog is applied in bigger, coalescing batches, and a record failing in
+//! any read of such a batch is dead-lettered as itself.
 
 use std::time::Duration;
 
@@ -209,5 +210,64 @@ async fn a_backlog_is_applied_in_batches_bigger_than_one_read_that_coalesce_hot_
         assert_eq!(value["version"], 2, "row {id}: {value}");
     }
     assert!(env.dead_letters(&stream).await?.is_empty());
+    running.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_anywhere_in_a_batch_of_many_reads_are_dead_lettered_as_themselves() -> Result<()> {
+    let mut env = item_env("many_reads", 10).await?;
+    let stream = env.stream("item");
+    let events = 1000;
+    // An undecodable record in the first read; a `keys` failure and another
+    // undecodable record hundreds of entries into the backlog batch after it.
+    let (undecodable, failing) = ([7, 777], 420);
+    let mut fill = redis::pipe();
+    for i in 0..events {
+        let id = if i == failing { 11 } else { i % 10 + 1 };
+        let value = if undecodable.contains(&i) {
+            "{not json".to_owned()
+        } else {
+            pg_change("u", &env.prefix, "item", None, Some(json!({"id": id, "name": "row", "version": 1})), next_lsn())
+                .to_string()
+        };
+        fill.cmd("XADD").arg(&stream).arg("*").arg(pg_key(id)).arg(value);
+    }
+    let ids: Vec<String> = fill.query_async(&mut env.redis).await?;
+    env.sql("update item set version = 2").await?;
+
+    let pipeline = format!("{}_items", env.prefix);
+    let extra = "batch_size = 50\nmax_batch_entries = 950";
+    let config = env.config(
+        &env.runtime_toml(std::slice::from_ref(&stream), extra),
+        &[(&pipeline, &env.testkit_pipeline("fail_ids = \"11\""))],
+    )?;
+    let running = Running::start(config).await?;
+    wait_until("every entry is acknowledged and the bad ones dead-lettered", WAIT, || {
+        let mut redis = env.redis.clone();
+        let stream = stream.clone();
+        async move {
+            let pending: Vec<redis::Value> =
+                redis::cmd("XPENDING").arg(&stream).arg("evercache").query_async(&mut redis).await?;
+            let letters: u64 = redis::cmd("XLEN").arg(format!("{stream}:dlq")).query_async(&mut redis).await?;
+            Ok(matches!(pending.first(), Some(redis::Value::Int(0))) && letters == 3)
+        }
+    })
+    .await?;
+
+    let letters = env.dead_letters(&stream).await?;
+    let lettered = |i: i64| letters.iter().find(|l| l["__evercache.id"] == ids[i as usize]);
+    for i in undecodable {
+        let letter = lettered(i).unwrap_or_else(|| panic!("entry {i} is dead-lettered: {letters:?}"));
+        assert_eq!(letter[&pg_key(i % 10 + 1)], "{not json", "its own fields: {letter:?}");
+        assert_eq!(letter["__evercache.pipeline"], "");
+    }
+    let failed = lettered(failing).unwrap_or_else(|| panic!("entry {failing} is dead-lettered: {letters:?}"));
+    assert!(failed["__evercache.error"].contains("configured failure for id 11"), "{failed:?}");
+    assert_eq!(failed["__evercache.pipeline"], pipeline);
+    assert_eq!(failed["__evercache.attempts"], "3", "2 batch attempts + 1 alone");
+    for id in 1..=10 {
+        let value = env.get_json(&format!("{}:item:{id}", env.prefix)).await?.expect("written");
+        assert_eq!(value["version"], 2, "row {id}: {value}");
+    }
     running.stop().await
 }
