@@ -46,16 +46,6 @@ impl Planning {
         }
         self.events.extend(events);
     }
-
-    /// How many events it holds.
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    /// True when no event was added.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
 }
 
 /// Adds the keys `event` touches to `plan`.

@@ -56,7 +56,7 @@ impl SourceRunner {
                 None => match self.source.next_batch().await {
                     Ok(records) => {
                         let mut staging = Staging::new(&self.pipelines);
-                        staging.add(&self.routes, self.pipelines.len(), records);
+                        staging.add(&self.routes, records);
                         Ok(staging.staged().await)
                     }
                     Err(e) => Err(e),
@@ -248,7 +248,7 @@ async fn read_while(
                 }
             }
         };
-        let decode = async { next.add(routes, pipelines.len(), std::mem::take(&mut undecoded)) };
+        let decode = async { next.add(routes, std::mem::take(&mut undecoded)) };
         // `join!` polls the read first, so its command is sent before decoding starts.
         let (batch, ()) = tokio::join!(read, decode);
         match batch {
@@ -271,7 +271,7 @@ async fn read_while(
             }
         }
     }
-    next.add(routes, pipelines.len(), undecoded);
+    next.add(routes, undecoded);
     let finished = async {
         match finished {
             Some(out) => out,

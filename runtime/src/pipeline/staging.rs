@@ -38,6 +38,8 @@ type Routed = Vec<Vec<(usize, ChangeEvent)>>;
 pub(super) struct Staging {
     records: Vec<RawRecord>,
     letters: Vec<Letter>,
+    /// How many pipelines the runner feeds.
+    pipelines: usize,
     routed: mpsc::UnboundedSender<Routed>,
     planner: JoinHandle<Vec<Option<Planning>>>,
 }
@@ -47,7 +49,7 @@ impl Staging {
     pub(super) fn new(pipelines: &[Arc<Pipeline>]) -> Self {
         let (routed, arriving) = mpsc::unbounded_channel();
         let planner = tokio::spawn(plan(pipelines.to_vec(), arriving));
-        Self { records: Vec::new(), letters: Vec::new(), routed, planner }
+        Self { records: Vec::new(), letters: Vec::new(), pipelines: pipelines.len(), routed, planner }
     }
 
     /// Records gathered so far.
@@ -57,9 +59,9 @@ impl Staging {
 
     /// Decodes `records` and routes them by table; their keys are planned on
     /// the planning task.
-    pub(super) fn add(&mut self, routes: &HashMap<String, Vec<usize>>, pipelines: usize, records: Vec<RawRecord>) {
+    pub(super) fn add(&mut self, routes: &HashMap<String, Vec<usize>>, records: Vec<RawRecord>) {
         let offset = self.records.len();
-        let mut routed: Routed = vec![Vec::new(); pipelines];
+        let mut routed: Routed = vec![Vec::new(); self.pipelines];
         for (index, record) in records.iter().enumerate() {
             let index = offset + index;
             match decode_stream_entry(&record.stream, &record.fields) {
@@ -96,7 +98,7 @@ impl Staging {
 
     /// The batch, once every key of it is planned.
     pub(super) async fn staged(self) -> Staged {
-        let Staging { records, letters, routed, planner } = self;
+        let Staging { records, letters, routed, planner, .. } = self;
         drop(routed);
         Staged { records, letters, planning: joined(planner).await }
     }
