@@ -168,6 +168,9 @@ fn check_pipeline(runtime: &RuntimeConfig, file: &Path, pipeline: &PipelineConfi
     if pipeline.recompute_batch == 0 {
         return Err(invalid("recompute_batch", "must be at least 1".to_owned()));
     }
+    if pipeline.max_batch_keys == 0 {
+        return Err(invalid("max_batch_keys", "must be at least 1".to_owned()));
+    }
     Ok(())
 }
 

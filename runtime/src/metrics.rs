@@ -30,7 +30,7 @@ pub const DELAY_SECONDS: &str = "evercache_end_to_end_delay_seconds";
 pub const DEAD_LETTERS_TOTAL: &str = "evercache_dead_letters_total";
 /// Failed plugin calls, by `pipeline`, `plugin` and `kind` (plugin/trap/timeout/contract/unavailable).
 pub const PLUGIN_ERRORS_TOTAL: &str = "evercache_plugin_errors_total";
-/// Plugin hot reloads, by `plugin` and `outcome` (`ok`, `error`).
+/// Plugin hot reloads, by `plugin` and `outcome` (`ok`, `failed`).
 pub const PLUGIN_RELOADS_TOTAL: &str = "evercache_plugin_reloads_total";
 /// When the running plugin version was loaded (Unix seconds), by `pipeline`, `plugin` and `version`.
 pub const PLUGIN_LOADED_SECONDS: &str = "evercache_plugin_loaded_timestamp_seconds";
@@ -40,8 +40,17 @@ pub const SOURCE_LAG_ENTRIES: &str = "evercache_source_lag_entries";
 pub const SOURCE_PENDING_ENTRIES: &str = "evercache_source_pending_entries";
 /// WAL bytes between the server's current position and the slot's confirmed one, by `source` and `slot`.
 pub const SLOT_LAG_BYTES: &str = "evercache_replication_slot_lag_bytes";
-/// 1 when the last probe reached the source, else 0, by `source`.
+/// 1 when the last probe reached the source and its runner is not failing, else 0, by `source`.
 pub const SOURCE_UP: &str = "evercache_source_up";
+/// Failed reads and commands of a source, by `source` and `kind` (unavailable, halted, config).
+pub const SOURCE_ERRORS_TOTAL: &str = "evercache_source_errors_total";
+/// Consumer groups found missing and created again, by `source` and `stream`.
+pub const GROUPS_RECREATED_TOTAL: &str = "evercache_source_groups_recreated_total";
+/// Times the built-in capture lost its replication connection and reconnected, by `source`.
+pub const CAPTURE_RECONNECTS_TOTAL: &str = "evercache_capture_reconnects_total";
+/// 1 while a pipeline is stuck (a batch running, or lag without progress, for
+/// longer than `[http] stuck_after`), else 0, by `pipeline`.
+pub const PIPELINE_STUCK: &str = "evercache_pipeline_stuck";
 /// Redis `used_memory` of a cache, by `cache`.
 pub const REDIS_USED_MEMORY_BYTES: &str = "evercache_redis_used_memory_bytes";
 
@@ -92,7 +101,11 @@ fn describe() {
     describe_gauge!(SOURCE_LAG_ENTRIES, "Entries not yet delivered to the consumer group.");
     describe_gauge!(SOURCE_PENDING_ENTRIES, "Entries delivered but not acknowledged.");
     describe_gauge!(SLOT_LAG_BYTES, Unit::Bytes, "WAL bytes the replication slot has not confirmed.");
-    describe_gauge!(SOURCE_UP, "1 when the last probe reached the source.");
+    describe_gauge!(SOURCE_UP, "1 when the last probe reached the source and its runner is not failing.");
+    describe_counter!(SOURCE_ERRORS_TOTAL, "Failed reads and commands of a source, by kind.");
+    describe_counter!(GROUPS_RECREATED_TOTAL, "Consumer groups found missing and created again.");
+    describe_counter!(CAPTURE_RECONNECTS_TOTAL, "Replication connections of the built-in capture re-established.");
+    describe_gauge!(PIPELINE_STUCK, "1 while a pipeline is stuck for longer than stuck_after.");
     describe_gauge!(REDIS_USED_MEMORY_BYTES, Unit::Bytes, "Redis used_memory of a cache.");
 }
 
@@ -106,7 +119,7 @@ pub fn dead_lettered(source: &str, letters: &[DeadLetter<'_>]) {
 
 /// Registers a plugin's reload counters at 0 so dashboards show them before the first reload.
 pub fn register_plugin(plugin: &str) {
-    for outcome in ["ok", "error"] {
+    for outcome in ["ok", "failed"] {
         counter!(PLUGIN_RELOADS_TOTAL, "plugin" => plugin.to_owned(), "outcome" => outcome).increment(0);
     }
 }

@@ -16,6 +16,7 @@ use crate::plugin::{
 use crate::recompute::query::{QueryError, QueryRunner};
 use crate::sink::{RedisCache, SinkError, WriteSettings};
 use crate::source::SourceError;
+use crate::source::health::SourceHealth;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +132,16 @@ impl Runtime {
             };
             let writer = cache.writer(WriteSettings { pipeline: name.clone(), safety_ttl: pipeline.ttl });
             if let Some(factory) = natives.get(&pipeline.plugin) {
-                let context = NativeContext { pipeline: name.clone(), config: pipeline.plugin_config(), database };
+                let context = NativeContext {
+                    pipeline: name.clone(),
+                    config: pipeline.plugin_config(),
+                    database: database.clone(),
+                };
                 let native =
                     factory(context).map_err(|message| StartError::Native { pipeline: name.clone(), message })?;
                 tracing::info!(pipeline = %name, plugin = %native.label(), "pipeline ready (native plugin)");
                 let handle = PluginHandle::Native(native);
-                let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer));
+                let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer, database.clone()));
                 let slot =
                     ReloadSlot { pipeline: built.clone(), config: pipeline.clone(), database: None, native: true };
                 slots.insert(name.clone(), slot);
@@ -159,7 +164,7 @@ impl Runtime {
             instance.init().await.map_err(|source| StartError::Init { pipeline: name.clone(), source })?;
             tracing::info!(pipeline = %name, plugin = %plugin.label(), tables = ?pipeline.tables, "pipeline ready");
             let handle = PluginHandle::Wasm(Box::new(instance));
-            let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer));
+            let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer, database.clone()));
             slots.insert(
                 name.clone(),
                 ReloadSlot { pipeline: built.clone(), config: pipeline.clone(), database, native: false },
@@ -193,6 +198,7 @@ impl Runtime {
     /// the tasks end after `shutdown` is cancelled and their batches drained.
     pub async fn start(mut self, shutdown: CancellationToken) -> Result<JoinSet<()>, StartError> {
         let mut tasks = JoinSet::new();
+        let mut health = Vec::new();
         for (source_name, source) in &self.config.runtime.sources {
             let pipelines: Vec<Arc<Pipeline>> = self
                 .pipelines
@@ -205,12 +211,15 @@ impl Runtime {
                 continue;
             }
             let source = source.build(source_name).await?;
-            tasks.spawn(SourceRunner::new(source, pipelines).run(shutdown.clone()));
+            let source_health = Arc::new(SourceHealth::new(source_name));
+            health.push(source_health.clone());
+            tasks.spawn(SourceRunner::new(source, pipelines, source_health).run(shutdown.clone()));
         }
         self.bind_http().await?;
         if let (Some(http), Some(listener)) = (self.config.runtime.http.clone(), self.http.take()) {
             let pipelines = self.pipelines.iter().map(|(_, p)| p.clone()).collect();
-            tasks.spawn(crate::http::serve(listener, http, self.config.clone(), pipelines, shutdown.clone()));
+            let watched = crate::http::Watched { config: self.config.clone(), pipelines, sources: health };
+            tasks.spawn(crate::http::serve(listener, http, watched, shutdown.clone()));
         }
         if self.config.runtime.reload.watch {
             tasks.spawn(self.reloader.run(shutdown));

@@ -161,8 +161,15 @@ async fn used_memory(client: &redis::Client, conn: &mut Option<MultiplexedConnec
 }
 
 /// Writes a pipeline's figures to its status hash (kept a day after the runtime
-/// stops); `running` is false for the last write before shutdown.
-pub async fn save_pipeline(conn: &mut MultiplexedConnection, pipeline: &str, stats: &StatsSnapshot, running: bool) {
+/// stops); `running` is false for the last write before shutdown; `trouble`
+/// says why the pipeline is not ready, when it is not.
+pub async fn save_pipeline(
+    conn: &mut MultiplexedConnection,
+    pipeline: &str,
+    stats: &StatsSnapshot,
+    running: bool,
+    trouble: Option<&str>,
+) {
     let mut fields: Vec<(&str, String)> = vec![
         ("state", if running { "running" } else { "stopped" }.to_owned()),
         ("plugin", stats.plugin.clone()),
@@ -186,6 +193,12 @@ pub async fn save_pipeline(conn: &mut MultiplexedConnection, pipeline: &str, sta
     }
     let key = status_key(pipeline);
     let mut pipe = redis::pipe();
+    match trouble {
+        Some(trouble) => fields.push(("trouble", trouble.to_owned())),
+        None => {
+            pipe.hdel(&key, "trouble").ignore();
+        }
+    }
     pipe.hset_multiple(&key, &fields).ignore().expire(&key, 86_400).ignore();
     if let Err(e) = pipe.query_async::<()>(conn).await {
         tracing::debug!(pipeline, error = %e, "cannot save pipeline status");
@@ -214,6 +227,7 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
         ]
         .map(str::to_owned),
     ];
+    let mut troubles = Vec::new();
     for (name, pipeline) in &config.pipelines {
         let saved: BTreeMap<String, String> = match probes.cache_conn(&pipeline.cache).await {
             Some(mut conn) => {
@@ -235,6 +249,11 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
             Some(at) => format!("seen {} ago", ago(now, at)),
             None => "never seen".to_owned(),
         };
+        if runtime == "running"
+            && let Some(trouble) = saved.get("trouble")
+        {
+            troubles.push((name.clone(), trouble.clone()));
+        }
         let dash = || "-".to_owned();
         rows.push([
             name.clone(),
@@ -252,6 +271,9 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
         ]);
     }
     write_table(&mut out, &rows);
+    for (name, trouble) in &troubles {
+        let _ = writeln!(out, "pipeline {name}: not ready: {trouble}");
+    }
     for source in facts.sources.iter().filter(|s| !s.up) {
         let _ = writeln!(out, "source {}: unreachable: {}", source.source, source.error.as_deref().unwrap_or(""));
     }

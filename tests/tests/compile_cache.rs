@@ -1,6 +1,7 @@
 //! The on-disk compile cache: a second load of the same component (a restart
-//! or a reload of an unchanged file) deserializes instead of compiling, and a
-//! corrupt entry costs only a recompile.
+//! or a reload of an unchanged file) deserializes instead of compiling, a
+//! corrupt entry costs only a recompile, and an entry others could have
+//! written is never loaded.
 
 use anyhow::Result;
 use evercache::plugin::{PluginEngine, PluginInstance, SandboxConfig, load_file};
@@ -35,6 +36,18 @@ async fn unchanged_components_are_not_recompiled() -> Result<()> {
     assert!(!third.from_cache, "a corrupt entry is recompiled");
     let fourth = load_file(&engine, &component).await?;
     assert!(fourth.from_cache, "and rewritten");
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode(&dir)?, 0o700, "the cache directory is private to the runtime's user");
+    assert_eq!(mode(&entries[0])?, 0o600, "and so is each artifact");
+    std::fs::set_permissions(&entries[0], std::fs::Permissions::from_mode(0o666))?;
+    let fifth = load_file(&engine, &component).await?;
+    assert!(!fifth.from_cache, "an artifact others may write is recompiled, never loaded");
+    assert_eq!(mode(&entries[0])?, 0o600, "and replaced by a private one");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    let sixth = load_file(&engine, &component).await?;
+    assert!(!sixth.from_cache, "nor from a directory others may write");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

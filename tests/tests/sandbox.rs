@@ -16,6 +16,8 @@ const WAIT: Duration = Duration::from_secs(60);
 /// (mode, what the dead letter's error must say).
 const MODES: &[(&str, &str)] = &[
     ("loop", "`keys` timed out after 300ms"),
+    ("sleep", "`keys` timed out after 300ms (call_timeout)"),
+    ("pg_sleep", "`recompute` timed out after 300ms (call_timeout) while a host query ran"),
     ("alloc", "`keys` trapped"),
     ("stack", "`keys` trapped"),
     ("panic", "`keys` trapped"),
@@ -24,6 +26,9 @@ const MODES: &[(&str, &str)] = &[
     ("many_keys", "returned 1000000 keys for one event; the limit is 10000"),
     ("ddl", "only SELECT, WITH, VALUES or TABLE statements may run, not CREATE"),
     ("dml", "read-only transaction (SQLSTATE 25006)"),
+    ("terminate", "pg_terminate_backend acts outside the query's read-only transaction"),
+    ("cancel", "pg_cancel_backend acts outside the query's read-only transaction"),
+    ("advisory", "took session advisory lock 424242"),
 ];
 
 fn source(env: &TestEnv, name: &str) -> String {
@@ -51,8 +56,8 @@ schema = "{p}"
 key_prefix = "{p}:{mode}"
 "#,
         p = env.prefix,
-        // Only the endless loop needs a short deadline; the rest fail on their own.
-        timeout = if mode == "loop" { "call_timeout = \"300ms\"" } else { "" },
+        // Only the endless loop and the sleepers need a short deadline; the rest fail on their own.
+        timeout = if matches!(mode, "loop" | "sleep" | "pg_sleep") { "call_timeout = \"300ms\"" } else { "" },
     )
 }
 
@@ -130,6 +135,16 @@ async fn hostile_plugins_fail_their_own_batch_and_nothing_else() -> Result<()> {
         .fetch_one(&env.pg)
         .await?;
     assert_eq!(made, None, "the DDL plugin created nothing");
+    let locks: i64 = sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and objid = 424242")
+        .fetch_one(&env.pg)
+        .await?;
+    assert_eq!(locks, 0, "no session advisory lock is left on a pooled connection");
+    let sleeping: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where state = 'active' and query like '%pg_sleep(3600)%' and pid <> pg_backend_pid()",
+    )
+    .fetch_one(&env.pg)
+    .await?;
+    assert_eq!(sleeping, 0, "the query cut off at the call's deadline was cancelled on the server");
     shutdown.cancel();
     while let Some(joined) = tasks.join_next().await {
         joined?;

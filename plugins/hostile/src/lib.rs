@@ -1,6 +1,8 @@
 //! A misbehaving plugin for the sandbox tests: `mode` in its config picks what it
-//! does in `keys` (loop, allocate, recurse, panic, open a file or a socket,
-//! return a million keys) or in `recompute` (run DDL or DML). Never deploy it.
+//! does in `keys` (loop, sleep, allocate, recurse, panic, open a file or a
+//! socket, return a million keys) or in `recompute` (run DDL or DML, terminate
+//! backends, take a session advisory lock and keep it, sleep in a query).
+//! Never deploy it.
 
 use evercache_plugin_sdk::{Config, Event, Outcome, Plugin, PluginError, export_plugin, query};
 
@@ -23,6 +25,10 @@ impl Plugin for Hostile {
         let id: i64 = event.row_field("id")?;
         match self.mode.as_str() {
             "loop" => spin(id),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Err(PluginError::other("hostile: woke up after an hour"))
+            }
             "alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -50,6 +56,16 @@ impl Plugin for Hostile {
             "ddl" => format!("create table {}.hostile_made (id int)", self.schema),
             // Passes the host's first-keyword check; only the READ ONLY transaction stops it.
             "dml" => format!("with gone as (delete from {}.item returning id) select count(*) from gone", self.schema),
+            "terminate" => {
+                "select pg_terminate_backend(pid) from pg_stat_activity where pid <> pg_backend_pid()".to_owned()
+            }
+            "cancel" => "select \"pg_cancel_backend\"(pg_backend_pid())".to_owned(),
+            "advisory" => {
+                // A session-level lock survives the host's ROLLBACK unless the host releases it.
+                query!("select pg_advisory_lock(424242)")?;
+                return Err(PluginError::other("hostile: took session advisory lock 424242"));
+            }
+            "pg_sleep" => "select pg_sleep(3600)".to_owned(),
             _ => return Ok(keys.iter().map(|_| Outcome::delete()).collect()),
         };
         query!(&sql)?;

@@ -1,6 +1,8 @@
 //! A configurable plugin for the runtime's end-to-end tests: caches
 //! `<schema>.<table>(id, name, version)` rows as `<key_prefix>:<id>`, and can be
-//! told to fail (`fail_ids`) or trap (`panic_ids`) on chosen rows.
+//! told to fail (`fail_ids`), trap (`panic_ids`), sleep in `keys` (`sleep_ids`,
+//! a WASI sleep of an hour) or run a query that sleeps in `recompute`
+//! (`slow_query_ids`, `pg_sleep(3600)`) on chosen rows.
 
 use std::collections::HashMap;
 
@@ -12,6 +14,8 @@ struct Testkit {
     sql: String,
     fail_ids: Vec<i64>,
     panic_ids: Vec<i64>,
+    sleep_ids: Vec<i64>,
+    slow_query_ids: Vec<i64>,
     ttl_seconds: Option<u32>,
     hash: bool,
 }
@@ -25,6 +29,8 @@ impl Plugin for Testkit {
             sql: format!("select id, name, version from {schema}.{table} where id = any($1)"),
             fail_ids: config.list("fail_ids")?,
             panic_ids: config.list("panic_ids")?,
+            sleep_ids: config.list("sleep_ids")?,
+            slow_query_ids: config.list("slow_query_ids")?,
             ttl_seconds: config.parse("ttl_seconds")?,
             hash: config.get_or("mode", "json") == "hash",
         })
@@ -36,6 +42,9 @@ impl Plugin for Testkit {
             return Err(PluginError::other(format!("testkit: configured failure for id {id}")));
         }
         assert!(!self.panic_ids.contains(&id), "testkit: configured panic for id {id}");
+        if self.sleep_ids.contains(&id) {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
         Ok(vec![format!("{}:{id}", self.key_prefix)])
     }
 
@@ -45,6 +54,9 @@ impl Plugin for Testkit {
             .map(|k| k.rsplit(':').next().and_then(|id| id.parse::<i64>().ok()))
             .collect::<Option<Vec<i64>>>()
             .ok_or_else(|| PluginError::bad_event("testkit: key without a numeric id"))?;
+        if ids.iter().any(|id| self.slow_query_ids.contains(id)) {
+            query!("select pg_sleep(3600)")?;
+        }
         let mut found = HashMap::new();
         for row in query!(&self.sql, ids)?.iter() {
             let (id, name, version) =

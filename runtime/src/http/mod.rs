@@ -2,6 +2,7 @@
 //! page at `/` with its JSON at `/api/status`, and the probe loop feeding them.
 
 mod page;
+pub mod readiness;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -21,7 +22,9 @@ use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::pipeline::now_ms;
 use crate::pipeline::stats::StatsSnapshot;
+use crate::source::health::SourceHealth;
 use crate::status::{Facts, Probes, save_pipeline};
+use readiness::{LagWatch, Readiness};
 
 /// `[http]` in the runtime file; without it no listener runs.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,10 +35,29 @@ pub struct HttpConfig {
     /// How often source lag, pending entries and Redis memory are probed (default "1s").
     #[serde(default = "default_probe_interval", with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// A source failing, or a pipeline working on one batch (or with lag and
+    /// no batch finished), for this long makes `/ready` false with the reason
+    /// (default "30s").
+    #[serde(default = "default_stuck_after", with = "humantime_serde")]
+    pub stuck_after: Duration,
 }
 
 fn default_probe_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_stuck_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// What the listener watches: the configuration, the pipelines and what each
+/// source's runner knows of its source.
+pub struct Watched {
+    /// The loaded configuration (sources and caches to probe).
+    pub config: Config,
+    /// The running pipelines.
+    pub pipelines: Vec<Arc<Pipeline>>,
+    /// Each running source's health.
+    pub sources: Vec<Arc<SourceHealth>>,
 }
 
 /// Why the listener could not start.
@@ -53,10 +75,13 @@ pub async fn bind(config: &HttpConfig) -> Result<TcpListener, BindError> {
     TcpListener::bind(&config.listen).await.map_err(|source| BindError { listen: config.listen.clone(), source })
 }
 
-/// What the handlers read: the pipelines' live figures and the last probe.
+/// What the handlers read: the pipelines' live figures, the last probe and
+/// the verdict drawn from both.
 struct Ops {
     pipelines: Vec<Arc<Pipeline>>,
+    sources: Vec<Arc<SourceHealth>>,
     facts: RwLock<Option<Facts>>,
+    readiness: RwLock<Readiness>,
 }
 
 /// One pipeline's row, as `/api/status` and the page show it.
@@ -76,6 +101,8 @@ pub struct PipelineStatus {
     pub lag_bytes: Option<u64>,
     /// Whether the last probe reached the source.
     pub source_up: bool,
+    /// Why the pipeline is stuck, when it is.
+    pub stuck: Option<String>,
     /// Totals, history and errors.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
@@ -90,11 +117,14 @@ pub struct StatusDocument {
     pub pipelines: Vec<PipelineStatus>,
     /// The last probe, when one ran.
     pub facts: Option<Facts>,
+    /// Whether the runtime is doing its job, with the reasons when not.
+    pub readiness: Readiness,
 }
 
 impl Ops {
     fn document(&self) -> StatusDocument {
         let facts = self.facts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let readiness = self.readiness.read().unwrap_or_else(|e| e.into_inner()).clone();
         let pipelines = self
             .pipelines
             .iter()
@@ -111,26 +141,22 @@ impl Ops {
                     lag_entries: sum(|l| l.lag_entries),
                     pending_entries: sum(|l| l.pending_entries),
                     lag_bytes: sum(|l| l.lag_bytes),
-                    source_up: source.is_some_and(|s| s.up),
+                    source_up: source.is_some_and(|s| s.up) && !readiness.failing.contains_key(&config.source),
+                    stuck: readiness.stuck.get(p.name()).cloned(),
                     stats: p.stats().snapshot(),
                 }
             })
             .collect();
-        StatusDocument { now_ms: now_ms(), pipelines, facts }
+        StatusDocument { now_ms: now_ms(), pipelines, facts, readiness }
     }
 }
 
 /// Serves until `shutdown`, probing every `probe_interval`.
-pub async fn serve(
-    listener: TcpListener,
-    config: HttpConfig,
-    runtime: Config,
-    pipelines: Vec<Arc<Pipeline>>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, config: HttpConfig, watched: Watched, shutdown: CancellationToken) {
     let handle = crate::metrics::install();
-    let ops = Arc::new(Ops { pipelines, facts: RwLock::new(None) });
-    let probing = tokio::spawn(probe_loop(ops.clone(), config.probe_interval, runtime, shutdown.clone()));
+    let Watched { config: runtime, pipelines, sources } = watched;
+    let ops = Arc::new(Ops { pipelines, sources, facts: RwLock::new(None), readiness: RwLock::default() });
+    let probing = tokio::spawn(probe_loop(ops.clone(), config, runtime, shutdown.clone()));
     let metrics = move || async move {
         match handle {
             Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
@@ -153,7 +179,8 @@ pub async fn serve(
     let _ = probing.await;
 }
 
-async fn probe_loop(ops: Arc<Ops>, interval: Duration, config: Config, shutdown: CancellationToken) {
+async fn probe_loop(ops: Arc<Ops>, http: HttpConfig, config: Config, shutdown: CancellationToken) {
+    let mut lag_watch = LagWatch::default();
     let mut probes = match Probes::new(&config) {
         Ok(probes) => probes,
         Err(e) => {
@@ -167,24 +194,35 @@ async fn probe_loop(ops: Arc<Ops>, interval: Duration, config: Config, shutdown:
             tracing::debug!(source = %source.source, error = source.error.as_deref().unwrap_or(""), "source probe failed");
         }
         facts.publish();
+        let verdict = lag_watch.judge(now_ms(), http.stuck_after, Some(&facts), &ops.sources, &ops.pipelines);
+        for reason in &verdict.reasons {
+            tracing::debug!(%reason, "not ready");
+        }
         *ops.facts.write().unwrap_or_else(|e| e.into_inner()) = Some(facts);
+        *ops.readiness.write().unwrap_or_else(|e| e.into_inner()) = verdict;
         save_all(&ops, &mut probes, true).await;
         if let Some(handle) = crate::metrics::install() {
             handle.run_upkeep();
         }
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(http.probe_interval) => {}
         }
     }
     save_all(&ops, &mut probes, false).await;
 }
 
-/// Leaves each pipeline's figures in its cache for `evercache status`.
+/// Leaves each pipeline's figures, and why it is not ready, in its cache for `evercache status`.
 async fn save_all(ops: &Ops, probes: &mut Probes, running: bool) {
+    let readiness = ops.readiness.read().unwrap_or_else(|e| e.into_inner()).clone();
     for pipeline in &ops.pipelines {
-        if let Some(mut conn) = probes.cache_conn(&pipeline.config().cache).await {
-            save_pipeline(&mut conn, pipeline.name(), &pipeline.stats().snapshot(), running).await;
+        let config = pipeline.config();
+        let trouble =
+            readiness.stuck.get(pipeline.name()).cloned().or_else(|| {
+                readiness.failing.get(&config.source).map(|why| format!("source '{}': {why}", config.source))
+            });
+        if let Some(mut conn) = probes.cache_conn(&config.cache).await {
+            save_pipeline(&mut conn, pipeline.name(), &pipeline.stats().snapshot(), running, trouble.as_deref()).await;
         }
     }
 }
@@ -201,19 +239,37 @@ async fn status(State(ops): State<Arc<Ops>>) -> Json<StatusDocument> {
     Json(ops.document())
 }
 
-/// Ready once every source answered the last probe and every pipeline has its plugin.
+/// Ready once every source answered the last probe and none has kept failing,
+/// and no pipeline is stuck; the body says why not.
 async fn ready(State(ops): State<Arc<Ops>>) -> Response {
     let facts = ops.facts.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let readiness = ops.readiness.read().unwrap_or_else(|e| e.into_inner()).clone();
     let sources: serde_json::Map<String, serde_json::Value> = facts
         .iter()
         .flat_map(|f| &f.sources)
-        .map(|s| (s.source.clone(), json!({"connected": s.up, "error": s.error})))
+        .map(|s| {
+            let health = ops.sources.iter().find(|h| h.source() == s.source).map(|h| h.snapshot());
+            let state = json!({
+                "connected": s.up,
+                "error": s.error,
+                "failing": readiness.failing.get(&s.source),
+                "failing_since_ms": health.as_ref().and_then(|h| h.failing_since_ms),
+                "last_error": health.as_ref().and_then(|h| h.last_error.clone()),
+            });
+            (s.source.clone(), state)
+        })
         .collect();
     let plugins: serde_json::Map<String, serde_json::Value> =
         ops.pipelines.iter().map(|p| (p.name().to_owned(), json!(p.stats().snapshot().plugin))).collect();
-    let ready = facts.is_some() && sources.values().all(|s| s["connected"] == true);
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({"ready": ready, "sources": sources, "plugins": plugins}))).into_response()
+    let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "ready": readiness.ready,
+        "reasons": readiness.reasons,
+        "sources": sources,
+        "pipelines": readiness.stuck,
+        "plugins": plugins,
+    });
+    (code, Json(body)).into_response()
 }
 
 /// The address a bound listener ended up on.

@@ -95,7 +95,11 @@ fn row(out: &mut String, p: &PipelineStatus, now_ms: u64) {
     // The current second is still filling up: the rate is over the 10 before it.
     let rate = events.iter().rev().skip(1).take(10).sum::<u64>() as f64 / 10.0;
     let name = esc(&p.name);
-    let _ = write!(out, "<tr data-pipeline=\"{name}\"><td><b>{name}</b></td>");
+    let _ = write!(out, "<tr data-pipeline=\"{name}\"><td><b>{name}</b>");
+    if let Some(stuck) = &p.stuck {
+        let _ = write!(out, "<br><small class=\"down stuck\">stuck: {}</small>", esc(&truncate(stuck, 300)));
+    }
+    out.push_str("</td>");
     let source_class = if p.source_up { "" } else { " class=\"down\"" };
     let _ = write!(out, "<td{source_class}>{}{}</td>", esc(&p.source), if p.source_up { "" } else { " (down)" });
     let loaded = (now_ms.saturating_sub(s.plugin_loaded_at_ms)) / 1000;

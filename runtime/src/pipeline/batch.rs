@@ -1,26 +1,29 @@
 //! One pipeline's share of a batch: plan keys with the plugin, recompute, write.
-//! Permanent failures are retried, then isolated to the records that cause them;
-//! transient ones (database or Redis down) are waited out without limit.
+//! Failures are classified by what they mean: the batch's own ones are retried,
+//! then isolated by bisection to the records that cause them; ones the
+//! database or Redis cause are waited out while those fail their health checks.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{OnChange, PipelineConfig};
-use super::plan::KeyPlan;
-use super::planning::{Planning, plan_keys};
+use super::config::PipelineConfig;
+use super::planning::Planning;
 use super::stats::PipelineStats;
 use crate::event::ChangeEvent;
-use crate::plugin::bindings::Outcome;
 use crate::plugin::{CallError, PluginHandle};
-use crate::sink::{KeyAction, KeyWrite, RedisWriter, SinkError, WriteReport};
+use crate::recompute::query::QueryRunner;
+use crate::sink::{RedisWriter, SinkError};
 
 /// Longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest a health check of the database or the cache may take.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why one attempt at a batch failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +36,32 @@ pub enum ApplyError {
     Sink(#[from] SinkError),
 }
 
+/// Whose fault a failure is, as far as the error itself tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// The batch's own (plugin error, trap, contract, a key Redis refuses).
+    Batch,
+    /// The database or Redis (unreachable, overloaded, refusing for now).
+    Dependencies,
+    /// A call cut off at its deadline while a host query ran: a query that
+    /// sleeps, or a database that stopped answering; health checks tell which.
+    Unclear,
+}
+
 impl ApplyError {
-    /// Transient failures never count as attempts and are never dead-lettered.
+    /// Transient by its kind: never counted as an attempt while the database
+    /// and the cache fail their health checks.
     pub fn is_transient(&self) -> bool {
+        self.blame() == Blame::Dependencies
+    }
+
+    fn blame(&self) -> Blame {
         match self {
-            ApplyError::Plugin(e) => e.is_transient(),
-            ApplyError::Sink(e) => e.is_transient(),
+            ApplyError::Plugin(CallError::Unavailable { .. }) => Blame::Dependencies,
+            ApplyError::Plugin(CallError::Timeout { in_query: true, .. }) => Blame::Unclear,
+            ApplyError::Plugin(_) => Blame::Batch,
+            ApplyError::Sink(e) if e.is_transient() => Blame::Dependencies,
+            ApplyError::Sink(_) => Blame::Batch,
         }
     }
 }
@@ -62,21 +85,35 @@ pub struct Interrupted;
 /// What a pipeline runs a batch with; replaced as a whole by a reload.
 pub(super) struct Generation {
     pub(super) config: PipelineConfig,
-    instance: Mutex<PluginHandle>,
+    pub(super) instance: Mutex<PluginHandle>,
     /// Plans the next batch's keys while `instance` recomputes this one.
     planner: Option<Mutex<PluginHandle>>,
-    writer: RedisWriter,
+    pub(super) writer: RedisWriter,
+    /// Health-checked when a failure may be the database's.
+    database: Option<QueryRunner>,
 }
 
 impl Generation {
-    fn new(config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
+    fn new(config: PipelineConfig, instance: PluginHandle, writer: RedisWriter, database: Option<QueryRunner>) -> Self {
         let planner = instance.planner().map(Mutex::new);
-        Self { config, instance: Mutex::new(instance), planner, writer }
+        Self { config, instance: Mutex::new(instance), planner, writer, database }
     }
 
     /// The instance `keys` is called on ahead of recomputing.
     pub(super) fn planner(&self) -> &Mutex<PluginHandle> {
         self.planner.as_ref().unwrap_or(&self.instance)
+    }
+
+    /// True when the database (if any) and the cache both answer a health check.
+    async fn dependencies_answer(&self) -> bool {
+        let database = async {
+            match &self.database {
+                Some(database) => database.ping(HEALTH_CHECK_TIMEOUT).await.is_ok(),
+                None => true,
+            }
+        };
+        let (database, cache) = tokio::join!(database, self.writer.check_writable(HEALTH_CHECK_TIMEOUT));
+        database && cache.is_ok()
     }
 }
 
@@ -86,24 +123,44 @@ pub struct Pipeline {
     tables: HashSet<String>,
     current: RwLock<Arc<Generation>>,
     stats: Arc<PipelineStats>,
+    /// Set while a batch keeps failing: its next batches are not planned ahead.
+    struggling: AtomicBool,
 }
 
 impl Pipeline {
     /// Wires a pipeline from its parts; the instance should already be `init`-ed.
-    pub fn new(name: &str, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) -> Self {
+    pub fn new(
+        name: &str,
+        config: PipelineConfig,
+        instance: PluginHandle,
+        writer: RedisWriter,
+        database: Option<QueryRunner>,
+    ) -> Self {
         let tables = config.tables.iter().cloned().collect();
         let stats = Arc::new(PipelineStats::new(name, &config.plugin));
         record_plugin(&stats, &instance);
-        let current = Generation::new(config, instance, writer);
-        Self { name: name.to_owned(), tables, current: RwLock::new(Arc::new(current)), stats }
+        let current = Generation::new(config, instance, writer, database);
+        Self {
+            name: name.to_owned(),
+            tables,
+            current: RwLock::new(Arc::new(current)),
+            stats,
+            struggling: AtomicBool::new(false),
+        }
     }
 
     /// Swaps in a new configuration and plugin instance (already `init`-ed) at
     /// once. Batches already running finish on the ones they started with; the
     /// routing (`source`, `tables`) is fixed for the pipeline's life.
-    pub fn replace(&self, config: PipelineConfig, instance: PluginHandle, writer: RedisWriter) {
+    pub fn replace(
+        &self,
+        config: PipelineConfig,
+        instance: PluginHandle,
+        writer: RedisWriter,
+        database: Option<QueryRunner>,
+    ) {
         record_plugin(&self.stats, &instance);
-        let next = Arc::new(Generation::new(config, instance, writer));
+        let next = Arc::new(Generation::new(config, instance, writer, database));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
@@ -131,6 +188,12 @@ impl Pipeline {
         &self.tables
     }
 
+    /// True while a batch keeps failing (retried or isolated): planning its
+    /// next batches ahead would only spend plugin calls.
+    pub fn struggling(&self) -> bool {
+        self.struggling.load(Ordering::Relaxed)
+    }
+
     /// Recomputes and writes a planned batch (record index, event). Returns
     /// the records that failed permanently, to be dead-lettered; everything
     /// else was written.
@@ -140,27 +203,56 @@ impl Pipeline {
         let Planning { generation, events, plan } = planning;
         let max_attempts = generation.config.max_attempts;
         tracing::Span::current().record("plugin", generation.config.plugin.as_str());
+        self.stats.started();
         let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
-        let error = match self.retry(&generation, &all, max_attempts, shutdown, Some(plan)).await? {
-            None => {
-                self.stats.finished(&events, &[]);
-                return Ok(Vec::new());
-            }
-            Some(error) => error,
+        let result = self.retry(&generation, &all, max_attempts, shutdown, plan).await;
+        let failures = match result {
+            Ok(None) => Ok(Vec::new()),
+            Ok(Some(error)) => self.isolate(&generation, &events, error, max_attempts, shutdown).await,
+            Err(interrupted) => Err(interrupted),
         };
-        if events.len() == 1 {
-            self.stats.finished(&events, &[events[0].0]);
-            return Ok(vec![self.failure(events[0].0, &events[0].1, &error, max_attempts)]);
+        self.struggling.store(false, Ordering::Relaxed);
+        let failures = failures?;
+        self.stats.finished(&events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
+        Ok(failures)
+    }
+
+    /// Finds the records that fail on their own by bisection, so a poison
+    /// record costs O(log n) attempts and the rest of the batch is written.
+    /// Each half gets one attempt; a record that fails alone is dead-lettered.
+    async fn isolate(
+        &self,
+        generation: &Generation,
+        events: &[(usize, ChangeEvent)],
+        error: ApplyError,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Failure>, Interrupted> {
+        if events.len() > 1 {
+            tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; isolating the failing records by bisection");
         }
-        // Find the records that fail on their own so the rest are still applied.
-        tracing::warn!(pipeline = %self.name, records = events.len(), error = %error, "batch keeps failing; applying its records one by one");
         let mut failures = Vec::new();
-        for (record, event) in &events {
-            if let Some(error) = self.retry(&generation, &[event], 1, shutdown, None).await? {
-                failures.push(self.failure(*record, event, &error, max_attempts + 1));
+        // Depth first, first half first: failures come out in record order.
+        let mut failing: VecDeque<(Range<usize>, ApplyError, u32)> =
+            VecDeque::from([(0..events.len(), error, attempts)]);
+        while let Some((range, error, attempts)) = failing.pop_front() {
+            if range.len() <= 1 {
+                let (record, event) = &events[range.start];
+                failures.push(self.failure(*record, event, &error, attempts));
+                continue;
+            }
+            let middle = range.start + range.len() / 2;
+            let mut split = Vec::new();
+            for half in [range.start..middle, middle..range.end] {
+                let part: Vec<&ChangeEvent> = events[half.clone()].iter().map(|(_, e)| e).collect();
+                if let Some(error) = self.retry(generation, &part, 1, shutdown, None).await? {
+                    split.push((half, error, attempts + 1));
+                }
+            }
+            for part in split.into_iter().rev() {
+                failing.push_front(part);
             }
         }
-        self.stats.finished(&events, &failures.iter().map(|f| f.record).collect::<Vec<_>>());
         Ok(failures)
     }
 
@@ -170,19 +262,23 @@ impl Pipeline {
         Failure { record, error: error.to_string(), attempts }
     }
 
-    /// Tries up to `attempts` times, the first with `planned` when given;
-    /// transient errors are retried without counting. Returns the last
-    /// permanent error, or `None` on success.
+    /// Tries up to `attempts` times, the first with `planned` when given.
+    /// Failures the database or Redis cause are retried without counting while
+    /// a health check of either fails; while both answer, such failures count
+    /// as the batch's own once they have lasted `max_transient_wait`, so a
+    /// plugin cannot hold a batch in an endless "transient" loop. Returns the
+    /// last counted error, or `None` on success.
     async fn retry(
         &self,
         generation: &Generation,
         events: &[&ChangeEvent],
         attempts: u32,
         shutdown: &CancellationToken,
-        mut planned: Option<Result<KeyPlan, ApplyError>>,
+        mut planned: Option<Result<super::plan::KeyPlan, ApplyError>>,
     ) -> Result<Option<ApplyError>, Interrupted> {
         let mut failed = 0;
-        let mut transient_waits = 0u32;
+        let mut waits = 0u32;
+        let mut answering_since: Option<Instant> = None;
         loop {
             // The first attempt uses the keys planned ahead; retries plan again.
             let attempt = match planned.take() {
@@ -199,92 +295,33 @@ impl Pipeline {
                 Err(error) => error,
             };
             self.stats.failed(&error);
-            let delay = if error.is_transient() {
-                transient_waits += 1;
-                tracing::warn!(pipeline = %self.name, error = %error, "dependency unavailable; waiting, nothing acked");
-                backoff(generation.config.retry_backoff, transient_waits)
-            } else {
+            self.struggling.store(true, Ordering::Relaxed);
+            let counts = match error.blame() {
+                Blame::Batch => true,
+                Blame::Unclear => generation.dependencies_answer().await,
+                Blame::Dependencies if generation.dependencies_answer().await => {
+                    answering_since.get_or_insert_with(Instant::now).elapsed() >= generation.config.max_transient_wait
+                }
+                Blame::Dependencies => {
+                    answering_since = None;
+                    false
+                }
+            };
+            let delay = if counts {
                 failed += 1;
                 if failed >= attempts {
                     return Ok(Some(error));
                 }
                 tracing::warn!(pipeline = %self.name, error = %error, attempt = failed, "batch failed; retrying");
                 backoff(generation.config.retry_backoff, failed)
+            } else {
+                waits += 1;
+                tracing::warn!(pipeline = %self.name, error = %error, "dependency unavailable; waiting, nothing acked");
+                backoff(generation.config.retry_backoff, waits)
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Interrupted),
                 _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    /// One attempt: keys for every event, then [`Self::execute`].
-    async fn apply(&self, generation: &Generation, events: &[&ChangeEvent]) -> Result<WriteReport, ApplyError> {
-        let mut plan = KeyPlan::default();
-        let mut instance = generation.instance.lock().await;
-        for event in events {
-            plan_keys(&mut instance, &mut plan, event).await?;
-        }
-        drop(instance);
-        self.execute(generation, plan, events.len()).await
-    }
-
-    /// Recomputes (or, for `invalidate`, deletes) the planned keys and writes them.
-    async fn execute(&self, generation: &Generation, plan: KeyPlan, events: usize) -> Result<WriteReport, ApplyError> {
-        self.stats.planned(events, plan.named(), plan.len());
-        if plan.is_empty() {
-            return Ok(WriteReport::default());
-        }
-        let mut instance = generation.instance.lock().await;
-        let label = instance.label();
-        match generation.config.on_change {
-            OnChange::Invalidate => {
-                drop(instance);
-                let read_at_ms = now_ms();
-                let writes: Vec<KeyWrite> =
-                    plan.keys().iter().map(|key| planned_write(&plan, key, KeyAction::Delete, read_at_ms)).collect();
-                Ok(generation.writer.write(&label, &writes).await?)
-            }
-            OnChange::Recompute => {
-                let mut report = WriteReport::default();
-                let mut writing: Option<BoxFuture<'_, Result<WriteReport, SinkError>>> = None;
-                for chunk in plan.keys().chunks(generation.config.recompute_batch) {
-                    // Stamped before the call: the value reflects the database at least as of now.
-                    let read_at_ms = now_ms();
-                    let recompute = async {
-                        let started = Instant::now();
-                        let outcomes = instance.recompute(chunk).await;
-                        self.stats.recomputed(started.elapsed());
-                        outcomes
-                    };
-                    // The previous chunk's writes go to Redis while this chunk's
-                    // queries run; a failure of either fails the attempt, and a
-                    // retry rewrites nothing twice (the guard skips equal positions).
-                    let outcomes = match writing.take() {
-                        Some(write) => {
-                            let (written, outcomes) = tokio::join!(write, recompute);
-                            report.add(&written?);
-                            outcomes
-                        }
-                        None => recompute.await,
-                    };
-                    let mut writes = Vec::with_capacity(chunk.len());
-                    for (key, outcome) in chunk.iter().zip(outcomes?) {
-                        let action = match outcome {
-                            Outcome::Put(value) => KeyAction::Put(value),
-                            Outcome::Delete => KeyAction::Delete,
-                            Outcome::Keep => continue,
-                        };
-                        writes.push(planned_write(&plan, key, action, read_at_ms));
-                    }
-                    let (writer, label) = (&generation.writer, label.as_str());
-                    writing = Some(Box::pin(async move { writer.write(label, &writes).await }));
-                }
-                drop(instance);
-                if let Some(write) = writing {
-                    report.add(&write.await?);
-                }
-                Ok(report)
             }
         }
     }
@@ -298,20 +335,6 @@ fn record_plugin(stats: &PipelineStats, instance: &PluginHandle) {
     };
     let label = instance.label();
     stats.plugin_loaded(label.rsplit_once('@').map_or("", |(_, v)| v), loaded_at);
-}
-
-fn planned_write(plan: &KeyPlan, key: &str, action: KeyAction, read_at_ms: u64) -> KeyWrite {
-    let version = plan.version(key).map(|v| v.at(read_at_ms));
-    KeyWrite {
-        key: key.to_owned(),
-        action,
-        version: version.unwrap_or(crate::sink::KeyVersion {
-            position: String::new(),
-            snapshot: false,
-            committed_at_ms: 0,
-            read_at_ms,
-        }),
-    }
 }
 
 fn backoff(first: Duration, attempt: u32) -> Duration {
@@ -333,5 +356,23 @@ mod tests {
         assert_eq!(backoff(first, 1), Duration::from_millis(100));
         assert_eq!(backoff(first, 3), Duration::from_millis(400));
         assert_eq!(backoff(first, 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn failures_are_blamed_by_what_they_mean() {
+        let timeout = |in_query| {
+            ApplyError::Plugin(CallError::Timeout {
+                plugin: "p@1".into(),
+                call: "keys",
+                timeout: Duration::from_secs(1),
+                in_query,
+            })
+        };
+        assert_eq!(timeout(false).blame(), Blame::Batch);
+        assert_eq!(timeout(true).blame(), Blame::Unclear);
+        let unavailable = CallError::Unavailable { plugin: "p@1".into(), call: "recompute", message: "down".into() };
+        assert_eq!(ApplyError::Plugin(unavailable).blame(), Blame::Dependencies);
+        let bad_key = SinkError::BadKey { key: "k".into(), reason: "is empty" };
+        assert_eq!(ApplyError::Sink(bad_key).blame(), Blame::Batch);
     }
 }

@@ -39,8 +39,8 @@ pub struct PipelineConfig {
     /// Safety TTL for every written key, e.g. "24h"; a plugin's own TTL wins. Default: none.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
-    /// Attempts for a failing batch before its records are isolated and the
-    /// failing ones dead-lettered (default 5).
+    /// Attempts for a failing batch before its failing records are isolated by
+    /// bisection and dead-lettered (default 5).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt up to 5s (default "100ms").
@@ -53,6 +53,18 @@ pub struct PipelineConfig {
     /// Most keys handed to one `recompute` call (default 500).
     #[serde(default = "default_recompute_batch")]
     pub recompute_batch: usize,
+    /// Most distinct keys one batch holds in memory (default 50000): a fan-out
+    /// batch naming more is recomputed and written in consecutive parts.
+    #[serde(default = "default_max_batch_keys")]
+    pub max_batch_keys: usize,
+    /// How long a batch may keep failing with errors that look transient (a
+    /// statement timeout, a serialization failure, a dropped connection, a
+    /// Redis `BUSY`) while the database and the cache answer health checks,
+    /// e.g. "30s"; after that its failures count as its own: retried
+    /// `max_attempts` times, then isolated and dead-lettered (default "2m").
+    /// While a health check fails, the batch waits without limit.
+    #[serde(default = "default_max_transient_wait", with = "humantime_serde")]
+    pub max_transient_wait: Duration,
     /// Handed to the plugin's `init` as string pairs, e.g. `key_prefix = "specialist"`.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -66,6 +78,12 @@ fn default_retry_backoff() -> Duration {
 }
 fn default_recompute_batch() -> usize {
     500
+}
+fn default_max_batch_keys() -> usize {
+    50_000
+}
+fn default_max_transient_wait() -> Duration {
+    Duration::from_secs(120)
 }
 
 impl PipelineConfig {

@@ -3,11 +3,14 @@
 
 mod batch;
 pub mod config;
+mod execute;
+mod ledger;
 pub mod plan;
 mod planning;
 mod runner;
 mod staging;
 pub mod stats;
+mod worker;
 
 pub use batch::{ApplyError, Failure, Interrupted, Pipeline, now_ms};
 pub use config::{OnChange, PipelineConfig};

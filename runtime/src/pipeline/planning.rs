@@ -1,6 +1,8 @@
 //! The first stage of a batch: the plugin's `keys` for each event, gathered
 //! into one key plan. It runs on the pipeline's planning instance, so the next
-//! batch is planned while this one is recomputed and written.
+//! batch is planned while this one is recomputed and written. A pipeline whose
+//! batches keep failing is not planned ahead, nor a plan past `max_batch_keys`:
+//! the batch is then planned when it runs, in bounded parts.
 
 use std::sync::Arc;
 
@@ -15,14 +17,16 @@ pub struct Planning {
     pub(super) generation: Arc<Generation>,
     /// (record index in the source batch, event).
     pub(super) events: Vec<(usize, ChangeEvent)>,
-    /// The keys, or the error that stopped planning: the batch's first attempt.
-    pub(super) plan: Result<KeyPlan, ApplyError>,
+    /// The keys, or the error that stopped planning (the batch's first
+    /// attempt); `None` when the batch is planned as it runs.
+    pub(super) plan: Option<Result<KeyPlan, ApplyError>>,
 }
 
 impl Pipeline {
     /// Starts planning a batch on the generation live now; the batch runs on it to the end.
     pub fn start_planning(&self) -> Planning {
-        Planning { generation: self.generation(), events: Vec::new(), plan: Ok(KeyPlan::default()) }
+        let plan = (!self.struggling()).then(|| Ok(KeyPlan::default()));
+        Planning { generation: self.generation(), events: Vec::new(), plan }
     }
 }
 
@@ -30,18 +34,25 @@ impl Planning {
     /// Adds events and plans their keys. After a failure the events are only
     /// kept: the failed plan is the first attempt, and retries plan anew.
     pub async fn add(&mut self, events: Vec<(usize, ChangeEvent)>) {
-        if let Ok(plan) = &mut self.plan {
+        if let Some(Ok(plan)) = &mut self.plan {
+            let limit = self.generation.config.max_batch_keys;
             let mut planner = self.generation.planner().lock().await;
-            let mut failed = None;
+            let mut outcome = Ok(true);
             for (_, event) in &events {
                 if let Err(error) = plan_keys(&mut planner, plan, event).await {
-                    failed = Some(error);
+                    outcome = Err(error);
+                    break;
+                }
+                if plan.len() > limit {
+                    outcome = Ok(false);
                     break;
                 }
             }
             drop(planner);
-            if let Some(error) = failed {
-                self.plan = Err(error);
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => self.plan = None,
+                Err(error) => self.plan = Some(Err(error)),
             }
         }
         self.events.extend(events);

@@ -1,23 +1,30 @@
 //! The loop that drives one source: read a batch, decode, route to pipelines
-//! and plan its keys, recompute and write it while the next batch is read and
-//! planned, dead-letter what failed for good, then acknowledge the whole batch.
+//! and plan its keys, hand each pipeline its share (each pipeline's worker
+//! recomputes and writes its batches in order while the next is read), then
+//! dead-letter what failed for good and acknowledge, batch by batch in order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Interrupted, Pipeline};
-use super::planning::Planning;
-use super::staging::{Letter, Staged, Staging, joined};
-use crate::source::DeadLetter;
-use crate::source::{RawRecord, ReadAhead, Source, SourceError, StreamAcker};
+use super::batch::Pipeline;
+use super::ledger::{Acks, Inbox, Ledger, Unsettled, settle, settle_in_order};
+use super::staging::{Staged, Staging, joined, record_bytes};
+use super::worker::Worker;
+use crate::source::health::SourceHealth;
+use crate::source::{RawRecord, ReadAhead, Source, SourceError};
 
-/// Wait between attempts to reach an unavailable source.
+/// First wait before reading again from a failing source; doubles per failure.
 const SOURCE_RETRY: Duration = Duration::from_millis(500);
+/// Longest wait between attempts to read from a failing source.
+const MAX_SOURCE_RETRY: Duration = Duration::from_secs(5);
+/// Batches read and not yet settled, at most: what lets a healthy pipeline run
+/// ahead of a failing one on the same source, and what bounds memory (each
+/// batch is bounded by the source's `max_batch_entries` and `max_batch_bytes`).
+const MAX_UNSETTLED_BATCHES: usize = 4;
 
 /// Drives one source and the pipelines fed by it.
 pub struct SourceRunner {
@@ -25,245 +32,150 @@ pub struct SourceRunner {
     pipelines: Vec<Arc<Pipeline>>,
     /// `schema.table` → indexes into `pipelines`.
     routes: HashMap<String, Vec<usize>>,
+    health: Arc<SourceHealth>,
 }
 
 impl SourceRunner {
     /// Routes each pipeline's tables to it.
-    pub fn new(source: Source, pipelines: Vec<Arc<Pipeline>>) -> Self {
+    pub fn new(source: Source, pipelines: Vec<Arc<Pipeline>>, health: Arc<SourceHealth>) -> Self {
         let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, pipeline) in pipelines.iter().enumerate() {
             for table in pipeline.tables() {
                 routes.entry(table.clone()).or_default().push(index);
             }
         }
-        Self { source, pipelines, routes }
+        Self { source, pipelines, routes, health }
     }
 
-    /// Runs until `shutdown` is cancelled. The batch in flight is finished
-    /// (drained) when it can be; one that cannot is left unacknowledged and is
-    /// read again on the next start.
+    /// Runs until `shutdown` is cancelled. Batches already read are finished
+    /// (drained) when they can be; one that cannot is left unacknowledged and
+    /// is read again on the next start.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.source.name().to_owned();
         tracing::info!(source = %name, pipelines = self.pipelines.len(), "source started");
-        let mut read_ahead: Option<Result<Staged, SourceError>> = None;
-        let mut settling: Option<JoinHandle<Result<(), Interrupted>>> = None;
-        // A batch already read when shutdown comes is drained like the one in flight.
-        while !shutdown.is_cancelled() || read_ahead.is_some() {
-            let staged = match read_ahead.take() {
-                Some(staged) => staged,
-                // A read is never abandoned: Redis may already have delivered its
-                // entries to us. It is bounded by the source's `block`.
-                None => match self.source.next_batch().await {
-                    Ok(records) => {
-                        let mut staging = Staging::new(&self.pipelines);
-                        staging.add(&self.routes, records);
-                        Ok(staging.staged().await)
-                    }
-                    Err(e) => Err(e),
-                },
+        let (inbox, inbox_receiver) = Inbox::new();
+        let mut workers = Vec::new();
+        let mut worker_tasks = Vec::new();
+        for pipeline in &self.pipelines {
+            let (worker, task) = Worker::spawn(pipeline.clone(), inbox.clone(), shutdown.clone());
+            workers.push(worker);
+            worker_tasks.push(task);
+        }
+        // Where the source allows it, batches are settled on a task of their
+        // own while reading goes on; otherwise each batch is settled before the
+        // next is read.
+        let read_ahead = self.source.read_ahead();
+        let (settler, mut own_inbox, unsettled) = match (read_ahead, self.source.acker()) {
+            (Some(_), Some(acker)) => {
+                let task = tokio::spawn(settle_in_order(acker, inbox_receiver, shutdown.clone()));
+                (Some(task), None, Arc::new(Semaphore::new(MAX_UNSETTLED_BATCHES)))
+            }
+            _ => (None, Some(inbox_receiver), Arc::new(Semaphore::new(1))),
+        };
+        let mut ledger = Ledger::default();
+        let mut failures = 0u32;
+        let mut seq = 0u64;
+        while !shutdown.is_cancelled() {
+            let permit = tokio::select! {
+                permit = unsettled.clone().acquire_owned() => permit,
+                _ = shutdown.cancelled() => break,
             };
-            let staged = match staged {
+            let Ok(permit) = permit else { break };
+            let staged = match gather(&mut self.source, &self.pipelines, &self.routes, &workers, read_ahead).await {
                 Ok(staged) => staged,
                 Err(e) => {
+                    self.health.failed(&e);
+                    failures += 1;
                     tracing::warn!(source = %name, error = %e, "source unavailable; retrying");
-                    sleep_unless(&shutdown, SOURCE_RETRY).await;
+                    sleep_unless(&shutdown, backoff(failures)).await;
                     continue;
                 }
             };
+            self.health.ok();
+            failures = 0;
             if staged.records.is_empty() {
                 continue;
             }
-            let Staged { records, mut letters, planning } = staged;
-            // The batch is recomputed and written on its own task while, where the
-            // source allows it, the next one is read and planned; batches are
-            // still written and acknowledged in order.
-            let finishing = tokio::spawn(finish(self.pipelines.clone(), planning, shutdown.clone()));
-            let finished = match self.source.read_ahead() {
-                Some(read_ahead_limits) if !shutdown.is_cancelled() => {
-                    let (finished, next) =
-                        read_while(&mut self.source, &self.pipelines, &self.routes, finishing, read_ahead_limits).await;
-                    read_ahead = Some(next);
-                    finished
+            seq += 1;
+            let Staged { records, letters, planning } = staged;
+            let waiting = planning.iter().filter(|p| p.is_some()).count();
+            let mut batch = Unsettled::new(seq, records, letters, waiting);
+            batch.permit = Some(permit);
+            inbox.batch(batch);
+            for (worker, planning) in workers.iter().zip(planning) {
+                if let Some(planning) = planning {
+                    worker.send(seq, planning);
                 }
-                _ => joined(finishing).await,
-            };
-            let batch_len = records.len();
-            let settled = match finished {
-                Ok(failed) => {
-                    letters.extend(failed);
-                    // At most one batch is settled in the background; it is done by now, normally.
-                    let previous = match settling.take() {
-                        Some(task) => joined(task).await,
-                        None => Ok(()),
-                    };
-                    match (previous, self.source.acker()) {
-                        (Err(interrupted), _) => Err(interrupted),
-                        (Ok(()), Some(acker)) => {
-                            let shutdown = shutdown.clone();
-                            settling = Some(tokio::spawn(async move {
-                                settle(Acks::Stream(acker), &records, letters, &shutdown).await
-                            }));
-                            Ok(())
+            }
+            if let Some(inbox_receiver) = &mut own_inbox {
+                // Settled here, on the source, before anything more is read.
+                let settled = loop {
+                    match ledger.ready() {
+                        Some(Ok(batch)) => {
+                            let acks = Acks::Source(&mut self.source);
+                            break settle(acks, &batch.records, batch.letters, &shutdown).await;
                         }
-                        (Ok(()), None) => settle(Acks::Source(&mut self.source), &records, letters, &shutdown).await,
+                        Some(Err(interrupted)) => break Err(interrupted),
+                        None => match inbox_receiver.recv().await {
+                            Some(message) => ledger.hear(message),
+                            None => break Ok(()),
+                        },
                     }
+                };
+                if settled.is_err() {
+                    tracing::info!(source = %name, "shutdown during a failing batch; left pending for the next start");
+                    break;
                 }
-                Err(interrupted) => Err(interrupted),
-            };
-            if settled.is_err() {
-                tracing::info!(source = %name, records = batch_len, "shutdown during a failing batch; left pending for the next start");
-                break;
             }
         }
-        if let Some(task) = settling
-            && joined(task).await.is_err()
-        {
-            tracing::info!(source = %name, "shutdown while acknowledging a batch; left pending for the next start");
+        // Workers finish what they were given; the settler then settles it.
+        drop(workers);
+        drop(inbox);
+        for task in worker_tasks {
+            joined(task).await;
+        }
+        if let Some(settler) = settler {
+            joined(settler).await;
         }
         self.source.close().await;
         tracing::info!(source = %name, "source stopped");
     }
 }
 
-/// Where a batch is settled: on the source, or, where the source allows it, on
-/// an acker while the source reads on.
-enum Acks<'a> {
-    Source(&'a mut Source),
-    Stream(StreamAcker),
-}
-
-impl Acks<'_> {
-    fn name(&self) -> &str {
-        match self {
-            Acks::Source(source) => source.name(),
-            Acks::Stream(acker) => acker.name(),
-        }
-    }
-
-    async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
-        match self {
-            Acks::Source(source) => source.dead_letter(letters).await,
-            Acks::Stream(acker) => acker.dead_letter(letters).await,
-        }
-    }
-
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
-        match self {
-            Acks::Source(source) => source.ack(records).await,
-            Acks::Stream(acker) => acker.ack(records).await,
-        }
-    }
-}
-
-/// Writes the batch's dead letters, then acknowledges every record of it.
-async fn settle(
-    mut acks: Acks<'_>,
-    records: &[RawRecord],
-    letters: Vec<Letter>,
-    shutdown: &CancellationToken,
-) -> Result<(), Interrupted> {
-    let letters: Vec<DeadLetter<'_>> = letters
-        .into_iter()
-        .map(|l| DeadLetter { record: &records[l.record], pipeline: l.pipeline, error: l.error, attempts: l.attempts })
-        .collect();
-    // Dead letters first: a record is acked only once it is written somewhere.
-    loop {
-        match acks.dead_letter(&letters).await {
-            Ok(()) => break,
-            Err(e) => wait_for_source(acks.name(), &e, shutdown).await?,
-        }
-    }
-    crate::metrics::dead_lettered(acks.name(), &letters);
-    loop {
-        match acks.ack(records).await {
-            Ok(()) => return Ok(()),
-            Err(e) => wait_for_source(acks.name(), &e, shutdown).await?,
-        }
-    }
-}
-
-async fn wait_for_source(source: &str, error: &SourceError, shutdown: &CancellationToken) -> Result<(), Interrupted> {
-    tracing::warn!(source = %source, error = %error, "source command failed; retrying");
-    if shutdown.is_cancelled() {
-        return Err(Interrupted);
-    }
-    sleep_unless(shutdown, SOURCE_RETRY).await;
-    Ok(())
-}
-
-/// Recomputes and writes a staged batch in every pipeline it touches; returns
-/// what failed for good.
-async fn finish(
-    pipelines: Vec<Arc<Pipeline>>,
-    planning: Vec<Option<Planning>>,
-    shutdown: CancellationToken,
-) -> Result<Vec<Letter>, Interrupted> {
-    let runs = pipelines.iter().zip(planning).filter_map(|(pipeline, planning)| {
-        let shutdown = &shutdown;
-        planning.map(|planning| async move { (pipeline.name().to_owned(), pipeline.finish(planning, shutdown).await) })
-    });
-    let mut letters = Vec::new();
-    for (pipeline, result) in join_all(runs).await {
-        for failure in result? {
-            letters.push(Letter {
-                record: failure.record,
-                pipeline: Some(pipeline.clone()),
-                error: failure.error,
-                attempts: failure.attempts,
-            });
-        }
-    }
-    Ok(letters)
-}
-
-type Finishing = JoinHandle<Result<Vec<Letter>, Interrupted>>;
-
-/// Waits for `finishing` while reading the next batch; each read's records
-/// are decoded while the following read is in flight, and planned on the
-/// staging's own task. Reads go on while `finishing` runs, and after it while
-/// reads come back full (a backlog), up to `limits.batch` records: a backlog
-/// is applied in big batches, in which a hot row's changes are recomputed
-/// once. A read already started is always awaited, since Redis may have
-/// delivered its entries to us.
-async fn read_while(
+/// Reads the next batch: one read, or, where the source allows reading
+/// ahead, reads until the pipelines that are not failing are ready for more
+/// and the last read was not full (a backlog keeps the batch growing, so a hot
+/// row's changes are recomputed once), up to the batch limits. Each read's
+/// records are decoded while the next read is in flight; their keys are
+/// planned on the pipelines' own tasks. A read already started is always
+/// awaited: Redis may have delivered its entries to us.
+async fn gather(
     source: &mut Source,
     pipelines: &[Arc<Pipeline>],
     routes: &HashMap<String, Vec<usize>>,
-    finishing: Finishing,
-    limits: ReadAhead,
-) -> (Result<Vec<Letter>, Interrupted>, Result<Staged, SourceError>) {
-    let mut finishing = std::pin::pin!(joined(finishing));
-    let mut finished = None;
-    let mut next = Staging::new(pipelines);
+    workers: &[Worker],
+    limits: Option<ReadAhead>,
+) -> Result<Staged, SourceError> {
+    let mut staging = Staging::new(pipelines);
     let mut undecoded: Vec<RawRecord> = Vec::new();
-    let mut failed = None;
     loop {
-        let read = async {
-            let read = source.next_batch();
-            tokio::pin!(read);
-            loop {
-                tokio::select! {
-                    out = &mut finishing, if finished.is_none() => finished = Some(out),
-                    batch = &mut read => break batch,
-                }
-            }
-        };
-        let decode = async { next.add(routes, std::mem::take(&mut undecoded)) };
+        let decode = async { staging.add(routes, std::mem::take(&mut undecoded)) };
         // `join!` polls the read first, so its command is sent before decoding starts.
-        let (batch, ()) = tokio::join!(read, decode);
-        match batch {
-            Ok(batch) => {
-                let (caught_up, backlog) = (batch.is_empty(), batch.len() >= limits.full_read);
-                undecoded = batch;
-                let gathered = next.len() + undecoded.len();
-                if caught_up || gathered >= limits.batch || (finished.is_some() && !backlog) {
+        let (read, ()) = tokio::join!(source.next_batch(), decode);
+        match read {
+            Ok(read) => {
+                let caught_up = read.is_empty();
+                undecoded = read;
+                let Some(limits) = limits else { break };
+                let full = undecoded.len() >= limits.full_read;
+                let gathered = staging.len() + undecoded.len();
+                let bytes = staging.bytes() + undecoded.iter().map(record_bytes).sum::<usize>();
+                let ready = workers.iter().all(|worker| worker.ready_for_more());
+                if caught_up || gathered >= limits.batch || bytes >= limits.bytes || (ready && !full) {
                     break;
                 }
             }
-            Err(e) if next.len() == 0 => {
-                failed = Some(e);
-                break;
-            }
+            Err(e) if staging.len() == 0 => return Err(e),
             // Records gathered so far are ours now and go on; the failing read is retried after them.
             Err(e) => {
                 tracing::warn!(error = %e, "read-ahead failed; applying what was read");
@@ -271,15 +183,12 @@ async fn read_while(
             }
         }
     }
-    next.add(routes, undecoded);
-    let finished = async {
-        match finished {
-            Some(out) => out,
-            None => finishing.await,
-        }
-    };
-    let (finished, next) = tokio::join!(finished, next.staged());
-    (finished, failed.map_or(Ok(next), Err))
+    staging.add(routes, undecoded);
+    Ok(staging.staged().await)
+}
+
+fn backoff(failures: u32) -> Duration {
+    SOURCE_RETRY.saturating_mul(1 << failures.saturating_sub(1).min(8)).min(MAX_SOURCE_RETRY)
 }
 
 async fn sleep_unless(shutdown: &CancellationToken, delay: Duration) {

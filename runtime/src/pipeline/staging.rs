@@ -1,6 +1,7 @@
 //! A batch on its way in: each read's records are decoded and routed as they
-//! arrive while their keys are planned on a task of their own, so reading,
-//! planning and writing the batch before can run on different cores.
+//! arrive while their keys are planned, each pipeline on a task of its own, so
+//! reading, planning and writing the batch before can run on different cores
+//! and one pipeline's slow `keys` never delays another's planning.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,25 +32,35 @@ pub(super) struct Staged {
     pub(super) planning: Vec<Option<Planning>>,
 }
 
-/// Events routed from one read, per pipeline (by index).
-type Routed = Vec<Vec<(usize, ChangeEvent)>>;
+/// Events of one read routed to one pipeline: (record index, event).
+type Routed = Vec<(usize, ChangeEvent)>;
+
+/// A pipeline's planning task and the way to feed it.
+struct Planner {
+    events: mpsc::UnboundedSender<Routed>,
+    task: JoinHandle<Planning>,
+}
 
 /// A batch being gathered.
 pub(super) struct Staging {
     records: Vec<RawRecord>,
     letters: Vec<Letter>,
-    /// How many pipelines the runner feeds.
-    pipelines: usize,
-    routed: mpsc::UnboundedSender<Routed>,
-    planner: JoinHandle<Vec<Option<Planning>>>,
+    /// Bytes of the records' fields gathered so far.
+    bytes: usize,
+    pipelines: Vec<Arc<Pipeline>>,
+    planners: Vec<Option<Planner>>,
 }
 
 impl Staging {
-    /// An empty batch with its planning task started.
+    /// An empty batch; a pipeline's planning task starts with its first event.
     pub(super) fn new(pipelines: &[Arc<Pipeline>]) -> Self {
-        let (routed, arriving) = mpsc::unbounded_channel();
-        let planner = tokio::spawn(plan(pipelines.to_vec(), arriving));
-        Self { records: Vec::new(), letters: Vec::new(), pipelines: pipelines.len(), routed, planner }
+        Self {
+            records: Vec::new(),
+            letters: Vec::new(),
+            bytes: 0,
+            pipelines: pipelines.to_vec(),
+            planners: pipelines.iter().map(|_| None).collect(),
+        }
     }
 
     /// Records gathered so far.
@@ -57,13 +68,19 @@ impl Staging {
         self.records.len()
     }
 
+    /// Bytes of the records' fields gathered so far.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Decodes `records` and routes them by table; their keys are planned on
-    /// the planning task.
+    /// the pipelines' planning tasks.
     pub(super) fn add(&mut self, routes: &HashMap<String, Vec<usize>>, records: Vec<RawRecord>) {
         let offset = self.records.len();
-        let mut routed: Routed = vec![Vec::new(); self.pipelines];
+        let mut routed: Vec<Routed> = vec![Vec::new(); self.pipelines.len()];
         for (index, record) in records.iter().enumerate() {
             let index = offset + index;
+            self.bytes += record_bytes(record);
             match decode_stream_entry(&record.stream, &record.fields) {
                 Ok(Decoded::Change(event)) => {
                     let table = format!("{}.{}", event.schema.as_deref().unwrap_or(""), event.table);
@@ -90,29 +107,47 @@ impl Staging {
             }
         }
         self.records.extend(records);
-        if routed.iter().any(|events| !events.is_empty()) {
-            // The planner lives until `staged` drops the sender, so this cannot fail.
-            let _ = self.routed.send(routed);
+        for (index, events) in routed.into_iter().enumerate().filter(|(_, events)| !events.is_empty()) {
+            let pipeline = &self.pipelines[index];
+            let planner = self.planners[index].get_or_insert_with(|| plan(pipeline.clone()));
+            // The task lives until `staged` drops the sender, so this cannot fail.
+            let _ = planner.events.send(events);
         }
     }
 
     /// The batch, once every key of it is planned.
     pub(super) async fn staged(self) -> Staged {
-        let Staging { records, letters, routed, planner, .. } = self;
-        drop(routed);
-        Staged { records, letters, planning: joined(planner).await }
+        let Staging { records, letters, planners, .. } = self;
+        let mut planning = Vec::with_capacity(planners.len());
+        for planner in planners {
+            planning.push(match planner {
+                Some(Planner { events, task }) => {
+                    drop(events);
+                    Some(joined(task).await)
+                }
+                None => None,
+            });
+        }
+        Staged { records, letters, planning }
     }
 }
 
-/// The planning task: plans each read's events in arrival order.
-async fn plan(pipelines: Vec<Arc<Pipeline>>, mut arriving: mpsc::UnboundedReceiver<Routed>) -> Vec<Option<Planning>> {
-    let mut planning: Vec<Option<Planning>> = pipelines.iter().map(|_| None).collect();
-    while let Some(routed) = arriving.recv().await {
-        for (index, events) in routed.into_iter().enumerate().filter(|(_, events)| !events.is_empty()) {
-            planning[index].get_or_insert_with(|| pipelines[index].start_planning()).add(events).await;
+/// A pipeline's planning task: plans each read's events in arrival order.
+fn plan(pipeline: Arc<Pipeline>) -> Planner {
+    let (events, mut arriving) = mpsc::unbounded_channel::<Routed>();
+    let task = tokio::spawn(async move {
+        let mut planning = pipeline.start_planning();
+        while let Some(events) = arriving.recv().await {
+            planning.add(events).await;
         }
-    }
-    planning
+        planning
+    });
+    Planner { events, task }
+}
+
+/// What a record costs in memory, roughly: its fields' text.
+pub(super) fn record_bytes(record: &RawRecord) -> usize {
+    record.stream.len() + record.id.len() + record.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// A task's result; a panic in it is the caller's own.

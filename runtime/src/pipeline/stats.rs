@@ -62,6 +62,8 @@ pub struct StatsSnapshot {
     pub last_committed_at_ms: Option<u64>,
     /// When the last batch was written (Unix ms).
     pub last_write_at_ms: Option<u64>,
+    /// When the batch being applied now was started (Unix ms); `None` while idle.
+    pub busy_since_ms: Option<u64>,
     /// The last `HISTORY_SECONDS` seconds, oldest first, gaps filled with zeros.
     pub history: Vec<Second>,
     /// The last errors, newest last.
@@ -91,6 +93,11 @@ impl PipelineStats {
         let mut inner = self.lock();
         inner.plugin = format!("{}@{version}", self.plugin);
         inner.plugin_loaded_at_ms = (at * 1000.0) as u64;
+    }
+
+    /// A batch is being applied from now on.
+    pub fn started(&self) {
+        self.lock().busy_since_ms = Some(now_ms());
     }
 
     /// Keys planned for one attempt: `named` by the plugin, `distinct` after coalescing.
@@ -153,6 +160,7 @@ impl PipelineStats {
         inner.events += written;
         inner.dead_letters += failed.len() as u64;
         inner.last_write_at_ms = Some(now);
+        inner.busy_since_ms = None;
         if max_delay.is_some() {
             inner.last_delay_ms = max_delay;
             inner.last_committed_at_ms = inner.last_committed_at_ms.max(newest);

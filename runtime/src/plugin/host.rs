@@ -9,7 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{DbValue, LogLevel, Rows, evercache};
 use super::stdio::LogStream;
-use crate::recompute::query::QueryRunner;
+use crate::recompute::query::{QueryError, QueryRunner};
 
 /// The data of one plugin instance's store.
 pub(crate) struct PluginState {
@@ -19,9 +19,15 @@ pub(crate) struct PluginState {
     plugin: Arc<str>,
     pipeline: Arc<str>,
     database: Option<QueryRunner>,
-    /// Set when a host query failed because the database was unreachable: the
-    /// call's failure is then transient, whatever the plugin made of it.
-    pub(crate) unavailable: Option<String>,
+    /// Set when a host query failed for a transient reason (the database
+    /// unreachable or overloaded): the call's failure is then transient,
+    /// whatever the plugin made of it.
+    pub(crate) transient: Option<String>,
+    /// Set when a host query was cancelled at the call's deadline: the call
+    /// timed out, whatever the plugin made of it.
+    pub(crate) deadline_hit: bool,
+    /// True while a host query runs; read when a call is cut off at its deadline.
+    pub(crate) in_query: bool,
     /// When the running call's `call_timeout` is up.
     pub(crate) call_deadline: Option<std::time::Instant>,
 }
@@ -58,7 +64,9 @@ impl PluginState {
             plugin,
             pipeline,
             database,
-            unavailable: None,
+            transient: None,
+            deadline_hit: false,
+            in_query: false,
             call_deadline: None,
         }
     }
@@ -78,14 +86,19 @@ impl evercache::plugin::host::Host for PluginState {
             return Err(format!("pipeline '{}' has no database; set `database` in its pipeline file", self.pipeline));
         };
         let started = std::time::Instant::now();
-        let result = database.query(&sql, &params).await;
+        self.in_query = true;
+        let result = database.query_until(&sql, &params, self.call_deadline).await;
+        self.in_query = false;
         let labels = [("pipeline", self.pipeline.to_string()), ("plugin", self.plugin.to_string())];
         metrics::histogram!(crate::metrics::HOST_QUERY_SECONDS, &labels).record(started.elapsed().as_secs_f64());
         match result {
             Ok(rows) => Ok(rows),
             Err(e) => {
                 if e.is_transient() {
-                    self.unavailable = Some(e.to_string());
+                    self.transient = Some(e.to_string());
+                }
+                if matches!(e, QueryError::Deadline { .. }) {
+                    self.deadline_hit = true;
                 }
                 tracing::debug!(plugin = %self.plugin, pipeline = %self.pipeline, error = %e, "host query failed");
                 Err(e.to_string())

@@ -1,5 +1,8 @@
 //! A plugin instantiated for one pipeline: `init`-ed with the pipeline's config,
-//! reused across batches, and rebuilt after a trap (a trapped instance is poisoned).
+//! reused across batches, and rebuilt after a trap or a timeout (such an
+//! instance is poisoned). Every call ends at its deadline, enforced by the host:
+//! the epoch interrupts wasm that runs too long, and the call itself is dropped
+//! at the deadline while it waits (a WASI sleep or poll, a host query).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +39,7 @@ pub enum CallError {
         message: String,
     },
     /// The call ran past the sandbox's `call_timeout`.
-    #[error("plugin {plugin}: `{call}` timed out after {timeout:?}")]
+    #[error("plugin {plugin}: `{call}` timed out after {timeout:?} (call_timeout){}", if *in_query { " while a host query ran" } else { "" })]
     Timeout {
         /// `name@version`.
         plugin: String,
@@ -44,6 +47,9 @@ pub enum CallError {
         call: &'static str,
         /// The limit.
         timeout: Duration,
+        /// A host query was running at the deadline: the database, not the
+        /// plugin, may be what hangs.
+        in_query: bool,
     },
     /// The plugin broke the contract (e.g. fewer outcomes than keys).
     #[error("plugin {plugin}: `{call}` broke the contract: {message}")]
@@ -55,8 +61,9 @@ pub enum CallError {
         /// What was wrong.
         message: String,
     },
-    /// A host query could not reach the database: transient, retried without limit.
-    #[error("plugin {plugin}: database unavailable during `{call}`: {message}")]
+    /// A host query failed for a transient reason (the database unreachable or
+    /// overloaded): retried while the database fails its health checks.
+    #[error("plugin {plugin}: database unavailable or overloaded during `{call}`: {message}")]
     Unavailable {
         /// `name@version`.
         plugin: String,
@@ -157,10 +164,16 @@ impl PluginInstance {
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         store.set_epoch_deadline(1);
-        store.data_mut().call_deadline = Some(Instant::now() + self.call_timeout);
-        let bindings = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| self.trap("init", e))?;
+        let deadline = Instant::now() + self.call_timeout;
+        store.data_mut().call_deadline = Some(deadline);
+        let bindings =
+            match tokio::time::timeout_at(deadline.into(), self.plugin.pre.instantiate_async(&mut store)).await {
+                Ok(instantiated) => instantiated.map_err(|e| self.trap("init", e))?,
+                Err(_) => return Err(self.timeout("init", false)),
+            };
         let mut live = Live { store, bindings };
-        let result = live.bindings.call_init(&mut live.store, &self.config).await;
+        let result =
+            tokio::time::timeout_at(deadline.into(), live.bindings.call_init(&mut live.store, &self.config)).await;
         let result = self.settle("init", &mut live, result)?;
         result.map_err(|e| self.plugin_error("init", e))?;
         self.live = Some(live);
@@ -169,8 +182,8 @@ impl PluginInstance {
 
     /// The cache keys `event` touches.
     pub async fn keys(&mut self, event: &ChangeEvent) -> Result<Vec<String>, CallError> {
-        let mut live = self.take_live().await?;
-        let result = live.bindings.call_keys(&mut live.store, event).await;
+        let (mut live, deadline) = self.take_live().await?;
+        let result = tokio::time::timeout_at(deadline, live.bindings.call_keys(&mut live.store, event)).await;
         let result = self.settle("keys", &mut live, result)?;
         self.live = Some(live);
         let keys = result.map_err(|e| self.plugin_error("keys", e))?;
@@ -190,8 +203,8 @@ impl PluginInstance {
 
     /// One outcome per key, in order.
     pub async fn recompute(&mut self, keys: &[String]) -> Result<Vec<Outcome>, CallError> {
-        let mut live = self.take_live().await?;
-        let result = live.bindings.call_recompute(&mut live.store, keys).await;
+        let (mut live, deadline) = self.take_live().await?;
+        let result = tokio::time::timeout_at(deadline, live.bindings.call_recompute(&mut live.store, keys)).await;
         let result = self.settle("recompute", &mut live, result)?;
         self.live = Some(live);
         let outcomes = result.map_err(|e| self.plugin_error("recompute", e))?;
@@ -205,7 +218,9 @@ impl PluginInstance {
         Ok(outcomes)
     }
 
-    async fn take_live(&mut self) -> Result<Live, CallError> {
+    /// The live instance, taken out for one call (a call that fails for the
+    /// instance's own reasons does not put it back), and the call's deadline.
+    async fn take_live(&mut self) -> Result<(Live, tokio::time::Instant), CallError> {
         if self.live.is_none() {
             self.init().await?;
         }
@@ -214,24 +229,45 @@ impl PluginInstance {
             call: "init",
             message: "instance missing after init".to_owned(),
         })?;
+        let deadline = Instant::now() + self.call_timeout;
         live.store.set_epoch_deadline(1);
-        live.store.data_mut().call_deadline = Some(Instant::now() + self.call_timeout);
-        live.store.data_mut().unavailable = None;
-        Ok(live)
+        let state = live.store.data_mut();
+        state.call_deadline = Some(deadline);
+        state.transient = None;
+        state.deadline_hit = false;
+        state.in_query = false;
+        Ok((live, deadline.into()))
     }
 
-    /// Classifies a finished call; an instance that trapped is dropped by the caller
-    /// not putting it back.
-    fn settle<T>(&self, call: &'static str, live: &mut Live, result: wasmtime::Result<T>) -> Result<T, CallError> {
-        if let Some(message) = live.store.data_mut().unavailable.take() {
+    /// Classifies a finished call; an instance that trapped or timed out is
+    /// dropped by the caller not putting it back. A call cut off at its
+    /// deadline was dropped where it waited: wasmtime unwinds its fiber.
+    fn settle<T>(
+        &self,
+        call: &'static str,
+        live: &mut Live,
+        result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CallError> {
+        let state = live.store.data_mut();
+        let Ok(result) = result else {
+            return Err(self.timeout(call, state.in_query));
+        };
+        if state.deadline_hit {
+            return Err(self.timeout(call, true));
+        }
+        if let Some(message) = state.transient.take() {
             return Err(CallError::Unavailable { plugin: self.plugin.label(), call, message });
         }
         result.map_err(|e| self.trap(call, e))
     }
 
+    fn timeout(&self, call: &'static str, in_query: bool) -> CallError {
+        CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.call_timeout, in_query }
+    }
+
     fn trap(&self, call: &'static str, e: wasmtime::Error) -> CallError {
         if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-            return CallError::Timeout { plugin: self.plugin.label(), call, timeout: self.call_timeout };
+            return self.timeout(call, false);
         }
         // `{:#}`: the cause chain and the wasm backtrace, without a host backtrace
         // (resolving one under RUST_BACKTRACE=1 would stall a runtime worker).

@@ -88,6 +88,12 @@ pub async fn load_file(engine: &PluginEngine, path: &Path) -> Result<Arc<LoadedP
 /// stores it. A cache that cannot be read or written only costs a compile.
 fn compile(engine: &wasmtime::Engine, bytes: &[u8], cached: Option<&Path>) -> wasmtime::Result<(Component, bool)> {
     if let Some(file) = cached
+        && let Err(why) = private_to_us(file)
+    {
+        if file.exists() {
+            tracing::warn!(file = %file.display(), reason = %why, "compile cache entry not trusted; recompiling");
+        }
+    } else if let Some(file) = cached
         && let Ok(artifact) = std::fs::read(file)
     {
         // Read into memory rather than mapped: a file truncated under a mapping
@@ -110,13 +116,41 @@ fn compile(engine: &wasmtime::Engine, bytes: &[u8], cached: Option<&Path>) -> wa
 }
 
 fn store(component: &Component, file: &Path) -> wasmtime::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
+        // Native code is loaded from here: nobody but the runtime's user may write it.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     // Written aside, then renamed: a concurrent reader never sees half an artifact.
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?)?;
+    let mut out = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    out.write_all(&component.serialize()?)?;
+    drop(out);
     std::fs::rename(&tmp, file)?;
+    Ok(())
+}
+
+/// A compiled artifact is native code run without checks: it is loaded only
+/// when it and its directory belong to the runtime's user and nobody else may
+/// write to them.
+fn private_to_us(file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let us = unsafe { libc::geteuid() };
+    let dir = file.parent().ok_or("no directory")?;
+    for path in [dir, file] {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+        if meta.file_type().is_symlink() {
+            return Err(format!("{} is a symbolic link", path.display()));
+        }
+        if meta.uid() != us {
+            return Err(format!("{} belongs to uid {}, not the runtime's uid {us}", path.display(), meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!("{} is writable by others (mode {:o})", path.display(), meta.mode() & 0o777));
+        }
+    }
     Ok(())
 }
 

@@ -147,7 +147,8 @@ impl Reloader {
         // Every pipeline's new instance is ready: swap them all.
         for (pipeline, handle) in ready {
             let slot = &self.slots[pipeline];
-            slot.pipeline.replace(slot.config.clone(), handle, self.writer(pipeline, &slot.config));
+            let writer = self.writer(pipeline, &slot.config);
+            slot.pipeline.replace(slot.config.clone(), handle, writer, slot.database.clone());
         }
         let previous = self.plugins.insert(name.to_owned(), plugin.clone()).map(|p| p.label());
         metrics::counter!(PLUGIN_RELOADS, "plugin" => name.to_owned(), "outcome" => "ok").increment(1);
@@ -196,7 +197,7 @@ impl Reloader {
         let writer = self.writer(name, &config);
         if let Some(slot) = self.slots.get_mut(name) {
             // Batches in flight finish on the old generation: that is the drain.
-            slot.pipeline.replace(config.clone(), handle, writer);
+            slot.pipeline.replace(config.clone(), handle, writer, database.clone());
             slot.config = config;
             slot.database = database;
         }

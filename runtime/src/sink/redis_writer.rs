@@ -53,15 +53,38 @@ impl SinkError {
         SinkError::Redis(e.to_string(), e)
     }
 
-    /// Connection problems, timeouts, loading, failover and OOM replies pass;
-    /// they are waited out instead of dead-lettering records.
+    /// Connection problems, timeouts, and the replies of a Redis that cannot
+    /// take writes for now (`OOM`, `LOADING`, `BUSY`, `READONLY`, `TRYAGAIN`,
+    /// `MASTERDOWN`, `CLUSTERDOWN`) pass: they are waited out instead of
+    /// dead-lettering records.
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Redis(_, e) => {
-                e.code() == Some("OOM") || !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
-            }
+            SinkError::Redis(_, e) => redis_transient(e),
             SinkError::BadKey { .. } => false,
         }
+    }
+}
+
+/// The key a health check writes (with a short expiry).
+const HEALTH_KEY: &str = "evercache:health";
+
+/// Reply codes of a Redis that cannot serve for now, whatever the command.
+const TRANSIENT_CODES: &[&str] =
+    &["OOM", "LOADING", "BUSY", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF"];
+
+/// True for connection problems and for replies that say nothing about the
+/// command itself; looks into every reply of a failed pipeline.
+pub(crate) fn redis_transient(e: &RedisError) -> bool {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    let transient_code = |code: &str| TRANSIENT_CODES.contains(&code);
+    if e.code().is_some_and(transient_code) {
+        return true;
+    }
+    match e.clone().into_server_errors() {
+        Some(errors) => errors.iter().any(|(_, error)| transient_code(error.code())),
+        None => matches!(e.retry_method(), redis::RetryMethod::Reconnect | redis::RetryMethod::WaitAndRetry),
     }
 }
 
@@ -102,6 +125,22 @@ impl RedisCache {
     /// A connection to the cache, e.g. for reading metadata.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Does the cache take a write within `timeout`? A write, not a `PING`:
+    /// a Redis out of memory, loading, busy with a script or turned replica
+    /// answers `PING` but refuses what the writer would send.
+    pub async fn check_writable(&self, timeout: Duration) -> Result<(), SinkError> {
+        let mut conn = self.conn.clone();
+        let mut write = redis::cmd("SET");
+        write.arg(HEALTH_KEY).arg(1).arg("PX").arg(10_000);
+        match tokio::time::timeout(timeout, write.query_async::<()>(&mut conn)).await {
+            Ok(answer) => answer.map_err(SinkError::redis),
+            Err(_) => Err(SinkError::redis(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to a health check within {timeout:?}"),
+            )))),
+        }
     }
 }
 
@@ -179,6 +218,11 @@ impl WriteReport {
 const KEYS_PER_ROUND_TRIP: usize = 2000;
 
 impl RedisWriter {
+    /// Does the cache take a write within `timeout`?
+    pub async fn check_writable(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.cache.check_writable(timeout).await
+    }
+
     /// Writes all keys in as few pipeline round trips as the chunk size allows.
     /// Reloads the script once if Redis lost it (a restart or `SCRIPT FLUSH`).
     /// A failure part-way is retried whole: keys already written then count as

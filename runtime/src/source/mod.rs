@@ -2,6 +2,7 @@
 //! them only after the batch's cache writes succeeded.
 
 pub mod dead_letter;
+pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod lag;
@@ -102,7 +103,9 @@ impl Source {
     /// past a batch that is not written.
     pub fn read_ahead(&self) -> Option<ReadAhead> {
         match self {
-            Source::RedisStream(s) => Some(ReadAhead { batch: s.max_batch_entries(), full_read: s.read_size() }),
+            Source::RedisStream(s) => {
+                Some(ReadAhead { batch: s.max_batch_entries(), bytes: s.max_batch_bytes(), full_read: s.read_size() })
+            }
             _ => None,
         }
     }
@@ -155,6 +158,8 @@ impl Source {
 pub struct ReadAhead {
     /// Most records gathered into one batch.
     pub batch: usize,
+    /// Most bytes of records gathered into one batch.
+    pub bytes: usize,
     /// A read returning this many records is full: more are waiting.
     pub full_read: usize,
 }
@@ -170,7 +175,8 @@ pub struct RawRecord {
     pub fields: Vec<(String, String)>,
 }
 
-/// Errors of a source; all of them are transient: the runtime waits and retries.
+/// Errors of a source; the runtime waits and retries every kind, and reports
+/// a source failing for longer than `[http] stuck_after` as not ready.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The source server could not be reached or failed a command.
@@ -191,4 +197,24 @@ pub enum SourceError {
         /// What is wrong.
         message: String,
     },
+    /// The source cannot go on without losing changes (e.g. its replication
+    /// slot is gone); an operator must act. Retried, in case it comes back.
+    #[error("source '{source_name}': halted: {message}")]
+    Halted {
+        /// The `[sources.<name>]` name.
+        source_name: String,
+        /// What happened and what to do.
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// The `kind` label of `evercache_source_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Unavailable { .. } => "unavailable",
+            SourceError::BadConfig { .. } => "config",
+            SourceError::Halted { .. } => "halted",
+        }
+    }
 }

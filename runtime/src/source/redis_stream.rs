@@ -45,6 +45,12 @@ pub struct RedisStreamConfig {
     /// lower, e.g. 500.
     #[serde(default = "default_max_batch_entries")]
     pub max_batch_entries: usize,
+    /// Most bytes of entries applied as one batch (default 33554432, 32 MiB):
+    /// a backlog of big entries (Debezium's schema wrapper makes each a few
+    /// KB) closes a batch before `max_batch_entries`. Up to four batches are
+    /// held at once (one being read, the others being written or acknowledged).
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
     /// How long one read blocks waiting for new entries (default "1s").
     #[serde(default = "default_block", with = "humantime_serde")]
     pub block: Duration,
@@ -80,6 +86,9 @@ fn default_batch_size() -> usize {
 }
 fn default_max_batch_entries() -> usize {
     5000
+}
+fn default_max_batch_bytes() -> usize {
+    32 << 20
 }
 fn default_block() -> Duration {
     Duration::from_secs(1)
@@ -145,19 +154,8 @@ impl RedisStreamConfig {
         let mut commands =
             ConnectionManager::new_with_config(client, command_config).await.map_err(|e| unavailable("connect", e))?;
         for stream in &self.streams {
-            // Start at 0: a new group owes the cache everything already in the stream.
-            let created: Result<(), redis::RedisError> = cmd("XGROUP")
-                .arg("CREATE")
-                .arg(stream)
-                .arg(&self.group)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut commands)
-                .await;
-            match created {
-                Ok(()) => tracing::info!(source = %name, %stream, group = %self.group, "consumer group created"),
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(unavailable("XGROUP CREATE", e)),
+            if create_group(&mut commands, stream, &self.group).await.map_err(|e| unavailable("XGROUP CREATE", e))? {
+                tracing::info!(source = %name, %stream, group = %self.group, "consumer group created");
             }
         }
         let consumer = self.consumer.clone().unwrap_or_else(default_consumer);
@@ -179,6 +177,18 @@ impl RedisStreamConfig {
             next_claim: Instant::now(),
             next_trim: Instant::now() + self.trim_interval,
         })
+    }
+}
+
+/// Creates the group at the stream's start (and the stream, if missing);
+/// false when it existed. A new group owes the cache everything in the stream.
+async fn create_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<bool, redis::RedisError> {
+    let created: Result<(), redis::RedisError> =
+        cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg("0").arg("MKSTREAM").query_async(conn).await;
+    match created {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -208,6 +218,11 @@ impl RedisStreamSource {
         self.config.max_batch_entries.max(self.config.batch_size)
     }
 
+    /// Most bytes of entries to gather into one batch.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.config.max_batch_bytes.max(1)
+    }
+
     /// Most entries one read returns per stream.
     pub fn read_size(&self) -> usize {
         self.config.batch_size
@@ -224,7 +239,11 @@ impl RedisStreamSource {
     pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
         let records = match self.next_records().await {
             Ok(records) => records,
-            Err(e) => {
+            Err(ReadError::GroupMissing) => {
+                self.recreate_groups().await?;
+                Vec::new()
+            }
+            Err(ReadError::Failed(e)) => {
                 // A read whose reply was lost left entries pending on us that we
                 // never saw: once Redis answers again, the own list is read anew.
                 self.pending_cursor = Some(self.pending_start());
@@ -235,11 +254,33 @@ impl RedisStreamSource {
         Ok(records)
     }
 
+    /// The group is gone (`XGROUP DESTROY`, or a Redis restart without
+    /// persistence took the streams with it): create it again at the streams'
+    /// start, so nothing still in a stream is skipped (what was applied before
+    /// is applied again, harmlessly: the version guard keeps the newest).
+    async fn recreate_groups(&mut self) -> Result<(), SourceError> {
+        for stream in &self.config.streams {
+            let created = create_group(&mut self.commands, stream, &self.config.group)
+                .await
+                .map_err(|e| self.unavailable("XGROUP CREATE", e))?;
+            if created {
+                let length: u64 = cmd("XLEN").arg(stream).query_async(&mut self.commands).await.unwrap_or(0);
+                tracing::warn!(source = %self.name, %stream, group = %self.config.group, entries = length,
+                    "consumer group was missing (destroyed, or Redis restarted without persistence); created it again at the stream's start");
+                metrics::counter!(crate::metrics::GROUPS_RECREATED_TOTAL, "source" => self.name.clone(), "stream" => stream.clone())
+                    .increment(1);
+            }
+        }
+        self.pending_cursor = Some(self.pending_start());
+        self.claim_cursors.clear();
+        Ok(())
+    }
+
     fn pending_start(&self) -> HashMap<String, String> {
         self.config.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect()
     }
 
-    async fn next_records(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+    async fn next_records(&mut self) -> Result<Vec<RawRecord>, ReadError> {
         while let Some(mut cursor) = self.pending_cursor.take() {
             let ids: Vec<&str> = self.config.streams.iter().map(|s| cursor[s].as_str()).collect();
             let mut records = self.read(&ids, false).await?;
@@ -274,25 +315,24 @@ impl RedisStreamSource {
         self.read(&new, true).await
     }
 
-    async fn read(&mut self, ids: &[&str], block: bool) -> Result<Vec<RawRecord>, SourceError> {
+    async fn read(&mut self, ids: &[&str], block: bool) -> Result<Vec<RawRecord>, ReadError> {
         let mut command = cmd("XREADGROUP");
         command.arg("GROUP").arg(&self.config.group).arg(&self.consumer).arg("COUNT").arg(self.config.batch_size);
         if block {
             command.arg("BLOCK").arg(self.config.block.as_millis() as u64);
         }
         command.arg("STREAMS").arg(&self.config.streams).arg(ids);
-        let reply: Value =
-            command.query_async(&mut self.reader).await.map_err(|e| self.unavailable("XREADGROUP", e))?;
-        Ok(parse_read_reply(reply))
+        let reply: Result<Value, _> = command.query_async(&mut self.reader).await;
+        Ok(parse_read_reply(reply.map_err(|e| self.read_error("XREADGROUP", e))?))
     }
 
     /// Takes over entries idle longer than `claim_idle` on any consumer: their
     /// owner died or hangs. Only called between batches, so none is ours in flight.
-    async fn claim(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+    async fn claim(&mut self) -> Result<Vec<RawRecord>, ReadError> {
         let mut claimed = Vec::new();
         for stream in &self.config.streams {
             let cursor = self.claim_cursors.get(stream).map_or("0-0", String::as_str);
-            let reply: Value = cmd("XAUTOCLAIM")
+            let reply: Result<Value, _> = cmd("XAUTOCLAIM")
                 .arg(stream)
                 .arg(&self.config.group)
                 .arg(&self.consumer)
@@ -301,8 +341,8 @@ impl RedisStreamSource {
                 .arg("COUNT")
                 .arg(self.config.batch_size)
                 .query_async(&mut self.commands)
-                .await
-                .map_err(|e| self.unavailable("XAUTOCLAIM", e))?;
+                .await;
+            let reply = reply.map_err(|e| self.read_error("XAUTOCLAIM", e))?;
             let (next, records) = parse_autoclaim_reply(stream, reply);
             self.claim_cursors.insert(stream.clone(), next);
             claimed.extend(records);
@@ -312,7 +352,7 @@ impl RedisStreamSource {
 
     /// Dead-letters and acks redelivered entries whose delivery count passed
     /// `max_deliveries`; returns the rest.
-    async fn without_exhausted(&mut self, records: Vec<RawRecord>) -> Result<Vec<RawRecord>, SourceError> {
+    async fn without_exhausted(&mut self, records: Vec<RawRecord>) -> Result<Vec<RawRecord>, ReadError> {
         let mut deliveries = HashMap::new();
         for stream in &self.config.streams {
             let ids: Vec<&str> = records.iter().filter(|r| &r.stream == stream).map(|r| r.id.as_str()).collect();
@@ -321,7 +361,7 @@ impl RedisStreamSource {
             else {
                 continue;
             };
-            let reply: Value = cmd("XPENDING")
+            let reply: Result<Value, _> = cmd("XPENDING")
                 .arg(stream)
                 .arg(&self.config.group)
                 .arg(*first)
@@ -329,9 +369,8 @@ impl RedisStreamSource {
                 .arg(ids.len())
                 .arg(&self.consumer)
                 .query_async(&mut self.commands)
-                .await
-                .map_err(|e| self.unavailable("XPENDING", e))?;
-            for (id, count) in parse_pending_deliveries(reply) {
+                .await;
+            for (id, count) in parse_pending_deliveries(reply.map_err(|e| self.read_error("XPENDING", e))?) {
                 deliveries.insert((stream.clone(), id), count);
             }
         }
@@ -393,6 +432,26 @@ impl RedisStreamSource {
 
     fn unavailable(&self, operation: &'static str, e: redis::RedisError) -> SourceError {
         SourceError::Unavailable { source_name: self.name.clone(), operation, message: e.to_string() }
+    }
+
+    fn read_error(&self, operation: &'static str, e: redis::RedisError) -> ReadError {
+        if e.code() == Some("NOGROUP") {
+            ReadError::GroupMissing
+        } else {
+            ReadError::Failed(self.unavailable(operation, e))
+        }
+    }
+}
+
+/// Why a read failed: the group is gone, or something else went wrong.
+enum ReadError {
+    GroupMissing,
+    Failed(SourceError),
+}
+
+impl From<SourceError> for ReadError {
+    fn from(e: SourceError) -> Self {
+        ReadError::Failed(e)
     }
 }
 

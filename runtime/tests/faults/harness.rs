@@ -70,16 +70,27 @@ where
     start.elapsed()
 }
 
-/// A `redis-server` of the test's own, with every write fsynced to its AOF.
+/// A `redis-server` of the test's own, with every write fsynced to its AOF,
+/// or keeping nothing on disk (`volatile`), as Redis runs on many hosts.
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    persistent: bool,
 }
 
 impl RedisServer {
     pub fn start(dir: &Path) -> Self {
-        let mut server = Self { port: free_port(), dir: dir.join("redis"), child: None };
+        Self::launch(dir, "redis", true)
+    }
+
+    /// A server without persistence: a restart loses every stream, group and key.
+    pub fn start_volatile(dir: &Path, name: &str) -> Self {
+        Self::launch(dir, name, false)
+    }
+
+    fn launch(dir: &Path, name: &str, persistent: bool) -> Self {
+        let mut server = Self { port: free_port(), dir: dir.join(name), child: None, persistent };
         std::fs::create_dir_all(&server.dir).unwrap();
         server.spawn();
         server
@@ -90,8 +101,9 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", appendonly])
             .args(["--appendfsync", "always", "--save", "", "--dir", self.dir.to_str().unwrap()])
             .stdout(Stdio::null())
             .spawn()
@@ -176,14 +188,25 @@ impl PgCluster {
 
     pub fn start_server(&self) {
         let data = self.dir.join("data");
-        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off", self.port, self.dir.display());
+        // Logical WAL, so the built-in capture can stream from it.
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c wal_level=logical -c max_wal_senders=10 \
+             -c max_replication_slots=10",
+            self.port,
+            self.dir.display()
+        );
         let log = self.dir.join("server.log");
         self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"]);
     }
 
     pub fn stop_server(&self) {
+        self.stop_server_mode("fast");
+    }
+
+    /// `pg_ctl stop -m <mode>`: "fast" (clean, connections closed) or "immediate" (a crash).
+    pub fn stop_server_mode(&self, mode: &str) {
         let data = self.dir.join("data");
-        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", mode, "-w", "stop"]);
     }
 }
 
@@ -380,5 +403,80 @@ pub async fn clear_prefix(redis: &mut MultiplexedConnection, prefix: &str) {
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("*{prefix}*")).query_async(redis).await.unwrap();
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(redis).await.unwrap();
+    }
+}
+
+/// Writes `<dir>/evercache.toml` (plugins_dir and pipelines_dir filled in,
+/// then `runtime`) and one file per pipeline; returns the runtime file.
+pub fn write_config(dir: &Path, runtime: &str, pipelines: &[(&str, String)]) -> PathBuf {
+    let plugins = plugins_dir();
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    let path = dir.join("evercache.toml");
+    std::fs::write(&path, format!("plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n{runtime}", plugins.display()))
+        .unwrap();
+    for (name, text) in pipelines {
+        std::fs::write(dir.join("pipelines").join(format!("{name}.toml")), text).unwrap();
+    }
+    path
+}
+
+/// A testkit pipeline over `<schema>.item` on source `source`, caching `<key_prefix>:<id>`.
+pub fn testkit_pipeline(source: &str, schema: &str, key_prefix: &str, extra: &str, config: &str) -> String {
+    format!(
+        "source = \"{source}\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"testkit\"\ntables = [\"{schema}.item\"]\n\
+         retry_backoff = \"20ms\"\n{extra}\n[config]\nschema = \"{schema}\"\nkey_prefix = \"{key_prefix}\"\n{config}\n"
+    )
+}
+
+/// `GET path` on the runtime's `[http]` listener: status code and body.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
+
+/// `/ready` as (ready, reasons), or None while the listener does not answer.
+pub async fn readiness(port: u16) -> Option<(bool, Vec<String>)> {
+    let (code, body) = http_get(port, "/ready").await?;
+    let body: Value = serde_json::from_str(&body).ok()?;
+    let reasons = body["reasons"].as_array()?.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect();
+    Some((code == 200, reasons))
+}
+
+/// The sum of a metric's samples whose labels include `labels`, from `/metrics`.
+pub async fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let Some((_, page)) = http_get(port, "/metrics").await else { return 0.0 };
+    page.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Waits until `/ready` answers `ready`, returning how long that took and the
+/// reasons last seen while not ready.
+pub async fn wait_ready(port: u16, ready: bool, timeout: Duration) -> (Duration, Vec<String>) {
+    let start = Instant::now();
+    let mut reasons = Vec::new();
+    loop {
+        if let Some((now, why)) = readiness(port).await {
+            if !now {
+                reasons = why;
+            }
+            if now == ready {
+                return (start.elapsed(), reasons);
+            }
+        }
+        assert!(start.elapsed() < timeout, "/ready did not turn {ready} within {timeout:?}; last reasons: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

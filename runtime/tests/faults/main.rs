@@ -1,9 +1,18 @@
 //! The fault suite: the delivery guarantees under crashes, server restarts,
-//! outages, reordering and several instances, against real processes. Each
-//! scenario prints what it did and what it checked. Run it with
+//! outages, reordering and several instances, and the healing from routine
+//! operational events (database and Redis restarts, lost groups, hanging
+//! plugins, a cache refusing writes, black-holed connections), against real
+//! processes. Each scenario prints what it did and what it checked. Run it with
 //! `cargo test -p evercache --test faults -- --nocapture --test-threads=1`.
 
+mod black_hole;
 mod harness;
+#[cfg(feature = "kafka")]
+mod kafka;
+mod poison;
+mod postgres_restarts;
+mod proxy;
+mod redis_failures;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

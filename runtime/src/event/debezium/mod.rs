@@ -18,6 +18,9 @@ mod tests;
 const REDIS_NULL: &str = "default";
 /// Debezium's heartbeat topics start with this.
 const HEARTBEAT_PREFIX: &str = "__debezium-heartbeat";
+/// The field of a record the built-in capture could not decode, holding why;
+/// such a record is dead-lettered, never skipped.
+pub const CAPTURE_ERROR_FIELD: &str = "__evercache.capture_error";
 
 /// What a record turned out to be.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +79,9 @@ pub enum DecodeError {
     /// A field every change event needs is missing.
     #[error("missing field `{0}`")]
     MissingField(&'static str),
+    /// The built-in capture could not decode the change (the record carries its bytes).
+    #[error("{0}")]
+    Capture(String),
     /// A stream entry in neither the compact nor the extended layout.
     #[error("stream entry has {fields} field(s) and no `value` field: neither compact nor extended layout")]
     UnknownLayout {
@@ -88,6 +94,11 @@ pub enum DecodeError {
 /// (one field; name = key JSON, value = value JSON) or `extended` (`key`,
 /// `value`, then upper-cased headers). `stream` is the Debezium topic.
 pub fn decode_stream_entry(stream: &str, fields: &[(String, String)]) -> Result<Decoded, DecodeError> {
+    if let Some((field, reason)) = fields.first()
+        && field == CAPTURE_ERROR_FIELD
+    {
+        return Err(DecodeError::Capture(reason.clone()));
+    }
     let value = |name: &str| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str());
     if let Some(val) = value("value") {
         return decode_record(stream, value("key"), Some(val));

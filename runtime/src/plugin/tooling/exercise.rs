@@ -41,7 +41,10 @@ pub async fn exercise(options: &ExerciseOptions, out: &mut impl Write) -> Result
     )])))
     .context("database options")?
     .build("plugin-test")?;
-    database.ping().await.with_context(|| format!("database {} is not reachable", redacted(&options.database)))?;
+    database
+        .ping(std::time::Duration::from_secs(5))
+        .await
+        .with_context(|| format!("database {} is not reachable", redacted(&options.database)))?;
     let mut instance =
         PluginInstance::new(&engine, plugin.clone(), "plugin-test", Some(database), options.config.clone());
     instance.init().await?;

@@ -1,9 +1,10 @@
 //! The host's `query` import: one parameterised statement on the pipeline's
-//! Postgres pool, inside a READ ONLY transaction with a statement timeout, with
-//! row and byte caps enforced while the rows stream in.
+//! Postgres pool, inside a READ ONLY transaction with a statement timeout cut to
+//! the plugin call's deadline, with row and byte caps enforced while the rows
+//! stream in, and nothing left on the pooled connection afterwards.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use serde::Deserialize;
@@ -13,7 +14,11 @@ use sqlx::{Executor, PgConnection, Row};
 
 use crate::plugin::bindings::{DbValue, Rows};
 
+mod error;
+mod statement;
 mod values;
+
+pub use error::QueryError;
 
 #[cfg(test)]
 mod tests;
@@ -57,75 +62,17 @@ fn default_acquire_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// Why a query failed; the plugin receives the message as a value.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    /// The database could not be reached; transient, the pipeline waits.
-    #[error("database '{database}' is unavailable: {message}")]
-    Unavailable {
-        /// The `[databases.<name>]` name.
-        database: String,
-        /// What failed.
-        message: String,
-    },
-    /// The host refused the statement (not a read, unsupported column type).
-    #[error("database '{database}': query refused: {message}")]
-    Rejected {
-        /// The `[databases.<name>]` name.
-        database: String,
-        /// Why.
-        message: String,
-    },
-    /// The database rejected the statement, e.g. a syntax error, a statement
-    /// timeout (SQLSTATE 57014) or a write in the read-only transaction (25006).
-    #[error("database '{database}': {message}{}", code.as_ref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
-    Sql {
-        /// The `[databases.<name>]` name.
-        database: String,
-        /// The SQLSTATE, when the server sent one.
-        code: Option<String>,
-        /// The server's message.
-        message: String,
-    },
-    /// More rows than `max_rows`.
-    #[error("database '{database}': query returned more than {limit} rows (max_rows); narrow it or raise the limit")]
-    TooManyRows {
-        /// The `[databases.<name>]` name.
-        database: String,
-        /// The limit.
-        limit: usize,
-    },
-    /// More cell data than `max_result_bytes`.
-    #[error("database '{database}': query returned more than {limit} bytes (max_result_bytes)")]
-    ResultTooLarge {
-        /// The `[databases.<name>]` name.
-        database: String,
-        /// The limit.
-        limit: usize,
-    },
-    /// The URL or options are unusable.
-    #[error("database '{database}': bad configuration: {message}")]
-    BadConfig {
-        /// The `[databases.<name>]` name.
-        database: String,
-        /// What is wrong (never the password).
-        message: String,
-    },
-}
-
-impl QueryError {
-    /// True when the database itself is unreachable: retried, never dead-lettered.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, QueryError::Unavailable { .. })
-    }
-}
+/// How long past its statement timeout a statement may go unanswered before the
+/// connection counts as dead (black-holed: no FIN, no RST).
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs plugin queries on one database; cheap to clone.
 #[derive(Clone)]
 pub struct QueryRunner {
     name: Arc<str>,
     pool: PgPool,
-    begin: Arc<str>,
+    statement_timeout: Duration,
+    acquire_timeout: Duration,
     max_rows: usize,
     max_result_bytes: usize,
     password: Option<Arc<str>>,
@@ -137,10 +84,10 @@ impl DatabaseConfig {
     /// Builds a lazily connecting pool, so a database that is briefly down at
     /// startup delays queries instead of failing the runtime.
     pub fn build(&self, name: &str) -> Result<QueryRunner, QueryError> {
-        let password = password_of(&self.url);
+        let password = error::password_of(&self.url);
         let options: PgConnectOptions = self.url.parse().map_err(|e: sqlx::Error| QueryError::BadConfig {
             database: name.to_owned(),
-            message: redact(&e.to_string(), password.as_deref()),
+            message: error::redact(&e.to_string(), password.as_deref()),
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
@@ -149,10 +96,8 @@ impl DatabaseConfig {
         Ok(QueryRunner {
             name: Arc::from(name),
             pool,
-            begin: Arc::from(format!(
-                "BEGIN READ ONLY; SET LOCAL statement_timeout = {}",
-                self.statement_timeout.as_millis().max(1)
-            )),
+            statement_timeout: self.statement_timeout,
+            acquire_timeout: self.acquire_timeout,
             max_rows: self.max_rows,
             max_result_bytes: self.max_result_bytes,
             password: password.map(Arc::from),
@@ -190,9 +135,52 @@ impl QueryRunner {
 
     /// Runs one read-only statement with `$1…` parameters.
     pub async fn query(&self, sql: &str, params: &[DbValue]) -> Result<Rows, QueryError> {
-        if let Err(message) = check_read_only(sql) {
-            return Err(QueryError::Rejected { database: self.name.to_string(), message });
+        self.query_until(sql, params, None).await
+    }
+
+    /// Runs one read-only statement that must end by `deadline` (a plugin
+    /// call's): the server's statement timeout is cut to the time left, so the
+    /// server cancels it there, and a connection that stops answering is
+    /// given up on instead of waited for.
+    pub async fn query_until(
+        &self,
+        sql: &str,
+        params: &[DbValue],
+        deadline: Option<Instant>,
+    ) -> Result<Rows, QueryError> {
+        statement::check(sql).map_err(|message| QueryError::Rejected { database: self.name.to_string(), message })?;
+        let now = Instant::now();
+        let limit = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(now).min(self.statement_timeout),
+            None => self.statement_timeout,
+        };
+        if limit.is_zero() {
+            return Err(QueryError::Deadline { database: self.name.to_string() });
         }
+        let cut = limit < self.statement_timeout;
+        let mut give_up = now + self.acquire_timeout + limit + ANSWER_GRACE;
+        if let Some(deadline) = deadline {
+            give_up = give_up.min(deadline + ANSWER_GRACE);
+        }
+        match tokio::time::timeout_at(give_up.into(), self.run(sql, params, limit)).await {
+            Ok(Err(QueryError::Sql { code: Some(code), .. })) if cut && code == "57014" => {
+                Err(QueryError::Deadline { database: self.name.to_string() })
+            }
+            Ok(result) => result,
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                Err(QueryError::Deadline { database: self.name.to_string() })
+            }
+            Err(_) => Err(QueryError::Unavailable {
+                database: self.name.to_string(),
+                message: format!(
+                    "no answer within {:?}; the connection is dropped",
+                    give_up.saturating_duration_since(now)
+                ),
+            }),
+        }
+    }
+
+    async fn run(&self, sql: &str, params: &[DbValue], limit: Duration) -> Result<Rows, QueryError> {
         let _permit =
             match &self.permits {
                 Some(permits) => Some(permits.acquire().await.map_err(|e| QueryError::Unavailable {
@@ -204,17 +192,27 @@ impl QueryRunner {
         let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
         let mut checkout = Checkout { conn, clean: false };
         let connection: &mut PgConnection = &mut checkout.conn;
-        connection.execute(sqlx::raw_sql(&self.begin)).await.map_err(|e| self.error(e))?;
+        let begin = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {}", limit.as_millis().max(1));
+        connection.execute(sqlx::raw_sql(&begin)).await.map_err(|e| self.error(e))?;
         let result = self.fetch(connection, sql, params).await;
-        if connection.execute(sqlx::raw_sql("ROLLBACK")).await.is_ok() {
+        // The rollback undoes session settings; session-level advisory locks
+        // survive it, so they are released here, never left on a pooled connection.
+        if connection.execute(sqlx::raw_sql("ROLLBACK; SELECT pg_advisory_unlock_all()")).await.is_ok() {
             checkout.clean = true;
         }
         result
     }
 
-    /// `select 1`: is the database reachable?
-    pub async fn ping(&self) -> Result<(), QueryError> {
-        sqlx::query("select 1").execute(&self.pool).await.map(|_| ()).map_err(|e| self.error(e))
+    /// `select 1`: is the database reachable? Gives up after `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), QueryError> {
+        let ping = sqlx::query("select 1").execute(&self.pool);
+        match tokio::time::timeout(timeout, ping).await {
+            Ok(result) => result.map(|_| ()).map_err(|e| self.error(e)),
+            Err(_) => Err(QueryError::Unavailable {
+                database: self.name.to_string(),
+                message: format!("no answer to a health check within {timeout:?}"),
+            }),
+        }
     }
 
     async fn fetch(&self, conn: &mut PgConnection, sql: &str, params: &[DbValue]) -> Result<Rows, QueryError> {
@@ -251,65 +249,6 @@ impl QueryRunner {
     }
 
     fn error(&self, e: sqlx::Error) -> QueryError {
-        let database = self.name.to_string();
-        let message = |e: &dyn std::fmt::Display| redact(&e.to_string(), self.password.as_deref());
-        match &e {
-            sqlx::Error::Database(db) => {
-                let code = db.code().map(|c| c.into_owned());
-                // Connection exceptions, shutdowns and resource exhaustion pass.
-                let transient =
-                    code.as_deref().is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"));
-                if transient {
-                    QueryError::Unavailable { database, message: message(&e) }
-                } else {
-                    QueryError::Sql { database, code, message: message(&db.message()) }
-                }
-            }
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => QueryError::Unavailable { database, message: message(&e) },
-            _ => QueryError::Sql { database, code: None, message: message(&e) },
-        }
-    }
-}
-
-/// Only statements that read: the first keyword must be SELECT, WITH, VALUES or
-/// TABLE. Writes hidden in a CTE are stopped by the read-only transaction.
-fn check_read_only(sql: &str) -> Result<(), String> {
-    let mut rest = sql.trim_start();
-    loop {
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix('(') {
-            rest = after.trim_start();
-        } else {
-            break;
-        }
-    }
-    let keyword: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
-    match keyword.to_ascii_uppercase().as_str() {
-        "SELECT" | "WITH" | "VALUES" | "TABLE" => Ok(()),
-        "" => Err("empty statement".to_owned()),
-        other => Err(format!("only SELECT, WITH, VALUES or TABLE statements may run, not {other}")),
-    }
-}
-
-/// The password part of a `postgres://user:password@host/db` URL.
-fn password_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.split_once('@')?.0;
-    let password = userinfo.split_once(':')?.1;
-    (!password.is_empty()).then(|| password.to_owned())
-}
-
-fn redact(text: &str, password: Option<&str>) -> String {
-    match password {
-        Some(p) => text.replace(p, "***"),
-        None => text.to_owned(),
+        error::classify(&self.name, self.password.as_deref(), e)
     }
 }

@@ -1,9 +1,11 @@
 //! Built-in change capture from Postgres: logical replication with `pgoutput`,
 //! no JVM or Kafka. Changes become Debezium-compatible records, so they take
 //! the same path as Debezium's; the slot's confirmed position advances only to
-//! the commit of the last transaction whose cache writes all succeeded.
+//! the commit of the last transaction whose cache writes all succeeded. The
+//! replication and snapshot connections are opened again when lost.
 
 mod pgoutput;
+mod session;
 mod setup;
 mod snapshot;
 mod values;
@@ -11,15 +13,16 @@ mod visibility;
 
 use std::time::{Duration, Instant};
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{Lsn, ReplicationConfig, ReplicationEvent};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{RawRecord, SourceError};
 pub use pgoutput::{Decoder, RowChange};
+use session::Session;
+use snapshot::Snapshot;
 pub use snapshot::SnapshotMode;
-use snapshot::SnapshotReader;
 use visibility::VisibilityGate;
 
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
@@ -99,7 +102,7 @@ pub struct PostgresCapture {
     name: String,
     prefix: String,
     database: String,
-    client: ReplicationClient,
+    session: Session,
     decoder: Decoder,
     transaction: Option<Transaction>,
     /// End of the last commit handed out; confirmed once its batch is acked.
@@ -112,8 +115,8 @@ pub struct PostgresCapture {
     batch_size: usize,
     max_batch_delay: Duration,
     dead_letters: DeadLetterWriter,
-    /// The initial snapshot while it runs, with the slot position its rows carry.
-    snapshot: Option<(SnapshotReader, u64)>,
+    /// The initial snapshot while it runs.
+    snapshot: Option<Snapshot>,
     /// Redis key recording that the slot's initial snapshot finished.
     snapshot_marker: String,
     marker_conn: redis::aio::ConnectionManager,
@@ -132,7 +135,10 @@ impl PostgresCaptureConfig {
         let dead_letter_client = redis::Client::open(self.dead_letter_url.as_str()).map_err(|e| {
             SourceError::BadConfig { source_name: name.to_owned(), message: format!("dead_letter_url: {e}") }
         })?;
-        let dead_letter_conn = redis::aio::ConnectionManager::new(dead_letter_client)
+        let redis_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_max_delay(Duration::from_secs(2));
+        let dead_letter_conn = redis::aio::ConnectionManager::new_with_config(dead_letter_client, redis_config)
             .await
             .map_err(|e| unavailable("connect dead-letter Redis", e.to_string()))?;
         let config = ReplicationConfig::new(
@@ -167,23 +173,24 @@ impl PostgresCaptureConfig {
                 None
             } else {
                 tracing::info!(source = %name, tables = ?self.tables, "initial snapshot starting");
-                Some((SnapshotReader::open(name, &self.url, &self.tables).await?, slot.lsn))
+                Some(Snapshot::new(name, &self.url, &self.tables, slot.lsn))
             }
         } else {
             None
         };
-        let client = start_replication(name, config).await?;
+        let visibility = VisibilityGate::new(name, &self.url)?;
+        let session = Session::open(name, &self.slot, config, &visibility).await?;
         tracing::info!(source = %name, slot = %self.slot, publication = %self.publication, "capture started");
         Ok(PostgresCapture {
             name: name.to_owned(),
             prefix: self.topic_prefix.clone().unwrap_or_else(|| target.database.clone()),
             database: target.database,
-            client,
+            session,
             decoder: Decoder::default(),
             transaction: None,
             unconfirmed: None,
             batch_xids: Vec::new(),
-            visibility: VisibilityGate::new(name, &self.url)?,
+            visibility,
             held: None,
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
@@ -192,33 +199,6 @@ impl PostgresCaptureConfig {
             snapshot_marker,
             marker_conn,
         })
-    }
-}
-
-/// Starts streaming; retries for a while because after a crash the server may
-/// still hold the slot for the dead connection until it notices.
-async fn start_replication(name: &str, config: ReplicationConfig) -> Result<ReplicationClient, SourceError> {
-    let give_up = Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = async {
-            let mut client = ReplicationClient::connect(config.clone()).await?;
-            client.wait_started().await?;
-            Ok::<_, pgwire_replication::PgWireError>(client)
-        };
-        match attempt.await {
-            Ok(client) => return Ok(client),
-            Err(e) if Instant::now() < give_up => {
-                tracing::warn!(source = %name, error = %e, "cannot start replication yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => {
-                return Err(SourceError::Unavailable {
-                    source_name: name.to_owned(),
-                    operation: "START_REPLICATION",
-                    message: e.to_string(),
-                });
-            }
-        }
     }
 }
 
@@ -256,11 +236,14 @@ impl PostgresCapture {
                 Some(at) => at.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(1),
             };
-            let event = match tokio::time::timeout(wait, self.client.recv()).await {
-                Err(_) => return Ok(records),
-                Ok(Ok(Some(event))) => event,
-                Ok(Ok(None)) => return Err(self.unavailable("replication stream ended")),
-                Ok(Err(e)) => return Err(self.unavailable(&e.to_string())),
+            let event = match self.session.recv(wait, &self.visibility).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(records),
+                Err(e) => {
+                    // The server sends everything after the confirmed position again.
+                    self.forget_stream();
+                    return Err(e);
+                }
             };
             match event {
                 ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
@@ -271,9 +254,11 @@ impl PostgresCapture {
                     });
                 }
                 ReplicationEvent::XLogData { wal_start, data, .. } => {
-                    let changes = self.decoder.decode(&data).map_err(|e| self.unavailable(&e.to_string()))?;
-                    for change in changes {
-                        records.push(self.record(change, wal_start.as_u64()));
+                    let lsn = wal_start.as_u64();
+                    match self.decoder.decode(&data) {
+                        Ok(changes) => records.extend(changes.into_iter().map(|change| self.record(change, lsn))),
+                        // Never skipped: dead-lettered with its position and bytes.
+                        Err(e) => records.push(self.undecodable(&data, lsn, &e.to_string())),
                     }
                     if let Some(tx) = self.transaction
                         && self.batch_xids.last() != Some(&tx.xid)
@@ -300,11 +285,14 @@ impl PostgresCapture {
                     // Idle and everything handed out is confirmed: let the slot move
                     // on so it does not hold WAL for other databases' traffic.
                     if records.is_empty() && self.transaction.is_none() && self.unconfirmed.is_none() {
-                        self.client.update_applied_lsn(wal_end);
+                        self.session.confirm(wal_end.as_u64());
                     }
                 }
                 ReplicationEvent::Message { .. } => {}
-                ReplicationEvent::StoppedAt { .. } => return Err(self.unavailable("replication stopped")),
+                ReplicationEvent::StoppedAt { .. } => {
+                    self.forget_stream();
+                    return Err(self.unavailable("replication stopped"));
+                }
             }
             // A huge transaction is cut into batches instead of held in memory.
             if records.len() >= self.batch_size * 4 {
@@ -313,24 +301,55 @@ impl PostgresCapture {
         }
     }
 
+    /// The connection was lost mid-stream: what was gathered and not handed
+    /// out is dropped (the server sends it again), and so is the state of the
+    /// transaction in progress.
+    fn forget_stream(&mut self) {
+        self.decoder = Decoder::default();
+        self.transaction = None;
+        self.unconfirmed = None;
+        self.batch_xids.clear();
+    }
+
+    /// A change the decoder could not read, as a record the pipeline dead-letters.
+    fn undecodable(&self, data: &[u8], lsn: u64, error: &str) -> RawRecord {
+        let stream = match self.decoder.relation_of(data) {
+            Some(relation) => format!("{}.{}.{}", self.prefix, relation.schema, relation.table),
+            None => format!("{}.pgoutput", self.prefix),
+        };
+        let position = Lsn::from_u64(lsn).to_pg_string();
+        tracing::error!(source = %self.name, %stream, lsn = %position, %error, "undecodable pgoutput message; dead-lettered");
+        RawRecord {
+            stream,
+            id: position.clone(),
+            fields: vec![
+                (
+                    crate::event::debezium::CAPTURE_ERROR_FIELD.to_owned(),
+                    format!("pgoutput message at LSN {position} could not be decoded: {error}"),
+                ),
+                ("pgoutput".to_owned(), hex::encode(data)),
+            ],
+        }
+    }
+
     /// The next page of the initial snapshot, or `None` once it is done. The
     /// marker is set only after the last page's batch was acked (the runner acks
     /// a batch before asking for the next), so a crash repeats the snapshot.
     async fn snapshot_batch(&mut self) -> Result<Option<Vec<RawRecord>>, SourceError> {
-        let Some((reader, lsn)) = &mut self.snapshot else { return Ok(None) };
-        let lsn = *lsn;
-        let page = reader.next_page(self.batch_size).await?;
+        let Some(snapshot) = &mut self.snapshot else { return Ok(None) };
+        let lsn = snapshot.lsn();
+        let page = snapshot.next_page(self.batch_size).await?;
         if !page.is_empty() {
             let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::pipeline::now_ms() as i64 };
             return Ok(Some(page.into_iter().map(|change| self.record_in(change, tx, lsn)).collect()));
         }
-        self.snapshot = None;
         redis::cmd("SET")
             .arg(&self.snapshot_marker)
             .arg(crate::pipeline::now_ms())
             .query_async::<()>(&mut self.marker_conn)
             .await
             .map_err(|e| self.unavailable(&format!("snapshot marker: {e}")))?;
+        self.snapshot = None;
         tracing::info!(source = %self.name, "initial snapshot done; streaming");
         Ok(None)
     }
@@ -339,7 +358,7 @@ impl PostgresCapture {
     /// the batches holding it were written.
     pub fn confirm(&mut self) {
         if let Some(lsn) = self.unconfirmed.take() {
-            self.client.update_applied_lsn(Lsn::from_u64(lsn));
+            self.session.confirm(lsn);
         }
     }
 
@@ -350,9 +369,7 @@ impl PostgresCapture {
 
     /// Stops streaming, sending the last confirmed position.
     pub async fn shutdown(&mut self) {
-        if let Err(e) = self.client.shutdown().await {
-            tracing::debug!(source = %self.name, error = %e, "replication shutdown");
-        }
+        self.session.shutdown().await;
     }
 
     fn record(&self, change: RowChange, lsn: u64) -> RawRecord {

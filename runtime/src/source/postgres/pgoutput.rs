@@ -149,6 +149,15 @@ impl Decoder {
         }
     }
 
+    /// The relation a row message (Insert, Update, Delete) is about, if known:
+    /// names the stream an undecodable change is dead-lettered to.
+    pub fn relation_of(&self, data: &[u8]) -> Option<&Relation> {
+        match data {
+            [b'I' | b'U' | b'D', a, b, c, d, ..] => self.relations.get(&u32::from_be_bytes([*a, *b, *c, *d])),
+            _ => None,
+        }
+    }
+
     fn lookup(&self, oid: u32) -> Result<&Relation, PgOutputError> {
         self.relations.get(&oid).ok_or(PgOutputError::UnknownRelation(oid))
     }

@@ -3,10 +3,15 @@
 //!
 //! It need not be consistent with the slot: a snapshot write only fills keys that
 //! have no version yet, and every key is recomputed from the database as it is
-//! now, so a streamed change (which carries a real position) always wins.
+//! now, so a streamed change (which carries a real position) always wins. For
+//! the same reason a snapshot whose connection is lost goes on from the table
+//! it was reading, in a new transaction.
+
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use sqlx::{Connection, Executor, PgConnection, Row};
+use tokio::time::timeout;
 
 use super::pgoutput::RowChange;
 use super::values::debezium_value;
@@ -23,6 +28,52 @@ pub enum SnapshotMode {
     Never,
 }
 
+/// Longest one snapshot statement may take before the connection counts as lost.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The initial snapshot of a source, reopened where it stopped when its
+/// connection is lost.
+pub(super) struct Snapshot {
+    source: String,
+    url: String,
+    tables: Vec<String>,
+    /// Tables finished (their rows handed out) before the current reader.
+    done: usize,
+    reader: Option<SnapshotReader>,
+    lsn: u64,
+}
+
+impl Snapshot {
+    /// A snapshot of `tables`, its rows carrying the slot position `lsn`; it
+    /// connects on the first page.
+    pub(super) fn new(source: &str, url: &str, tables: &[String], lsn: u64) -> Self {
+        Self { source: source.to_owned(), url: url.to_owned(), tables: tables.to_vec(), done: 0, reader: None, lsn }
+    }
+
+    /// The slot position the rows carry.
+    pub(super) fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// The next page of rows; empty when every table is done.
+    pub(super) async fn next_page(&mut self, size: usize) -> Result<Vec<RowChange>, SourceError> {
+        if self.reader.is_none() {
+            self.reader = Some(SnapshotReader::open(&self.source, &self.url, &self.tables[self.done..]).await?);
+        }
+        let Some(reader) = self.reader.as_mut() else { return Ok(Vec::new()) };
+        match reader.next_page(size).await {
+            Ok(page) => Ok(page),
+            Err(e) => {
+                // The table being read is read again from its start in a new transaction.
+                self.done += reader.current;
+                self.reader = None;
+                tracing::warn!(source = %self.source, error = %e, "snapshot connection lost; going on from the table it was reading");
+                Err(e)
+            }
+        }
+    }
+}
+
 struct Table {
     schema: String,
     name: String,
@@ -32,7 +83,7 @@ struct Table {
 
 /// Reads the tables one page at a time through a cursor, in one read-only
 /// repeatable-read transaction.
-pub(super) struct SnapshotReader {
+struct SnapshotReader {
     source: String,
     conn: PgConnection,
     tables: Vec<Table>,
@@ -43,25 +94,16 @@ pub(super) struct SnapshotReader {
 
 impl SnapshotReader {
     /// Connects and reads the tables' column types and keys.
-    pub async fn open(source: &str, url: &str, tables: &[String]) -> Result<Self, SourceError> {
-        let failed = |operation: &'static str| {
-            move |e: sqlx::Error| SourceError::Unavailable {
-                source_name: source.to_owned(),
-                operation,
-                message: e.to_string(),
-            }
-        };
-        let mut conn = PgConnection::connect(url).await.map_err(failed("snapshot connect"))?;
-        sqlx::raw_sql(
-            "set datestyle = ISO; set timezone = 'UTC'; set intervalstyle = postgres; set extra_float_digits = 3",
-        )
-        .execute(&mut conn)
-        .await
-        .map_err(failed("snapshot session"))?;
+    async fn open(source: &str, url: &str, tables: &[String]) -> Result<Self, SourceError> {
+        let mut conn =
+            bounded(source, "snapshot connect", timeout(STATEMENT_TIMEOUT, PgConnection::connect(url)).await)?;
+        let session =
+            "set datestyle = ISO; set timezone = 'UTC'; set intervalstyle = postgres; set extra_float_digits = 3";
+        bounded(source, "snapshot session", timeout(STATEMENT_TIMEOUT, conn.execute(sqlx::raw_sql(session))).await)?;
         let mut described = Vec::new();
         for table in tables {
             let (schema, name) = table.split_once('.').unwrap_or(("public", table));
-            let rows = sqlx::query(
+            let describe = sqlx::query(
                 "select a.attname::text as name, a.atttypid::int8 as oid, a.atttypmod as typmod,
                         coalesce(a.attnum = any(i.indkey), false) as key
                  from pg_attribute a
@@ -71,10 +113,9 @@ impl SnapshotReader {
                  order by a.attnum",
             )
             .bind(schema)
-            .bind(name)
-            .fetch_all(&mut conn)
-            .await
-            .map_err(failed("snapshot describe"))?;
+            .bind(name);
+            let rows =
+                bounded(source, "snapshot describe", timeout(STATEMENT_TIMEOUT, conn.fetch_all(describe)).await)?;
             let columns = rows
                 .iter()
                 .map(|r| {
@@ -89,15 +130,13 @@ impl SnapshotReader {
                 .collect();
             described.push(Table { schema: schema.to_owned(), name: name.to_owned(), columns });
         }
-        sqlx::raw_sql("begin isolation level repeatable read read only")
-            .execute(&mut conn)
-            .await
-            .map_err(failed("snapshot begin"))?;
+        let begin = conn.execute(sqlx::raw_sql("begin isolation level repeatable read read only"));
+        bounded(source, "snapshot begin", timeout(STATEMENT_TIMEOUT, begin).await)?;
         Ok(Self { source: source.to_owned(), conn, tables: described, current: 0, cursor_open: false, rows: 0 })
     }
 
     /// The next page of rows as snapshot changes; empty when every table is done.
-    pub async fn next_page(&mut self, size: usize) -> Result<Vec<RowChange>, SourceError> {
+    async fn next_page(&mut self, size: usize) -> Result<Vec<RowChange>, SourceError> {
         while let Some(table) = self.tables.get(self.current) {
             if !self.cursor_open {
                 let select: Vec<String> = table.columns.iter().map(|(n, ..)| format!("\"{n}\"::text")).collect();
@@ -108,17 +147,27 @@ impl SnapshotReader {
                     table.name
                 );
                 let conn: &mut PgConnection = &mut self.conn;
-                conn.execute(sqlx::raw_sql(&sql)).await.map_err(|e| self.failed("snapshot cursor", e))?;
+                bounded(
+                    &self.source,
+                    "snapshot cursor",
+                    timeout(STATEMENT_TIMEOUT, conn.execute(sqlx::raw_sql(&sql))).await,
+                )?;
                 self.cursor_open = true;
             }
             let fetch = format!("fetch {size} from evercache_snapshot");
             let conn: &mut PgConnection = &mut self.conn;
-            let rows = conn.fetch_all(sqlx::query(&fetch)).await.map_err(|e| self.failed("snapshot read", e))?;
+            let rows = bounded(
+                &self.source,
+                "snapshot read",
+                timeout(STATEMENT_TIMEOUT, conn.fetch_all(sqlx::query(&fetch))).await,
+            )?;
             if rows.is_empty() {
                 let conn: &mut PgConnection = &mut self.conn;
-                conn.execute(sqlx::raw_sql("close evercache_snapshot"))
-                    .await
-                    .map_err(|e| self.failed("snapshot close", e))?;
+                bounded(
+                    &self.source,
+                    "snapshot close",
+                    timeout(STATEMENT_TIMEOUT, conn.execute(sqlx::raw_sql("close evercache_snapshot"))).await,
+                )?;
                 tracing::info!(source = %self.source, table = %format!("{}.{}", table.schema, table.name), rows = self.rows, "snapshot of table done");
                 self.cursor_open = false;
                 self.current += 1;
@@ -130,9 +179,18 @@ impl SnapshotReader {
         }
         Ok(Vec::new())
     }
+}
 
-    fn failed(&self, operation: &'static str, e: sqlx::Error) -> SourceError {
-        SourceError::Unavailable { source_name: self.source.clone(), operation, message: e.to_string() }
+/// A snapshot statement, given up on after [`STATEMENT_TIMEOUT`].
+fn bounded<T>(
+    source: &str,
+    operation: &'static str,
+    answer: Result<Result<T, sqlx::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, SourceError> {
+    let unavailable = |message: String| SourceError::Unavailable { source_name: source.to_owned(), operation, message };
+    match answer {
+        Ok(result) => result.map_err(|e| unavailable(e.to_string())),
+        Err(_) => Err(unavailable(format!("no answer within {STATEMENT_TIMEOUT:?}"))),
     }
 }
 

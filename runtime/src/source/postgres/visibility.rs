@@ -17,6 +17,8 @@ use crate::source::SourceError;
 
 /// Longest wait before a batch is handed on anyway, with a warning.
 const GIVE_UP: Duration = Duration::from_secs(5);
+/// Longest one check may take before the database counts as unreachable.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `pg_visible_in_snapshot` needs full 64-bit transaction ids; pgoutput gives
 /// 32-bit ones, which belong to the epoch of the snapshot's `xmax` unless they
@@ -47,13 +49,31 @@ impl VisibilityGate {
     /// True when every transaction in `xids` is visible to a snapshot taken now.
     pub(super) async fn visible(&self, xids: &[u32]) -> Result<bool, SourceError> {
         let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
-        let row =
-            sqlx::query(ALL_VISIBLE).bind(&xids).fetch_one(&self.pool).await.map_err(|e| SourceError::Unavailable {
-                source_name: self.source.clone(),
-                operation: "transaction visibility check",
-                message: e.to_string(),
-            })?;
+        let check = sqlx::query(ALL_VISIBLE).bind(&xids).fetch_one(&self.pool);
+        let row = self.bounded("transaction visibility check", check).await?;
         Ok(row.get::<bool, _>("visible"))
+    }
+
+    /// Whether the replication slot exists, and if so whether a walsender
+    /// streams from it now (`None`: the slot is gone).
+    pub(super) async fn slot_active(&self, slot: &str) -> Result<Option<bool>, SourceError> {
+        let check = sqlx::query_scalar::<_, bool>("select active from pg_replication_slots where slot_name = $1")
+            .bind(slot)
+            .fetch_optional(&self.pool);
+        self.bounded("replication slot check", check).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        check: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, SourceError> {
+        let unavailable =
+            |message: String| SourceError::Unavailable { source_name: self.source.clone(), operation, message };
+        match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+            Ok(result) => result.map_err(|e| unavailable(e.to_string())),
+            Err(_) => Err(unavailable(format!("no answer within {CHECK_TIMEOUT:?}"))),
+        }
     }
 
     /// Waits until every transaction in `xids` is visible; usually returns at

@@ -1,0 +1,68 @@
+//! What a source's runner knows of its source: failing since when, why, and
+//! how often by kind. `/ready`, the status page and `evercache status` read it,
+//! so a source that keeps failing is reported instead of retried in silence.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::SourceError;
+use crate::metrics as m;
+
+/// A source's health as its runner sees it; shared with the HTTP listener.
+#[derive(Debug)]
+pub struct SourceHealth {
+    source: String,
+    state: Mutex<HealthState>,
+}
+
+/// A copy of a source's health.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HealthState {
+    /// When the current run of failures began (Unix ms); `None` while it works.
+    pub failing_since_ms: Option<u64>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Its kind, e.g. "unavailable", "group_missing", "slot_missing".
+    pub last_error_kind: Option<String>,
+    /// When the source last delivered or confirmed anything (Unix ms).
+    pub last_ok_ms: Option<u64>,
+}
+
+impl SourceHealth {
+    /// A source not yet tried.
+    pub fn new(source: &str) -> Self {
+        Self { source: source.to_owned(), state: Mutex::default() }
+    }
+
+    /// The `[sources.<name>]` name.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A read or command failed.
+    pub fn failed(&self, error: &SourceError) {
+        let kind = error.kind();
+        metrics::counter!(m::SOURCE_ERRORS_TOTAL, "source" => self.source.clone(), "kind" => kind).increment(1);
+        let mut state = self.lock();
+        state.failing_since_ms.get_or_insert_with(crate::pipeline::now_ms);
+        state.last_error = Some(error.to_string());
+        state.last_error_kind = Some(kind.to_owned());
+    }
+
+    /// A read succeeded.
+    pub fn ok(&self) {
+        let mut state = self.lock();
+        state.failing_since_ms = None;
+        state.last_ok_ms = Some(crate::pipeline::now_ms());
+    }
+
+    /// The state now.
+    pub fn snapshot(&self) -> HealthState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
