@@ -79,17 +79,17 @@ impl LagWatch {
             let last_error = stats.errors.last().map(|e| format!(" (last error: {})", e.message)).unwrap_or_default();
             let busy_for = stats.busy_since_ms.map(|s| now_ms.saturating_sub(s)).filter(|ms| *ms >= stuck_ms);
             let idle_for = stats.last_write_at_ms.map_or(u64::MAX, |at| now_ms.saturating_sub(at));
-            let reason = if let Some(busy_for) = busy_for {
-                Some(format!("one batch has been running for {}{last_error}", seconds(busy_for)))
-            } else if let Some(since) =
-                lag_since.filter(|s| now_ms.saturating_sub(*s) >= stuck_ms && idle_for >= stuck_ms)
-            {
-                Some(format!(
+            let waiting_for =
+                lag_since.map(|s| now_ms.saturating_sub(s)).filter(|ms| *ms >= stuck_ms && idle_for >= stuck_ms);
+            let reason = match (busy_for, waiting_for) {
+                (Some(busy_for), _) => {
+                    Some(format!("one batch has been running for {}{last_error}", seconds(busy_for)))
+                }
+                (None, Some(waiting_for)) => Some(format!(
                     "{lag} entries waiting for {} and no batch finished{last_error}",
-                    seconds(now_ms.saturating_sub(since))
-                ))
-            } else {
-                None
+                    seconds(waiting_for)
+                )),
+                (None, None) => None,
             };
             let stuck = if reason.is_some() { 1.0 } else { 0.0 };
             metrics::gauge!(m::PIPELINE_STUCK, "pipeline" => name.clone()).set(stuck);

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,9 @@ const MAX_SOURCE_RETRY: Duration = Duration::from_secs(5);
 /// ahead of a failing one on the same source, and what bounds memory (each
 /// batch is bounded by the source's `max_batch_entries` and `max_batch_bytes`).
 const MAX_UNSETTLED_BATCHES: usize = 4;
+/// How often a source that is not read while a batch is applied hears how
+/// long that has taken.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Drives one source and the pipelines fed by it.
 pub struct SourceRunner {
@@ -109,6 +112,7 @@ impl SourceRunner {
             }
             if let Some(inbox_receiver) = &mut own_inbox {
                 // Settled here, on the source, before anything more is read.
+                let dispatched = Instant::now();
                 let settled = loop {
                     match ledger.ready() {
                         Some(Ok(batch)) => {
@@ -116,9 +120,10 @@ impl SourceRunner {
                             break settle(acks, &batch.records, batch.letters, &shutdown).await;
                         }
                         Some(Err(interrupted)) => break Err(interrupted),
-                        None => match inbox_receiver.recv().await {
-                            Some(message) => ledger.hear(message),
-                            None => break Ok(()),
+                        None => match tokio::time::timeout(STALL_CHECK, inbox_receiver.recv()).await {
+                            Ok(Some(message)) => ledger.hear(message),
+                            Ok(None) => break Ok(()),
+                            Err(_) => self.source.stalled(dispatched.elapsed()),
                         },
                     }
                 };

@@ -9,6 +9,8 @@ pub mod lag;
 pub mod postgres;
 pub mod redis_stream;
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
@@ -139,6 +141,17 @@ impl Source {
             }
             #[cfg(feature = "kafka")]
             Source::Kafka(s) => s.ack(records).await,
+        }
+    }
+
+    /// The batch handed out last has been applied for `waiting` without being
+    /// settled (the database or a plugin holds it up). The capture then lets go
+    /// of its replication connection, so the server is not held (a shutdown
+    /// waits for its walsenders to be confirmed); it reopens it from the
+    /// confirmed position once reading resumes.
+    pub fn stalled(&mut self, waiting: Duration) {
+        if let Source::Postgres(capture) = self {
+            capture.stalled(waiting);
         }
     }
 

@@ -68,7 +68,7 @@ async fn a_sleeping_plugin_and_a_sleeping_query_end_at_call_timeout_and_are_dead
     let mut redis = connect(SHARED_REDIS).await;
     clear_prefix(&mut redis, &name).await;
     let stream = format!("{name}.{name}.item");
-    let (mut process, port) = start(&dir, &name, &stream, "sleep_ids = [17]\nslow_query_ids = [42]");
+    let (mut process, port) = start(&dir, &name, &stream, "sleep_ids = \"17\"\nslow_query_ids = \"42\"");
     wait_ready(port, true, Duration::from_secs(60)).await;
     let mut writer = ConnectionManager::new(redis::Client::open(SHARED_REDIS).unwrap()).await.unwrap();
     let started = Instant::now();
@@ -135,7 +135,7 @@ async fn a_failing_pipeline_does_not_hold_back_a_healthy_one_on_a_backlog() {
         write_changes(&pg, &mut writer, &name, &stream, chunk).await;
     }
     let started = Instant::now();
-    let (mut process, port) = start(&dir, &name, &stream, "sleep_ids = [1234, 4321]");
+    let (mut process, port) = start(&dir, &name, &stream, "sleep_ids = \"1234,4321\"");
     let healthy = wait_keys(&pg, &name, &format!("{name}:healthy"), &[]).await;
     let poisoned = wait_keys(&pg, &name, &format!("{name}:poisoned"), &[1234, 4321]).await;
     wait_until("both poison records dead-lettered and everything acknowledged", Duration::from_secs(240), || {

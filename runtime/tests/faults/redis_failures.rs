@@ -19,16 +19,19 @@ async fn touch_all(pg: &PgPool, redis: &mut ConnectionManager, schema: &str, str
     }
 }
 
-async fn converged(pg: &PgPool, redis_url: &str, schema: &str, stream: &str, prefix: &str, what: &str) -> Duration {
-    let redis = connect(redis_url).await;
+/// Waits until the stream (on `urls.0`) is drained and every key in the cache
+/// (on `urls.1`) equals the database; nothing may have been dead-lettered.
+async fn converged(pg: &PgPool, urls: (&str, &str), schema: &str, stream: &str, prefix: &str, what: &str) -> Duration {
+    let (streams, cache) = (connect(urls.0).await, connect(urls.1).await);
     let took = wait_until(what, Duration::from_secs(120), || {
-        let (pg, mut redis) = (pg.clone(), redis.clone());
+        let (pg, mut streams, mut cache) = (pg.clone(), streams.clone(), cache.clone());
         async move {
-            backlog(&mut redis, stream).await == (0, 0) && mismatches(&pg, &mut redis, schema, prefix).await.is_empty()
+            backlog(&mut streams, stream).await == (0, 0)
+                && mismatches(&pg, &mut cache, schema, prefix).await.is_empty()
         }
     })
     .await;
-    assert_eq!(dead_letters(&mut redis.clone(), stream).await, 0, "{what}: nothing was dead-lettered");
+    assert_eq!(dead_letters(&mut streams.clone(), stream).await, 0, "{what}: nothing was dead-lettered");
     took
 }
 
@@ -56,7 +59,7 @@ async fn redis_restart_without_persistence_and_a_destroyed_group_are_healed() {
     for _ in 0..50 {
         write_changes(&pg, &mut writer, &name, &stream, &random_ids(&mut rng, rows, 10)).await;
     }
-    converged(&pg, &redis_url, &name, &stream, &prefix, "before the restart").await;
+    converged(&pg, (&redis_url, &redis_url), &name, &stream, &prefix, "before the restart").await;
 
     // Streams, the group, the cache and its metadata are all gone after this.
     server.kill();
@@ -64,7 +67,7 @@ async fn redis_restart_without_persistence_and_a_destroyed_group_are_healed() {
     let restarted = Instant::now();
     touch_all(&pg, &mut writer, &name, &stream, rows).await;
     let after_restart =
-        converged(&pg, &redis_url, &name, &stream, &prefix, "after a restart without persistence").await;
+        converged(&pg, (&redis_url, &redis_url), &name, &stream, &prefix, "after a restart without persistence").await;
     let recreated = metric(port, "evercache_source_groups_recreated_total", &[("source", "events")]).await;
     assert!(recreated >= 1.0, "the missing group was counted: {recreated}");
 
@@ -76,7 +79,7 @@ async fn redis_restart_without_persistence_and_a_destroyed_group_are_healed() {
         write_changes(&pg, &mut writer, &name, &stream, &random_ids(&mut rng, rows, 10)).await;
     }
     let reread: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut admin).await.unwrap();
-    let after_destroy = converged(&pg, &redis_url, &name, &stream, &prefix, "after XGROUP DESTROY").await;
+    let after_destroy = converged(&pg, (&redis_url, &redis_url), &name, &stream, &prefix, "after XGROUP DESTROY").await;
     let recreated_again = metric(port, "evercache_source_groups_recreated_total", &[("source", "events")]).await;
     assert!(recreated_again > recreated, "the destroyed group was counted too: {recreated_again}");
     println!(
@@ -120,7 +123,7 @@ async fn a_cache_out_of_memory_busy_or_read_only_is_waited_out() {
     let mut rng = Rng::new("oom");
     // Every key is cached once, so the cache's memory is in use before the limit.
     touch_all(&pg, &mut writer, &name, &stream, rows).await;
-    converged(&pg, &cache_url, &name, &stream, &prefix, "before the cache refuses writes").await;
+    converged(&pg, (SHARED_REDIS, &cache_url), &name, &stream, &prefix, "before the cache refuses writes").await;
 
     let mut report = Vec::new();
     for refusal in ["OOM", "BUSY", "READONLY"] {
@@ -189,7 +192,7 @@ async fn a_cache_out_of_memory_busy_or_read_only_is_waited_out() {
             }
         }
         let lifted = Instant::now();
-        let took = converged(&pg, &cache_url, &name, &stream, &prefix, refusal).await;
+        let took = converged(&pg, (SHARED_REDIS, &cache_url), &name, &stream, &prefix, refusal).await;
         wait_ready(port, true, Duration::from_secs(30)).await;
         report.push(format!(
             "{refusal} for {:.1?} (/ready false: {}), converged {took:.1?} after it lifted",

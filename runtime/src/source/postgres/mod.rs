@@ -25,6 +25,10 @@ use snapshot::Snapshot;
 pub use snapshot::SnapshotMode;
 use visibility::VisibilityGate;
 
+/// How long a handed-out batch may stay unsettled before the replication
+/// connection is released (see [`PostgresCapture::stalled`]).
+const RELEASE_AFTER: Duration = Duration::from_secs(10);
+
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
@@ -110,8 +114,6 @@ pub struct PostgresCapture {
     /// Committed transactions in the batch being built.
     batch_xids: Vec<u32>,
     visibility: VisibilityGate,
-    /// A batch read from the stream whose visibility check failed.
-    held: Option<Vec<RawRecord>>,
     batch_size: usize,
     max_batch_delay: Duration,
     dead_letters: DeadLetterWriter,
@@ -191,7 +193,6 @@ impl PostgresCaptureConfig {
             unconfirmed: None,
             batch_xids: Vec::new(),
             visibility,
-            held: None,
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, dead_letter_conn, &self.dead_letter_stream),
@@ -215,13 +216,12 @@ impl PostgresCapture {
         if let Some(records) = self.snapshot_batch().await? {
             return Ok(records);
         }
-        let records = match self.held.take() {
-            Some(records) => records,
-            None => self.stream_batch().await?,
-        };
-        // Held, not dropped, when the check fails: the stream will not send them again.
+        let records = self.stream_batch().await?;
+        // A batch that cannot be checked cannot go on: the connection is let go
+        // (a server shutting down waits for it) and the stream sends it again.
         if let Err(e) = self.visibility.wait(&self.batch_xids).await {
-            self.held = Some(records);
+            self.forget_stream();
+            self.session.release("the transaction visibility check failed");
             return Err(e);
         }
         self.batch_xids.clear();
@@ -298,6 +298,16 @@ impl PostgresCapture {
             if records.len() >= self.batch_size * 4 {
                 return Ok(records);
             }
+        }
+    }
+
+    /// The batch handed out has been applied for `waiting` without being
+    /// settled: past [`RELEASE_AFTER`] the replication connection is let go, so
+    /// a server shutting down or failing over is not held by it. Reading
+    /// resumes from the slot's confirmed position.
+    pub fn stalled(&mut self, waiting: Duration) {
+        if waiting >= RELEASE_AFTER {
+            self.session.release("a batch has been applied for longer than 10s");
         }
     }
 

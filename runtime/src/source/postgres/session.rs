@@ -60,16 +60,18 @@ impl Session {
     }
 
     async fn connect(&mut self, checks: &VisibilityGate) -> Result<(), SourceError> {
+        let mut config = self.config.clone();
+        // What was confirmed here is written; the slot may not have heard of it yet.
+        if self.confirmed > 0 {
+            config.start_lsn = Lsn::from_u64(self.confirmed);
+        }
         let attempt = async {
-            let mut client = ReplicationClient::connect(self.config.clone()).await?;
+            let mut client = ReplicationClient::connect(config).await?;
             client.wait_started().await?;
             Ok::<_, pgwire_replication::PgWireError>(client)
         };
         match attempt.await {
             Ok(client) => {
-                if self.confirmed > 0 {
-                    client.update_applied_lsn(Lsn::from_u64(self.confirmed));
-                }
                 self.client = Some(client);
                 self.last_heard = Instant::now();
                 if let Some(lost_at) = self.lost_at.take() {
@@ -144,6 +146,13 @@ impl Session {
             && let Err(e) = client.shutdown().await
         {
             tracing::debug!(source = %self.source, error = %e, "replication shutdown");
+        }
+    }
+
+    /// Lets go of the connection on purpose; the next read reconnects.
+    pub(super) fn release(&mut self, why: &str) {
+        if self.client.is_some() {
+            let _ = self.lost(why);
         }
     }
 
