@@ -360,3 +360,58 @@ async fn startup_errors_never_show_passwords() -> Result<()> {
     assert!(report.contains("cache main: unreachable") && !report.contains("s3cret"), "{report}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_and_status_say_why_a_pipeline_is_stuck() -> Result<()> {
+    let mut env = TestEnv::new("ops_stuck").await?;
+    env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
+    env.sql("insert into item values (1, 'one', 1)").await?;
+    let stream = env.stream("item");
+    let pipeline = format!("{}_items", env.prefix);
+    let http = "[http]\nlisten = \"127.0.0.1:0\"\nprobe_interval = \"100ms\"\nstuck_after = \"1s\"\n";
+    // Nothing listens on port 1: every host query finds the database unavailable.
+    let runtime =
+        env.runtime_toml(std::slice::from_ref(&stream), http).replace(PG_URL, "postgres://postgres@127.0.0.1:1/test");
+    let config = env.config(&runtime, &[(&pipeline, &env.testkit_pipeline(""))])?;
+    let (addr, shutdown, tasks) = start(config.clone()).await?;
+    let result = async {
+        wait_until("/ready turns true", WAIT, || async move { Ok(get(addr, "/ready").await?.0 == 200) }).await?;
+        env.xadd_compact(&stream, &pg_key(1), &change_now(&env, "c", 1, "one")).await?;
+        let started = std::time::Instant::now();
+        let reasons = loop {
+            let (code, body) = get(addr, "/ready").await?;
+            let body: Value = serde_json::from_str(&body)?;
+            // The first attempt waits `acquire_timeout` (5s) before its error is known.
+            let why = body["pipelines"][&pipeline].as_str().unwrap_or("");
+            if code == 503 && why.contains("database 'db' is unavailable") {
+                break body["reasons"].as_array().cloned().unwrap_or_default();
+            }
+            if started.elapsed() > WAIT {
+                bail!("/ready never named the stuck pipeline: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let reason = reasons.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; ");
+        assert!(reason.contains(&format!("pipeline '{pipeline}': one batch has been running for")), "{reason}");
+        assert!(reason.contains("database 'db' is unavailable"), "the last error is named: {reason}");
+        let (_, page) = get(addr, "/metrics").await?;
+        assert_eq!(sample(&page, "evercache_pipeline_stuck", &[("pipeline", &pipeline)]), Some(1.0));
+        let (_, status) = get(addr, "/api/status").await?;
+        let status: Value = serde_json::from_str(&status)?;
+        assert!(status["pipelines"][0]["stuck"].as_str().is_some_and(|s| s.contains("one batch")), "{status}");
+        wait_until("evercache status says why", WAIT, || {
+            let config = config.clone();
+            let pipeline = pipeline.clone();
+            async move {
+                let report = evercache::status::report(&config).await?;
+                Ok(report.contains(&format!("pipeline {pipeline}: not ready: one batch has been running")))
+            }
+        })
+        .await?;
+        assert_eq!(env.pending(&stream).await?, 1, "nothing is acked while it is stuck");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    stop(shutdown, tasks).await?;
+    result
+}

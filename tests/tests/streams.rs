@@ -273,3 +273,64 @@ async fn failures_anywhere_in_a_batch_of_many_reads_are_dead_lettered_as_themsel
     }
     running.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_bounded_in_bytes_and_fan_out_keys_are_written_in_parts() -> Result<()> {
+    let mut env = item_env("bounded", 200).await?;
+    let stream = env.stream("item");
+    let events: i32 = 600;
+    let mut fill = redis::pipe();
+    for i in 0..events {
+        let id = i64::from(i % 200) + 1;
+        let value =
+            pg_change("u", &env.prefix, "item", None, Some(json!({"id": id, "name": "row", "version": 1})), next_lsn());
+        fill.cmd("XADD").arg(&stream).arg("*").arg(pg_key(id)).arg(value.to_string()).ignore();
+    }
+    fill.query_async::<()>(&mut env.redis).await?;
+    env.sql("update item set version = 2").await?;
+
+    let (whole, parts) = (format!("{}_items", env.prefix), format!("{}_parts", env.prefix));
+    // A read of 50 entries is about 40 KB: past max_batch_bytes, so every batch is one read
+    // although max_batch_entries would let a backlog batch grow to 5000.
+    let extra = "batch_size = 50\nmax_batch_entries = 5000\nmax_batch_bytes = 8000\n[http]\nlisten = \"127.0.0.1:0\"";
+    let in_parts = env
+        .testkit_pipeline("")
+        .replace("max_attempts = 2", "max_attempts = 2\nmax_batch_keys = 7")
+        .replace(&format!("key_prefix = \"{}:item\"", env.prefix), &format!("key_prefix = \"{}:parts\"", env.prefix));
+    let config = env.config(
+        &env.runtime_toml(std::slice::from_ref(&stream), extra),
+        &[(&whole, &env.testkit_pipeline("")), (&parts, &in_parts)],
+    )?;
+    let running = Running::start(config).await?;
+    let addr = running.http.expect("[http] is configured");
+    let (w, p) = (("pipeline", whole.as_str()), ("pipeline", parts.as_str()));
+    wait_until("every event is written by both pipelines and acknowledged", WAIT, || {
+        let mut redis = env.redis.clone();
+        let stream = stream.clone();
+        async move {
+            let (_, page) = get(addr, "/metrics").await?;
+            let written = |p| sample(&page, "evercache_events_total", &[p, ("op", "u"), ("outcome", "written")]);
+            let pending: Vec<redis::Value> =
+                redis::cmd("XPENDING").arg(&stream).arg("evercache").query_async(&mut redis).await?;
+            let all = Some(f64::from(events));
+            Ok(written(w) == all && written(p) == all && matches!(pending.first(), Some(redis::Value::Int(0))))
+        }
+    })
+    .await?;
+    let (_, page) = get(addr, "/metrics").await?;
+    let at = |name: &str, labels: &[(&str, &str)]| sample(&page, name, labels).unwrap_or(f64::NAN);
+    let batches = at("evercache_batch_events_count", &[w]);
+    assert_eq!(at("evercache_batch_events_bucket", &[w, ("le", "50")]), batches, "no batch past one read: {batches}");
+    let pieces = at("evercache_batch_events_count", &[p]);
+    // Each part holds at most 7 distinct keys, and no 7 consecutive events share one here.
+    assert_eq!(at("evercache_batch_events_bucket", &[p, ("le", "10")]), pieces, "parts of at most max_batch_keys");
+    assert!(pieces >= f64::from(events) / 7.0, "{events} events in {pieces} parts");
+    for id in 1..=200 {
+        for key in [format!("{}:item:{id}", env.prefix), format!("{}:parts:{id}", env.prefix)] {
+            let value = env.get_json(&key).await?.expect("written");
+            assert_eq!(value["version"], 2, "{key}: {value}");
+        }
+    }
+    assert!(env.dead_letters(&stream).await?.is_empty());
+    running.stop().await
+}

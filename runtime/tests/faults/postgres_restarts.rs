@@ -92,10 +92,29 @@ async fn postgres_restarts_fast_and_immediate_under_capture_load_lose_nothing() 
     let stream = format!("{name}.{name}.item");
     assert_eq!(dead_letters(&mut redis, &stream).await, 0, "a restart never dead-letters");
     assert!(reconnects >= 4.0, "the capture reconnected after each restart: {reconnects}");
+    // A server without the slot (dropped, or a failover to a standby without it) is
+    // reported as halted, never papered over with a new slot.
+    let admin = PgPoolOptions::new().max_connections(1).connect(&pg_url).await.unwrap();
+    wait_until("the slot is dropped", Duration::from_secs(30), || {
+        let (admin, name) = (admin.clone(), name.clone());
+        async move {
+            let _ =
+                sqlx::query("select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1")
+                    .bind(&name)
+                    .execute(&admin)
+                    .await;
+            sqlx::query("select pg_drop_replication_slot($1)").bind(&name).execute(&admin).await.is_ok()
+        }
+    })
+    .await;
+    let (_, reasons) = wait_ready(port, false, Duration::from_secs(30)).await;
+    let halted = reasons.join("; ");
+    assert!(halted.contains(&format!("replication slot '{name}' does not exist")), "{halted}");
     println!(
         "[postgres restarts] {} commits of 10 row updates over {rows} rows while Postgres was stopped 4 times (fast, \
          immediate, fast, immediate) under the built-in capture; {}; the capture reconnected {reconnects} times and \
-         the cache converged {:.1?} after the last write: every key equals the database, 0 dead letters",
+         the cache converged {:.1?} after the last write: every key equals the database, 0 dead letters; then the \
+         slot was dropped under it: /ready says \"{halted}\"",
         commits.load(Ordering::SeqCst),
         report.join("; "),
         settle.elapsed()

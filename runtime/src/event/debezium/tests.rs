@@ -250,3 +250,14 @@ fn extended_headers_are_ignored_and_key_wrapper_unwrapped() {
     let event = change(decode_record("s.public.t", None, Some(&null_commit)));
     assert_eq!(event.position, position::postgres(120, 120));
 }
+
+#[test]
+fn a_change_the_capture_could_not_decode_is_an_error_never_a_skip() {
+    let fields = vec![
+        (CAPTURE_ERROR_FIELD.to_owned(), "pgoutput message at LSN 0/16B3748 could not be decoded: boom".to_owned()),
+        ("pgoutput".to_owned(), "49000000".to_owned()),
+    ];
+    let err = decode_stream_entry("shop.public.product", &fields).unwrap_err();
+    assert!(matches!(err, DecodeError::Capture(_)), "{err}");
+    assert!(err.to_string().contains("LSN 0/16B3748"), "{err}");
+}

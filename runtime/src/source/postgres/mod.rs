@@ -27,7 +27,7 @@ use visibility::VisibilityGate;
 
 /// How long a handed-out batch may stay unsettled before the replication
 /// connection is released (see [`PostgresCapture::stalled`]).
-const RELEASE_AFTER: Duration = Duration::from_secs(10);
+const RELEASE_AFTER: Duration = Duration::from_secs(5);
 
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -307,7 +307,7 @@ impl PostgresCapture {
     /// resumes from the slot's confirmed position.
     pub fn stalled(&mut self, waiting: Duration) {
         if waiting >= RELEASE_AFTER {
-            self.session.release("a batch has been applied for longer than 10s");
+            self.session.release("a batch has been applied for longer than 5s");
         }
     }
 
