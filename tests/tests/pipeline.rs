@@ -288,6 +288,39 @@ async fn database_outage_is_waited_out_never_dead_lettered() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_always_times_out_is_waited_out_then_dead_lettered_while_the_database_answers() -> Result<()> {
+    let mut env = item_env("transient_bound").await?;
+    let stream = env.stream("item");
+    // Every statement for row 2 sleeps past the database's statement timeout: a
+    // "transient" error that the healthy database says is the batch's own.
+    let runtime = env.runtime_toml(std::slice::from_ref(&stream), "").replace(
+        "url = \"postgres://postgres@127.0.0.1:5432/test\"",
+        "url = \"postgres://postgres@127.0.0.1:5432/test\"\nstatement_timeout = \"200ms\"",
+    );
+    let pipeline = env
+        .testkit_pipeline("slow_query_ids = \"2\"")
+        .replace("max_attempts = 2", "max_attempts = 2\nmax_transient_wait = \"1500ms\"\ncall_timeout = \"10s\"");
+    let config = env.config(&runtime, &[("items", &pipeline)])?;
+    env.sql("insert into item values (1, 'one', 1), (2, 'two', 1)").await?;
+    for (id, name) in [(1, "one"), (2, "two")] {
+        let change = pg_change("c", &env.prefix, "item", None, Some(item(id, name, 1)), next_lsn());
+        env.xadd_compact(&stream, &pg_key(id), &change.to_string()).await?;
+    }
+    let started = std::time::Instant::now();
+    let running = Running::start(config).await?;
+    wait_json(&env, &format!("{}:item:1", env.prefix), &item(1, "one", 1)).await?;
+    wait_drained(&env, std::slice::from_ref(&stream)).await?;
+    let took = started.elapsed();
+    let letters = env.dead_letters(&stream).await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let error = &letters[0]["__evercache.error"];
+    assert!(error.contains("SQLSTATE 57014"), "the statement timeout is named: {error}");
+    assert!(took >= Duration::from_millis(1500), "waited out for max_transient_wait first: {took:?}");
+    assert_eq!(env.get(&format!("{}:item:2", env.prefix)).await?, None);
+    running.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_mode_deletes_touched_keys() -> Result<()> {
     let mut env = item_env("invalidate").await?;
     let stream = env.stream("item");

@@ -25,14 +25,17 @@ struct Broker {
     address: String,
 }
 
+/// The `tansu` binary: where `cargo install` puts it, else on the PATH.
+fn tansu() -> String {
+    let installed = format!("{}/.cargo/bin/tansu", std::env::var("HOME").unwrap_or_default());
+    if std::path::Path::new(&installed).exists() { installed } else { "tansu".to_owned() }
+}
+
 impl Broker {
     fn start() -> Self {
-        let home = std::env::var("HOME").unwrap_or_default();
-        let installed = format!("{home}/.cargo/bin/tansu");
-        let tansu = if std::path::Path::new(&installed).exists() { installed } else { "tansu".to_owned() };
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&tansu)
+        let child = Command::new(tansu())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
@@ -49,10 +52,7 @@ impl Broker {
     }
 
     fn create_topic(&self, topic: &str) {
-        let home = std::env::var("HOME").unwrap_or_default();
-        let installed = format!("{home}/.cargo/bin/tansu");
-        let tansu = if std::path::Path::new(&installed).exists() { installed } else { "tansu".to_owned() };
-        let output = Command::new(tansu)
+        let output = Command::new(tansu())
             .args(["topic", "create", topic, "--partitions", &PARTITIONS.to_string()])
             .args(["--broker", &format!("tcp://{}", self.address)])
             .output()

@@ -31,6 +31,15 @@ fn start(dir: &std::path::Path, name: &str, stream: &str, poison: &str) -> (Runt
     (RuntimeProcess::start(&config, &dir.join("runtime.log")), port)
 }
 
+/// A fresh `<name>.item` with `rows` rows, no keys of `name` in Redis, and the stream's name.
+async fn prepare(name: &str, rows: i64) -> (PgPool, redis::aio::MultiplexedConnection, String) {
+    let pg = PgPool::connect(SHARED_PG).await.unwrap();
+    create_items(&pg, name, rows).await;
+    let mut redis = connect(SHARED_REDIS).await;
+    clear_prefix(&mut redis, name).await;
+    (pg, redis, format!("{name}.{name}.item"))
+}
+
 /// Waits until the keys of `prefix` equal the database except `poisoned` ids,
 /// which must have no key at all.
 async fn wait_keys(pg: &PgPool, schema: &str, prefix: &str, poisoned: &[i64]) -> Duration {
@@ -63,11 +72,7 @@ async fn a_sleeping_plugin_and_a_sleeping_query_end_at_call_timeout_and_are_dead
     let name = format!("fault_sleep_{}", std::process::id());
     let rows = 200;
     let dir = scratch(&name);
-    let pg = PgPool::connect(SHARED_PG).await.unwrap();
-    create_items(&pg, &name, rows).await;
-    let mut redis = connect(SHARED_REDIS).await;
-    clear_prefix(&mut redis, &name).await;
-    let stream = format!("{name}.{name}.item");
+    let (pg, mut redis, stream) = prepare(&name, rows).await;
     let (mut process, port) = start(&dir, &name, &stream, "sleep_ids = \"17\"\nslow_query_ids = \"42\"");
     wait_ready(port, true, Duration::from_secs(60)).await;
     let mut writer = ConnectionManager::new(redis::Client::open(SHARED_REDIS).unwrap()).await.unwrap();
@@ -123,11 +128,7 @@ async fn a_failing_pipeline_does_not_hold_back_a_healthy_one_on_a_backlog() {
     let name = format!("fault_backlog_{}", std::process::id());
     let rows = 5_000;
     let dir = scratch(&name);
-    let pg = PgPool::connect(SHARED_PG).await.unwrap();
-    create_items(&pg, &name, rows).await;
-    let mut redis = connect(SHARED_REDIS).await;
-    clear_prefix(&mut redis, &name).await;
-    let stream = format!("{name}.{name}.item");
+    let (pg, mut redis, stream) = prepare(&name, rows).await;
     // The backlog is there before the runtime starts.
     let mut writer = ConnectionManager::new(redis::Client::open(SHARED_REDIS).unwrap()).await.unwrap();
     let ids: Vec<i64> = (1..=rows).collect();
