@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use evercache::contract::DbValue;
 use evercache::event::{ChangeEvent, Op};
-use evercache::plugin::bindings::DbValue;
 use evercache::plugin::{PluginEngine, PluginInstance, SandboxConfig, load_file};
-use evercache::recompute::query::DatabaseConfig;
+use evercache::query::DatabaseConfig;
 use serde::Deserialize;
 
 use crate::stats::{Latencies, ms};

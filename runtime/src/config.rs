@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::pipeline::config::PipelineConfig;
-use crate::plugin::{ReloadConfig, SandboxConfig};
-use crate::recompute::query::DatabaseConfig;
+use crate::pipeline::reload::ReloadConfig;
+use crate::plugin::SandboxConfig;
+use crate::query::DatabaseConfig;
 use crate::sink::CacheConfig;
 use crate::source::SourceConfig;
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evercache::config::Config;
 use evercache::plugin::tooling;
 use evercache::runtime::Runtime;
-use evercache::sink::debezium_stream::{DebeziumStreamWriter, forward};
+use evercache::source::postgres::forward::{DebeziumStreamWriter, forward};
 use evercache::source::{SourceConfig, read_dead_letters, replay_dead_letter};
 use tokio_util::sync::CancellationToken;
 
@@ -195,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
             watch_signals(shutdown.clone());
             let mut capture = capture.build(&name).await?;
             let mut writer = DebeziumStreamWriter::connect(&redis_url, schemas).await.context("connecting to Redis")?;
-            let written = forward(&mut capture, &mut writer, &shutdown).await?;
+            let written = forward(&mut capture, &mut writer, &shutdown).await;
             tracing::info!(source = %name, written, "capture stopped");
             Ok(())
         }

@@ -32,6 +32,8 @@ pub const DEAD_LETTERS_TOTAL: &str = "evercache_dead_letters_total";
 pub const PLUGIN_ERRORS_TOTAL: &str = "evercache_plugin_errors_total";
 /// Plugin hot reloads, by `plugin` and `outcome` (`ok`, `failed`).
 pub const PLUGIN_RELOADS_TOTAL: &str = "evercache_plugin_reloads_total";
+/// Pipeline-file hot reloads, by `pipeline` and `outcome` (`ok`, `failed`).
+pub const PIPELINE_RELOADS_TOTAL: &str = "evercache_pipeline_reloads_total";
 /// When the running plugin version was loaded (Unix seconds), by `pipeline`, `plugin` and `version`.
 pub const PLUGIN_LOADED_SECONDS: &str = "evercache_plugin_loaded_timestamp_seconds";
 /// Entries (or messages) not yet delivered to the consumer group, by `source` and `stream`.
@@ -97,6 +99,7 @@ fn describe() {
     describe_counter!(DEAD_LETTERS_TOTAL, "Records written to a dead-letter stream.");
     describe_counter!(PLUGIN_ERRORS_TOTAL, "Failed plugin calls by kind.");
     describe_counter!(PLUGIN_RELOADS_TOTAL, "Plugin hot reloads by outcome.");
+    describe_counter!(PIPELINE_RELOADS_TOTAL, "Pipeline-file hot reloads by outcome.");
     describe_gauge!(PLUGIN_LOADED_SECONDS, Unit::Seconds, "When the running plugin version was loaded.");
     describe_gauge!(SOURCE_LAG_ENTRIES, "Entries not yet delivered to the consumer group.");
     describe_gauge!(SOURCE_PENDING_ENTRIES, "Entries delivered but not acknowledged.");
@@ -110,7 +113,7 @@ fn describe() {
 }
 
 /// Counts dead letters once they are written (one line in the source runner).
-pub fn dead_lettered(source: &str, letters: &[DeadLetter<'_>]) {
+pub fn dead_lettered(source: &str, letters: &[DeadLetter]) {
     for letter in letters {
         let pipeline = letter.pipeline.clone().unwrap_or_default();
         counter!(DEAD_LETTERS_TOTAL, "source" => source.to_owned(), "pipeline" => pipeline).increment(1);

@@ -8,13 +8,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::pipeline::build::{BuildError, Wiring};
+use crate::pipeline::reload::{ReloadSlot, Reloader};
 use crate::pipeline::{Pipeline, SourceRunner};
-use crate::plugin::{
-    CallError, LoadError, LoadedPlugin, NativeContext, NativeFactory, PluginEngine, PluginHandle, PluginInstance,
-    ReloadSlot, Reloader, load_dir,
-};
-use crate::recompute::query::{QueryError, QueryRunner};
-use crate::sink::{RedisCache, SinkError, WriteSettings};
+use crate::plugin::{LoadError, LoadedPlugin, NativeFactory, PluginEngine, load_dir};
+use crate::query::{QueryError, QueryRunner};
+use crate::sink::{RedisCache, SinkError};
 use crate::source::SourceError;
 use crate::source::health::SourceHealth;
 
@@ -27,36 +26,9 @@ pub enum StartError {
     /// A plugin file could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// A pipeline names a plugin that is not in `plugins_dir`.
-    #[error(
-        "pipeline '{pipeline}': plugin '{plugin}' not found in {dir}; build it with scripts/build-plugins.sh (found: {found})"
-    )]
-    MissingPlugin {
-        /// The pipeline.
-        pipeline: String,
-        /// The plugin name it asked for.
-        plugin: String,
-        /// The plugins directory.
-        dir: String,
-        /// The plugins that are there.
-        found: String,
-    },
-    /// The plugin's `init` failed for a pipeline.
-    #[error("pipeline '{pipeline}': {source}")]
-    Init {
-        /// The pipeline.
-        pipeline: String,
-        /// The failed call.
-        source: CallError,
-    },
-    /// A native plugin could not be built for a pipeline.
-    #[error("pipeline '{pipeline}': native plugin: {message}")]
-    Native {
-        /// The pipeline.
-        pipeline: String,
-        /// The factory's message.
-        message: String,
-    },
+    /// A pipeline could not be built.
+    #[error(transparent)]
+    Pipeline(#[from] BuildError),
     /// A database pool could not be built.
     #[error(transparent)]
     Database(#[from] QueryError),
@@ -118,60 +90,17 @@ impl Runtime {
             let built = cache.build(name).await.map_err(|source| StartError::Cache { cache: name.clone(), source })?;
             caches.insert(name.clone(), built);
         }
+        let wiring = Wiring::new(engine, config.runtime.plugins_dir.clone(), databases, caches, natives);
         let mut pipelines = Vec::new();
         let mut slots = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
-            let database = pipeline
-                .database
-                .as_deref()
-                .and_then(|d| databases.get(d))
-                .map(|d| d.limited(config.runtime.sandbox.max_concurrent_queries));
-            // Config::load checked that the cache exists.
-            let Some(cache) = caches.get(pipeline.cache.as_str()) else {
-                continue;
-            };
-            let writer = cache.writer(WriteSettings { pipeline: name.clone(), safety_ttl: pipeline.ttl });
-            if let Some(factory) = natives.get(&pipeline.plugin) {
-                let context = NativeContext {
-                    pipeline: name.clone(),
-                    config: pipeline.plugin_config(),
-                    database: database.clone(),
-                };
-                let native =
-                    factory(context).map_err(|message| StartError::Native { pipeline: name.clone(), message })?;
-                tracing::info!(pipeline = %name, plugin = %native.label(), "pipeline ready (native plugin)");
-                let handle = PluginHandle::Native(native);
-                let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer, database.clone()));
-                let slot =
-                    ReloadSlot { pipeline: built.clone(), config: pipeline.clone(), database: None, native: true };
-                slots.insert(name.clone(), slot);
-                pipelines.push((name.clone(), built));
-                continue;
-            }
-            let plugin = plugins.get(&pipeline.plugin).ok_or_else(|| {
-                let mut found: Vec<&str> = plugins.keys().map(String::as_str).collect();
-                found.sort();
-                StartError::MissingPlugin {
-                    pipeline: name.clone(),
-                    plugin: pipeline.plugin.clone(),
-                    dir: config.runtime.plugins_dir.display().to_string(),
-                    found: found.join(", "),
-                }
-            })?;
-            let mut instance =
-                PluginInstance::new(&engine, plugin.clone(), name, database.clone(), pipeline.plugin_config())
-                    .with_call_timeout(pipeline.call_timeout);
-            instance.init().await.map_err(|source| StartError::Init { pipeline: name.clone(), source })?;
-            tracing::info!(pipeline = %name, plugin = %plugin.label(), tables = ?pipeline.tables, "pipeline ready");
-            let handle = PluginHandle::Wasm(Box::new(instance));
-            let built = Arc::new(Pipeline::new(name, pipeline.clone(), handle, writer, database.clone()));
-            slots.insert(
-                name.clone(),
-                ReloadSlot { pipeline: built.clone(), config: pipeline.clone(), database, native: false },
-            );
+            let built = wiring.pipeline(name, pipeline, &plugins).await?;
+            tracing::info!(pipeline = %name, plugin = %pipeline.plugin, tables = ?pipeline.tables, "pipeline ready");
+            let database = built.database();
+            slots.insert(name.clone(), ReloadSlot { pipeline: built.clone(), config: pipeline.clone(), database });
             pipelines.push((name.clone(), built));
         }
-        let reloader = Reloader::new(engine, config.runtime.clone(), plugins.clone(), slots, databases, caches);
+        let reloader = Reloader::new(wiring, config.runtime.clone(), plugins.clone(), slots);
         Ok(Self { config, plugins, pipelines, http: None, reloader })
     }
 

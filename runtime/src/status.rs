@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics as m;
-use crate::pipeline::now_ms;
 use crate::pipeline::stats::StatsSnapshot;
 use crate::source::SourceError;
 use crate::source::lag::{LagProbe, SourceLag};

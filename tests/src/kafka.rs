@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use evercache::source::{KafkaConfig, RawRecord};
+use evercache::source::{KafkaConfig, RecordBody, SourceRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -203,7 +203,7 @@ properties = {{ "session.timeout.ms" = "10000" }}
 }
 
 /// Reads with the source itself until `count` records came, acking each batch.
-pub async fn read_records(config: &KafkaConfig, name: &str, count: usize) -> Result<Vec<RawRecord>> {
+pub async fn read_records(config: &KafkaConfig, name: &str, count: usize) -> Result<Vec<SourceRecord>> {
     let mut source = config.build(name).await?;
     let mut records = Vec::new();
     let start = Instant::now();
@@ -218,14 +218,17 @@ pub async fn read_records(config: &KafkaConfig, name: &str, count: usize) -> Res
 }
 
 /// `(partition, offset)` from a record id `<partition>:<offset>`.
-pub fn partition_offset(record: &RawRecord) -> (i32, i64) {
+pub fn partition_offset(record: &SourceRecord) -> (i32, i64) {
     let (partition, offset) = record.id.split_once(':').unwrap_or_default();
     (partition.parse().unwrap_or(-1), offset.parse().unwrap_or(-1))
 }
 
 /// A record field's value.
-pub fn field<'a>(record: &'a RawRecord, name: &str) -> Option<&'a str> {
-    record.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str())
+pub fn field<'a>(record: &'a SourceRecord, name: &str) -> Option<&'a str> {
+    match &record.body {
+        RecordBody::Fields(fields) => fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str()),
+        RecordBody::Change(_) => None,
+    }
 }
 
 /// A Kafka source configuration for group `group`, with short waits.

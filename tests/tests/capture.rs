@@ -117,7 +117,7 @@ async fn captured_events_match_what_debezium_emits() -> Result<()> {
 
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].stream, format!("{0}.{0}.customers", env.prefix));
-    let Decoded::Change(captured) = decode_stream_entry(&records[0].stream, &records[0].fields)? else {
+    let Decoded::Change(captured) = decode_stream_entry(&records[0].stream, &records[0].fields())? else {
         panic!("not a change: {records:?}")
     };
     let fixture = include_str!("../../runtime/tests/fixtures/debezium/pg_insert_with_schema.json");
@@ -160,7 +160,7 @@ async fn initial_snapshot_warms_the_cache_before_streaming() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result<()> {
-    use evercache::sink::debezium_stream::{DebeziumStreamWriter, forward};
+    use evercache::source::postgres::forward::{DebeziumStreamWriter, forward};
     let env = TestEnv::new("capture_fwd").await?;
     env.drop_capture().await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
@@ -186,7 +186,7 @@ async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result
     })
     .await?;
     shutdown.cancel();
-    let written = task.await??;
+    let written = task.await?;
     env.drop_capture().await?;
     assert_eq!(written, 4);
 

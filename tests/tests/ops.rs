@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use evercache::pipeline::now_ms;
+use evercache::clock::now_ms;
 use evercache::runtime::Runtime;
 use evercache::source::SourceConfig;
 use evercache::source::lag::LagProbe;

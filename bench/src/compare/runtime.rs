@@ -74,7 +74,7 @@ fn event(table: &str, id: i64) -> String {
     let lsn = LSN.fetch_add(16, Ordering::Relaxed);
     format!(
         r#"{{"before":null,"after":{{"id":{id}}},"source":{{"version":"bench","connector":"postgresql","name":"bench","ts_ms":{ts},"snapshot":"false","db":"test","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"{SCHEMA}","table":"{table}","txId":1,"lsn":{lsn}}},"op":"u","ts_ms":{ts}}}"#,
-        ts = evercache::pipeline::now_ms()
+        ts = evercache::clock::now_ms()
     )
 }
 

@@ -3,4 +3,4 @@
 pub mod debezium;
 pub mod position;
 
-pub use crate::plugin::bindings::{ChangeEvent, Op};
+pub use crate::contract::{ChangeEvent, Op};

@@ -1,53 +1,31 @@
 //! The `[http]` listener: Prometheus `/metrics`, `/health`, `/ready`, the status
 //! page at `/` with its JSON at `/api/status`, and the probe loop feeding them.
 
+mod config;
 mod page;
 pub mod readiness;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
-use crate::pipeline::now_ms;
 use crate::pipeline::stats::StatsSnapshot;
 use crate::source::health::SourceHealth;
 use crate::status::{Facts, Probes, save_pipeline};
+pub use config::HttpConfig;
 use readiness::{LagWatch, Readiness};
-
-/// `[http]` in the runtime file; without it no listener runs.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address to listen on, e.g. "127.0.0.1:9464" (port 0 picks a free one).
-    pub listen: String,
-    /// How often source lag, pending entries and Redis memory are probed (default "1s").
-    #[serde(default = "default_probe_interval", with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// A source failing, or a pipeline working on one batch (or with lag and
-    /// no batch finished), for this long makes `/ready` false with the reason
-    /// (default "30s").
-    #[serde(default = "default_stuck_after", with = "humantime_serde")]
-    pub stuck_after: Duration,
-}
-
-fn default_probe_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_stuck_after() -> Duration {
-    Duration::from_secs(30)
-}
 
 /// What the listener watches: the configuration, the pipelines and what each
 /// source's runner knows of its source.

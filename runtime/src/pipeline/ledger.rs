@@ -8,9 +8,8 @@ use std::collections::VecDeque;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Failure, Interrupted};
-use super::staging::Letter;
-use crate::source::{DeadLetter, RawRecord, Source, SourceError, StreamAcker};
+use super::failure::Interrupted;
+use crate::source::{DeadLetter, Source, SourceError, SourceRecord, StreamAcker};
 
 /// Wait between attempts at a failing dead-letter or acknowledgement write.
 const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -18,9 +17,9 @@ const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// A batch read and dispatched to its pipelines, not yet settled.
 pub(super) struct Unsettled {
     pub(super) seq: u64,
-    pub(super) records: Vec<RawRecord>,
+    pub(super) records: Vec<SourceRecord>,
     /// Undecodable records, then each pipeline's failures as they arrive.
-    pub(super) letters: Vec<Letter>,
+    pub(super) letters: Vec<DeadLetter>,
     /// Pipelines that have not finished it.
     pub(super) waiting: usize,
     /// Returned when it is settled: bounds the batches held in memory.
@@ -29,7 +28,7 @@ pub(super) struct Unsettled {
 }
 
 impl Unsettled {
-    pub(super) fn new(seq: u64, records: Vec<RawRecord>, letters: Vec<Letter>, waiting: usize) -> Self {
+    pub(super) fn new(seq: u64, records: Vec<SourceRecord>, letters: Vec<DeadLetter>, waiting: usize) -> Self {
         Self { seq, records, letters, waiting, permit: None, interrupted: false }
     }
 }
@@ -37,8 +36,8 @@ impl Unsettled {
 /// A pipeline finished its share of batch `seq`.
 pub(super) struct Done {
     pub(super) seq: u64,
-    pub(super) pipeline: String,
-    pub(super) result: Result<Vec<Failure>, Interrupted>,
+    /// Its records that failed for good.
+    pub(super) result: Result<Vec<DeadLetter>, Interrupted>,
 }
 
 /// What the ledger hears: new batches from the runner, finished shares from the workers.
@@ -81,12 +80,7 @@ impl Ledger {
                 let Some(batch) = self.batches.iter_mut().find(|b| b.seq == done.seq) else { return };
                 batch.waiting = batch.waiting.saturating_sub(1);
                 match done.result {
-                    Ok(failures) => batch.letters.extend(failures.into_iter().map(|f| Letter {
-                        record: f.record,
-                        pipeline: Some(done.pipeline.clone()),
-                        error: f.error,
-                        attempts: f.attempts,
-                    })),
+                    Ok(letters) => batch.letters.extend(letters),
                     Err(Interrupted) => batch.interrupted = true,
                 }
             }
@@ -142,14 +136,14 @@ impl Acks<'_> {
         }
     }
 
-    async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
+    async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
         match self {
-            Acks::Source(source) => source.dead_letter(letters).await,
-            Acks::Stream(acker) => acker.dead_letter(letters).await,
+            Acks::Source(source) => source.dead_letter(records, letters).await,
+            Acks::Stream(acker) => acker.dead_letter(records, letters).await,
         }
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    async fn ack(&mut self, records: &[SourceRecord]) -> Result<(), SourceError> {
         match self {
             Acks::Source(source) => source.ack(records).await,
             Acks::Stream(acker) => acker.ack(records).await,
@@ -160,17 +154,13 @@ impl Acks<'_> {
 /// Writes the batch's dead letters, then acknowledges every record of it.
 pub(super) async fn settle(
     mut acks: Acks<'_>,
-    records: &[RawRecord],
-    letters: Vec<Letter>,
+    records: &[SourceRecord],
+    letters: Vec<DeadLetter>,
     shutdown: &CancellationToken,
 ) -> Result<(), Interrupted> {
-    let letters: Vec<DeadLetter<'_>> = letters
-        .into_iter()
-        .map(|l| DeadLetter { record: &records[l.record], pipeline: l.pipeline, error: l.error, attempts: l.attempts })
-        .collect();
     // Dead letters first: a record is acked only once it is written somewhere.
     loop {
-        match acks.dead_letter(&letters).await {
+        match acks.dead_letter(records, &letters).await {
             Ok(()) => break,
             Err(e) => wait_for_source(acks.name(), &e, shutdown).await?,
         }
@@ -200,12 +190,12 @@ async fn wait_for_source(source: &str, error: &SourceError, shutdown: &Cancellat
 mod tests {
     use super::*;
 
-    fn record(id: &str) -> RawRecord {
-        RawRecord { stream: "s".into(), id: id.into(), fields: Vec::new() }
+    fn record(id: &str) -> SourceRecord {
+        SourceRecord::with_fields("s".into(), id.into(), Vec::new())
     }
 
-    fn done(seq: u64, pipeline: &str, result: Result<Vec<Failure>, Interrupted>) -> Message {
-        Message::Done(Done { seq, pipeline: pipeline.into(), result })
+    fn done(seq: u64, result: Result<Vec<DeadLetter>, Interrupted>) -> Message {
+        Message::Done(Done { seq, result })
     }
 
     #[test]
@@ -213,12 +203,12 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.hear(Message::Batch(Unsettled::new(1, vec![record("1-0"), record("1-1")], Vec::new(), 2)));
         ledger.hear(Message::Batch(Unsettled::new(2, vec![record("2-0")], Vec::new(), 1)));
-        ledger.hear(done(2, "fast", Ok(Vec::new())));
+        ledger.hear(done(2, Ok(Vec::new())));
         assert!(ledger.ready().is_none(), "batch 2 is done but batch 1 is not");
-        ledger.hear(done(1, "fast", Ok(Vec::new())));
+        ledger.hear(done(1, Ok(Vec::new())));
         assert!(ledger.ready().is_none(), "batch 1 still waits for its second pipeline");
-        let failure = Failure { record: 1, error: "boom".into(), attempts: 3 };
-        ledger.hear(done(1, "slow", Ok(vec![failure])));
+        let failure = DeadLetter { record: 1, pipeline: Some("slow".into()), error: "boom".into(), attempts: 3 };
+        ledger.hear(done(1, Ok(vec![failure])));
         let first = ledger.ready().expect("batch 1 is ready").expect("not interrupted");
         assert_eq!(first.seq, 1);
         assert_eq!(first.letters.len(), 1);
@@ -231,8 +221,8 @@ mod tests {
     fn an_interrupted_batch_is_never_settled() {
         let mut ledger = Ledger::default();
         ledger.hear(Message::Batch(Unsettled::new(1, vec![record("1-0")], Vec::new(), 2)));
-        ledger.hear(done(1, "a", Ok(Vec::new())));
-        ledger.hear(done(1, "b", Err(Interrupted)));
+        ledger.hear(done(1, Ok(Vec::new())));
+        ledger.hear(done(1, Err(Interrupted)));
         assert!(matches!(ledger.ready(), Some(Err(Interrupted))));
     }
 }

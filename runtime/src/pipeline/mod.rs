@@ -1,18 +1,25 @@
 //! Pipelines: route events by table, plan keys with the plugin, recompute,
-//! write with the version guard, then acknowledge; retry or dead-letter failures.
+//! write with the version guard, then acknowledge; retry, isolate or
+//! dead-letter failures. Each pipeline writes its batches in order on a worker
+//! of its own; the source's batches are settled in read order.
 
-mod batch;
+mod attempt;
+pub mod build;
 pub mod config;
-mod execute;
+mod failure;
+mod finish;
+pub mod key_plan;
 mod ledger;
-pub mod plan;
-mod planning;
+mod plan_ahead;
+pub mod reload;
 mod runner;
+mod running;
 mod staging;
 pub mod stats;
 mod worker;
 
-pub use batch::{ApplyError, Failure, Interrupted, Pipeline, now_ms};
 pub use config::{OnChange, PipelineConfig};
-pub use planning::Planning;
+pub use failure::{ApplyError, Interrupted};
+pub use plan_ahead::Planning;
 pub use runner::SourceRunner;
+pub use running::Pipeline;

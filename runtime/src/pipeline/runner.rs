@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::Pipeline;
 use super::ledger::{Acks, Inbox, Ledger, Unsettled, settle, settle_in_order};
-use super::staging::{Staged, Staging, joined, record_bytes};
+use super::running::Pipeline;
+use super::staging::{Staged, Staging, joined};
 use super::worker::Worker;
 use crate::source::health::SourceHealth;
-use crate::source::{RawRecord, ReadAhead, Source, SourceError};
+use crate::source::{ReadAhead, Source, SourceError, SourceRecord};
 
 /// First wait before reading again from a failing source; doubles per failure.
 const SOURCE_RETRY: Duration = Duration::from_millis(500);
@@ -162,7 +162,7 @@ async fn gather(
     limits: Option<ReadAhead>,
 ) -> Result<Staged, SourceError> {
     let mut staging = Staging::new(pipelines);
-    let mut undecoded: Vec<RawRecord> = Vec::new();
+    let mut undecoded: Vec<SourceRecord> = Vec::new();
     loop {
         let decode = async { staging.add(routes, std::mem::take(&mut undecoded)) };
         // `join!` polls the read first, so its command is sent before decoding starts.
@@ -174,7 +174,7 @@ async fn gather(
                 let Some(limits) = limits else { break };
                 let full = undecoded.len() >= limits.full_read;
                 let gathered = staging.len() + undecoded.len();
-                let bytes = staging.bytes() + undecoded.iter().map(record_bytes).sum::<usize>();
+                let bytes = staging.bytes() + undecoded.iter().map(SourceRecord::bytes).sum::<usize>();
                 let ready = workers.iter().all(|worker| worker.ready_for_more());
                 if caught_up || gathered >= limits.batch || bytes >= limits.bytes || (ready && !full) {
                     break;

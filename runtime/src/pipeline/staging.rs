@@ -9,25 +9,17 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::batch::Pipeline;
-use super::planning::Planning;
+use super::plan_ahead::Planning;
+use super::running::Pipeline;
 use crate::event::ChangeEvent;
 use crate::event::debezium::{Decoded, decode_stream_entry};
-use crate::source::RawRecord;
-
-/// A record to dead-letter, by index into the batch.
-pub(super) struct Letter {
-    pub(super) record: usize,
-    pub(super) pipeline: Option<String>,
-    pub(super) error: String,
-    pub(super) attempts: u32,
-}
+use crate::source::{DeadLetter, RecordBody, SourceRecord};
 
 /// A batch read, decoded, routed and planned.
 pub(super) struct Staged {
-    pub(super) records: Vec<RawRecord>,
+    pub(super) records: Vec<SourceRecord>,
     /// Records that could not be decoded.
-    pub(super) letters: Vec<Letter>,
+    pub(super) letters: Vec<DeadLetter>,
     /// Per pipeline (by index), once an event is routed to it.
     pub(super) planning: Vec<Option<Planning>>,
 }
@@ -43,8 +35,8 @@ struct Planner {
 
 /// A batch being gathered.
 pub(super) struct Staging {
-    records: Vec<RawRecord>,
-    letters: Vec<Letter>,
+    records: Vec<SourceRecord>,
+    letters: Vec<DeadLetter>,
     /// Bytes of the records' fields gathered so far.
     bytes: usize,
     pipelines: Vec<Arc<Pipeline>>,
@@ -75,13 +67,18 @@ impl Staging {
 
     /// Decodes `records` and routes them by table; their keys are planned on
     /// the pipelines' planning tasks.
-    pub(super) fn add(&mut self, routes: &HashMap<String, Vec<usize>>, records: Vec<RawRecord>) {
+    pub(super) fn add(&mut self, routes: &HashMap<String, Vec<usize>>, records: Vec<SourceRecord>) {
         let offset = self.records.len();
         let mut routed: Vec<Routed> = vec![Vec::new(); self.pipelines.len()];
         for (index, record) in records.iter().enumerate() {
             let index = offset + index;
-            self.bytes += record_bytes(record);
-            match decode_stream_entry(&record.stream, &record.fields) {
+            self.bytes += record.bytes();
+            let decoded = match &record.body {
+                RecordBody::Fields(fields) => decode_stream_entry(&record.stream, fields),
+                // The capture decoded it already.
+                RecordBody::Change(change) => Ok(Decoded::Change(change.event.clone())),
+            };
+            match decoded {
                 Ok(Decoded::Change(event)) => {
                     let table = format!("{}.{}", event.schema.as_deref().unwrap_or(""), event.table);
                     match routes.get(&table) {
@@ -102,7 +99,7 @@ impl Staging {
                 }
                 Err(e) => {
                     tracing::error!(stream = %record.stream, id = %record.id, error = %e, "undecodable record; dead-lettered");
-                    self.letters.push(Letter { record: index, pipeline: None, error: e.to_string(), attempts: 1 });
+                    self.letters.push(DeadLetter { record: index, pipeline: None, error: e.to_string(), attempts: 1 });
                 }
             }
         }
@@ -143,11 +140,6 @@ fn plan(pipeline: Arc<Pipeline>) -> Planner {
         planning
     });
     Planner { events, task }
-}
-
-/// What a record costs in memory, roughly: its fields' text.
-pub(super) fn record_bytes(record: &RawRecord) -> usize {
-    record.stream.len() + record.id.len() + record.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// A task's result; a panic in it is the caller's own.

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{counter, gauge, histogram};
 use serde::Serialize;
 
-use super::batch::ApplyError;
+use super::failure::ApplyError;
+use crate::clock::now_ms;
 use crate::event::{ChangeEvent, Op};
 use crate::metrics as m;
 use crate::plugin::CallError;
@@ -241,10 +242,6 @@ fn op_code(op: Op) -> &'static str {
         Op::SnapshotRead => "r",
         Op::Truncate => "t",
     }
-}
-
-fn now_ms() -> u64 {
-    super::batch::now_ms()
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Interrupted, Pipeline};
+use super::failure::Interrupted;
 use super::ledger::{Done, Inbox};
-use super::planning::Planning;
+use super::plan_ahead::Planning;
+use super::running::Pipeline;
 
 /// One pipeline's worker.
 pub(super) struct Worker {
@@ -37,7 +38,7 @@ impl Worker {
                         if interrupted { Err(Interrupted) } else { pipeline.finish(planning, &shutdown).await };
                     interrupted |= result.is_err();
                     queued.fetch_sub(1, Ordering::Relaxed);
-                    done.done(Done { seq, pipeline: pipeline.name().to_owned(), result });
+                    done.done(Done { seq, result });
                 }
             }
         });

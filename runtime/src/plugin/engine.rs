@@ -9,8 +9,8 @@ use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use super::bindings::Plugin;
 use super::host::PluginState;
+use crate::contract::Plugin;
 
 /// How often the epoch advances: running calls yield and check their deadline this often.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -7,9 +7,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{DbValue, LogLevel, Rows, evercache};
 use super::stdio::LogStream;
-use crate::recompute::query::{QueryError, QueryRunner};
+use crate::contract::{DbValue, LogLevel, Rows, evercache};
+use crate::query::{QueryError, QueryRunner};
 
 /// The data of one plugin instance's store.
 pub(crate) struct PluginState {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::{ChangeEvent, Outcome, Plugin, PluginError};
 use super::engine::PluginEngine;
 use super::host::PluginState;
 use super::loader::LoadedPlugin;
-use crate::recompute::query::QueryRunner;
+use crate::contract::{ChangeEvent, Outcome, Plugin, PluginError};
+use crate::query::QueryRunner;
 
 /// Why a plugin call failed.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::PluginPre;
 use super::engine::PluginEngine;
+use crate::contract::PluginPre;
 
 /// A compiled plugin, ready to instantiate for any number of pipelines.
 pub struct LoadedPlugin {

@@ -5,7 +5,7 @@
 use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
 
-use super::SinkError;
+use super::error::SinkError;
 
 /// The metadata hash of `key`, in the same cluster slot as `key`.
 ///

@@ -1,11 +1,12 @@
 //! Writing recomputed values to Redis behind a version guard, with freshness
 //! metadata per key (see [`meta`] for the layout applications read).
 
-pub mod debezium_stream;
+pub mod cache;
+pub mod error;
 pub mod meta;
 pub mod redis_writer;
 
+pub use cache::{CacheConfig, RedisCache};
+pub use error::SinkError;
 pub use meta::{KeyMeta, meta_key, read_meta};
-pub use redis_writer::{
-    CacheConfig, KeyAction, KeyVersion, KeyWrite, RedisCache, RedisWriter, SinkError, WriteReport, WriteSettings,
-};
+pub use redis_writer::{KeyAction, KeyVersion, KeyWrite, RedisWriter, WriteReport, WriteSettings};

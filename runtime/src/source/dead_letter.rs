@@ -5,18 +5,19 @@
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use super::{RawRecord, SourceError};
+use super::{SourceError, SourceRecord};
 
-/// A record a pipeline (or the decoder) gave up on.
-#[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
-    /// The record as it was read.
-    pub record: &'a RawRecord,
+/// A record given up on: by the decoder, a pipeline, or the source itself. It
+/// names the record by its index in its batch; the writers take the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Index of the record in its batch.
+    pub record: usize,
     /// The pipeline that gave up on it, if it got that far.
     pub pipeline: Option<String>,
     /// Why.
     pub error: String,
-    /// How many attempts were made.
+    /// How many attempts included it.
     pub attempts: u32,
 }
 
@@ -41,21 +42,22 @@ impl DeadLetterWriter {
 
     /// Appends each record's original fields plus `__evercache.stream`, `.id`,
     /// `.pipeline`, `.error` and `.attempts`, in one round trip.
-    pub async fn write(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
+    pub async fn write(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
         if letters.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
         for letter in letters {
-            let mut fields: Vec<(&str, &str)> =
-                letter.record.fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+            let record = &records[letter.record];
+            let original = record.fields();
+            let mut fields: Vec<(&str, &str)> = original.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
             let attempts = letter.attempts.to_string();
-            fields.push(("__evercache.stream", &letter.record.stream));
-            fields.push(("__evercache.id", &letter.record.id));
+            fields.push(("__evercache.stream", &record.stream));
+            fields.push(("__evercache.id", &record.id));
             fields.push(("__evercache.pipeline", letter.pipeline.as_deref().unwrap_or("")));
             fields.push(("__evercache.error", &letter.error));
             fields.push(("__evercache.attempts", &attempts));
-            pipe.xadd(self.stream_for(&letter.record.stream), "*", &fields).ignore();
+            pipe.xadd(self.stream_for(&record.stream), "*", &fields).ignore();
         }
         pipe.query_async::<()>(&mut self.conn).await.map_err(|e| SourceError::Unavailable {
             source_name: self.source.clone(),

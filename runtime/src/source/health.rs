@@ -45,7 +45,7 @@ impl SourceHealth {
         let kind = error.kind();
         metrics::counter!(m::SOURCE_ERRORS_TOTAL, "source" => self.source.clone(), "kind" => kind).increment(1);
         let mut state = self.lock();
-        state.failing_since_ms.get_or_insert_with(crate::pipeline::now_ms);
+        state.failing_since_ms.get_or_insert_with(crate::clock::now_ms);
         state.last_error = Some(error.to_string());
         state.last_error_kind = Some(kind.to_owned());
     }
@@ -54,7 +54,7 @@ impl SourceHealth {
     pub fn ok(&self) {
         let mut state = self.lock();
         state.failing_since_ms = None;
-        state.last_ok_ms = Some(crate::pipeline::now_ms());
+        state.last_ok_ms = Some(crate::clock::now_ms());
     }
 
     /// The state now.

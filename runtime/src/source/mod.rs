@@ -7,6 +7,7 @@ pub mod health;
 pub mod kafka;
 pub mod lag;
 pub mod postgres;
+pub mod record;
 pub mod redis_stream;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_de
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaSource};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
+pub use record::{RecordBody, SourceRecord};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource, StreamAcker};
 
 /// `[sources.<name>]` in the runtime file; the kind is chosen by `type`.
@@ -90,7 +92,7 @@ impl Source {
     }
 
     /// The next batch; empty when nothing arrived for a while.
-    pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
         match self {
             Source::RedisStream(s) => s.next_batch().await,
             Source::Postgres(s) => s.next_batch().await,
@@ -122,17 +124,17 @@ impl Source {
     }
 
     /// Writes dead letters for records that failed for good.
-    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
+    pub async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
         match self {
-            Source::RedisStream(s) => s.dead_letter(letters).await,
-            Source::Postgres(s) => s.dead_letter(letters).await,
+            Source::RedisStream(s) => s.dead_letter(records, letters).await,
+            Source::Postgres(s) => s.dead_letter(records, letters).await,
             #[cfg(feature = "kafka")]
-            Source::Kafka(s) => s.dead_letter(letters).await,
+            Source::Kafka(s) => s.dead_letter(records, letters).await,
         }
     }
 
     /// Acknowledges a batch whose cache writes all succeeded.
-    pub async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    pub async fn ack(&mut self, records: &[SourceRecord]) -> Result<(), SourceError> {
         match self {
             Source::RedisStream(s) => s.ack(records).await,
             Source::Postgres(s) => {
@@ -175,17 +177,6 @@ pub struct ReadAhead {
     pub bytes: usize,
     /// A read returning this many records is full: more are waiting.
     pub full_read: usize,
-}
-
-/// One record as a source delivered it, before decoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawRecord {
-    /// Stream (or topic) the record came from; Debezium names it `<prefix>.<schema>.<table>`.
-    pub stream: String,
-    /// The source's id for the record (a Redis Stream entry id; `<partition>:<offset>` for Kafka).
-    pub id: String,
-    /// Field/value pairs in the order they were written.
-    pub fields: Vec<(String, String)>,
 }
 
 /// Errors of a source; the runtime waits and retries every kind, and reports

@@ -14,7 +14,7 @@ use redis::{Value, cmd};
 use serde::Deserialize;
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
-use super::{RawRecord, SourceError};
+use super::{SourceError, SourceRecord};
 pub use acker::StreamAcker;
 use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
 
@@ -236,7 +236,7 @@ impl RedisStreamSource {
     /// Reads the next batch: own pending entries first (left over from a crash),
     /// then entries claimed from dead consumers, then new ones, blocking up to
     /// `block`. An empty batch means nothing arrived.
-    pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
         let records = match self.next_records().await {
             Ok(records) => records,
             Err(ReadError::GroupMissing) => {
@@ -280,7 +280,7 @@ impl RedisStreamSource {
         self.config.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect()
     }
 
-    async fn next_records(&mut self) -> Result<Vec<RawRecord>, ReadError> {
+    async fn next_records(&mut self) -> Result<Vec<SourceRecord>, ReadError> {
         while let Some(mut cursor) = self.pending_cursor.take() {
             let ids: Vec<&str> = self.config.streams.iter().map(|s| cursor[s].as_str()).collect();
             let mut records = self.read(&ids, false).await?;
@@ -315,7 +315,7 @@ impl RedisStreamSource {
         self.read(&new, true).await
     }
 
-    async fn read(&mut self, ids: &[&str], block: bool) -> Result<Vec<RawRecord>, ReadError> {
+    async fn read(&mut self, ids: &[&str], block: bool) -> Result<Vec<SourceRecord>, ReadError> {
         let mut command = cmd("XREADGROUP");
         command.arg("GROUP").arg(&self.config.group).arg(&self.consumer).arg("COUNT").arg(self.config.batch_size);
         if block {
@@ -328,7 +328,7 @@ impl RedisStreamSource {
 
     /// Takes over entries idle longer than `claim_idle` on any consumer: their
     /// owner died or hangs. Only called between batches, so none is ours in flight.
-    async fn claim(&mut self) -> Result<Vec<RawRecord>, ReadError> {
+    async fn claim(&mut self) -> Result<Vec<SourceRecord>, ReadError> {
         let mut claimed = Vec::new();
         for stream in &self.config.streams {
             let cursor = self.claim_cursors.get(stream).map_or("0-0", String::as_str);
@@ -352,7 +352,7 @@ impl RedisStreamSource {
 
     /// Dead-letters and acks redelivered entries whose delivery count passed
     /// `max_deliveries`; returns the rest.
-    async fn without_exhausted(&mut self, records: Vec<RawRecord>) -> Result<Vec<RawRecord>, ReadError> {
+    async fn without_exhausted(&mut self, records: Vec<SourceRecord>) -> Result<Vec<SourceRecord>, ReadError> {
         let mut deliveries = HashMap::new();
         for stream in &self.config.streams {
             let ids: Vec<&str> = records.iter().filter(|r| &r.stream == stream).map(|r| r.id.as_str()).collect();
@@ -375,17 +375,18 @@ impl RedisStreamSource {
             }
         }
         let limit = self.config.max_deliveries;
-        let (exhausted, keep): (Vec<RawRecord>, Vec<RawRecord>) = records
+        let (exhausted, keep): (Vec<SourceRecord>, Vec<SourceRecord>) = records
             .into_iter()
             .partition(|r| deliveries.get(&(r.stream.clone(), r.id.clone())).is_some_and(|n| *n > limit));
         if !exhausted.is_empty() {
-            let letters: Vec<DeadLetter<'_>> = exhausted
+            let letters: Vec<DeadLetter> = exhausted
                 .iter()
-                .map(|record| {
+                .enumerate()
+                .map(|(index, record)| {
                     let delivered = deliveries.get(&(record.stream.clone(), record.id.clone())).copied().unwrap_or(0);
                     tracing::error!(source = %self.name, stream = %record.stream, id = %record.id, delivered, "entry delivered too often without being acknowledged; dead-lettered");
                     DeadLetter {
-                        record,
+                        record: index,
                         pipeline: None,
                         error: format!(
                             "delivered {delivered} times without being acknowledged (max_deliveries = {limit}); its consumers crashed or stalled on it"
@@ -394,7 +395,7 @@ impl RedisStreamSource {
                     }
                 })
                 .collect();
-            self.acker.dead_letter(&letters).await?;
+            self.acker.dead_letter(&exhausted, &letters).await?;
             crate::metrics::dead_lettered(&self.name, &letters);
             self.ack(&exhausted).await?;
         }
@@ -415,14 +416,14 @@ impl RedisStreamSource {
     }
 
     /// Acknowledges records; call only after their cache writes succeeded.
-    pub async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    pub async fn ack(&mut self, records: &[SourceRecord]) -> Result<(), SourceError> {
         self.acker.ack(records).await
     }
 
     /// Appends records to their dead-letter streams with the reason; the caller
     /// acks them afterwards.
-    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
-        self.acker.dead_letter(letters).await
+    pub async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
+        self.acker.dead_letter(records, letters).await
     }
 
     /// Dead-letters and acknowledges this source's records from another task.

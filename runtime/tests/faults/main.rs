@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use evercache::contract::{CacheValue, Entry};
 use evercache::event::position;
-use evercache::plugin::bindings::{CacheValue, Entry};
-use evercache::sink::{CacheConfig, KeyAction, KeyVersion, KeyWrite, WriteSettings, read_meta};
+use evercache::sink::{CacheConfig, KeyAction, KeyVersion, KeyWrite, RedisWriter, WriteSettings, read_meta};
 use harness::*;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -429,7 +429,7 @@ async fn a_late_stale_recompute_never_resurrects_a_deleted_key() {
     .build("faults")
     .await
     .unwrap();
-    let writer = Arc::new(cache.writer(WriteSettings { pipeline: name.clone(), safety_ttl: None }));
+    let writer = Arc::new(RedisWriter::new(cache, WriteSettings { pipeline: name.clone(), safety_ttl: None }));
     let mut rng = Rng::new("delete");
     let version = |lsn: u64| KeyVersion {
         position: position::postgres(lsn, lsn),

@@ -4,10 +4,10 @@
 mod shop;
 mod testkit;
 
+use evercache::contract::DbValue;
 use evercache::event::ChangeEvent;
-use evercache::plugin::bindings::DbValue;
 use evercache::plugin::{CallError, NativeContext};
-use evercache::recompute::query::QueryRunner;
+use evercache::query::QueryRunner;
 
 pub use shop::factory as shop_product;
 pub use testkit::factory as testkit;

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
+use evercache::contract::{CacheValue, DbValue, Entry, Outcome};
 use evercache::event::ChangeEvent;
-use evercache::plugin::bindings::{CacheValue, DbValue, Entry, Outcome};
 use evercache::plugin::{CallError, NativeContext, NativeFactory, NativePlugin};
-use evercache::recompute::query::QueryRunner;
+use evercache::query::QueryRunner;
 use futures::future::BoxFuture;
 
 use super::{Settings, failed, id_of, ids_of, text};

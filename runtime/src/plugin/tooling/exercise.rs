@@ -9,10 +9,10 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::contract::{CacheValue, Entry, Op, Outcome};
 use crate::event::debezium::{Decoded, decode_record};
-use crate::plugin::bindings::{CacheValue, Entry, Op, Outcome};
 use crate::plugin::{PluginEngine, PluginInstance, SandboxConfig, load_file};
-use crate::recompute::query::DatabaseConfig;
+use crate::query::DatabaseConfig;
 
 /// What to run.
 pub struct ExerciseOptions {

@@ -6,6 +6,7 @@ use redis::AsyncCommands;
 
 use super::*;
 use crate::sink::meta::read_meta;
+use crate::sink::{CacheConfig, RedisCache};
 
 async fn cache(tombstone: Duration) -> RedisCache {
     let config = CacheConfig {
@@ -17,7 +18,7 @@ async fn cache(tombstone: Duration) -> RedisCache {
 }
 
 fn writer(cache: &RedisCache, ttl: Option<Duration>) -> RedisWriter {
-    cache.writer(WriteSettings { pipeline: "p".into(), safety_ttl: ttl })
+    RedisWriter::new(cache.clone(), WriteSettings { pipeline: "p".into(), safety_ttl: ttl })
 }
 
 fn prefix(test: &str) -> String {

@@ -8,7 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::record::{KEY_FIELD, VALUE_FIELD};
-use crate::source::{DeadLetter, SourceError};
+use crate::source::{DeadLetter, SourceError, SourceRecord};
 
 /// How long a dead letter may wait in the producer's queue when it is full.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,13 +32,14 @@ impl DeadLetterProducer {
     }
 
     /// Produces every letter and waits until the brokers acknowledged all of them.
-    pub async fn write(&self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
+    pub async fn write(&self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
         let sends = letters.iter().map(|letter| async move {
-            let record = letter.record;
-            let field = |name: &str| record.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str());
+            let record = &records[letter.record];
+            let fields = record.fields();
+            let field = |name: &str| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str());
             let attempts = letter.attempts.to_string();
             let mut headers = OwnedHeaders::new();
-            for (name, value) in record.fields.iter().filter(|(f, _)| f != KEY_FIELD && f != VALUE_FIELD) {
+            for (name, value) in fields.iter().filter(|(f, _)| f != KEY_FIELD && f != VALUE_FIELD) {
                 headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
             }
             for (name, value) in [

@@ -20,7 +20,7 @@ pub use config::{KafkaConfig, StartFrom};
 use context::GroupContext;
 use dead_letter::DeadLetterProducer;
 
-use super::{DeadLetter, RawRecord, SourceError};
+use super::{DeadLetter, SourceError, SourceRecord};
 
 /// How long a batch keeps collecting once its first record arrived: short, so a
 /// trickle of changes is not delayed, long enough to gather what is already fetched.
@@ -75,7 +75,7 @@ impl KafkaSource {
     /// Reads up to `batch_size` records across the assigned partitions, each
     /// partition's in offset order, waiting up to `block` for the first one.
     /// An empty batch means nothing arrived.
-    pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
         // Commits that failed earlier are retried even while no records arrive.
         self.context.commit_ready(&self.consumer, None);
         let mut records = Vec::new();
@@ -97,7 +97,7 @@ impl KafkaSource {
                 Ok(Ok(message)) => {
                     let delivered =
                         self.context.tracker().deliver(message.topic(), message.partition(), message.offset());
-                    delivered.then(|| record::to_raw_record(&message))
+                    delivered.then(|| record::to_source_record(&message))
                 }
             };
             if records.is_empty() && received.is_some() {
@@ -120,7 +120,7 @@ impl KafkaSource {
     /// dead-lettered) and commits each partition's contiguous finished prefix.
     /// A failed commit is retried on the next call; the records are only re-read
     /// if the process stops before that.
-    pub async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    pub async fn ack(&mut self, records: &[SourceRecord]) -> Result<(), SourceError> {
         {
             let mut tracker = self.context.tracker();
             for record in records {
@@ -135,8 +135,8 @@ impl KafkaSource {
 
     /// Produces records to their dead-letter topics with the reason in headers;
     /// the caller acks them afterwards.
-    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
-        self.dead_letters.write(letters).await
+    pub async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
+        self.dead_letters.write(records, letters).await
     }
 
     /// Commits what is finished and leaves the group, so the partitions move to

@@ -1,10 +1,10 @@
-//! Kafka messages → [`RawRecord`]s in the Redis sink's extended layout, so the
+//! Kafka messages → [`SourceRecord`]s in the Redis sink's extended layout, so the
 //! one Debezium decoder handles both sources.
 
 use rdkafka::Message;
 use rdkafka::message::Headers;
 
-use crate::source::RawRecord;
+use crate::source::SourceRecord;
 
 /// Field carrying the message key (absent for a null key).
 pub const KEY_FIELD: &str = "key";
@@ -27,7 +27,7 @@ pub fn parse_record_id(id: &str) -> Option<(i32, i64)> {
 
 /// Converts a message: `key` (when not null), `value`, then every header by its
 /// own name (e.g. `__debezium.oldkey`), so the decoder sees them.
-pub fn to_raw_record<M: Message>(message: &M) -> RawRecord {
+pub fn to_source_record<M: Message>(message: &M) -> SourceRecord {
     let headers = message
         .headers()
         .map(|headers| headers.iter().map(|h| (h.key.to_owned(), h.value.map(text).unwrap_or_default())).collect())
@@ -42,14 +42,14 @@ fn build(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     headers: Vec<(String, String)>,
-) -> RawRecord {
+) -> SourceRecord {
     let mut fields = Vec::with_capacity(2 + headers.len());
     if let Some(key) = key {
         fields.push((KEY_FIELD.to_owned(), text(key)));
     }
     fields.push((VALUE_FIELD.to_owned(), value.map_or_else(|| NULL_VALUE.to_owned(), text)));
     fields.extend(headers);
-    RawRecord { stream: topic.to_owned(), id: record_id(partition, offset), fields }
+    SourceRecord::with_fields(topic.to_owned(), record_id(partition, offset), fields)
 }
 
 /// Invalid UTF-8 is kept lossily: it then fails JSON decoding and is dead-lettered.
@@ -70,8 +70,8 @@ mod tests {
         let record = build("shop.public.product", 2, 17, Some(br#"{"id":1}"#), Some(VALUE.as_bytes()), headers);
         assert_eq!(record.id, "2:17");
         assert_eq!(parse_record_id(&record.id), Some((2, 17)));
-        assert_eq!(record.fields[2].0, "__debezium.oldkey");
-        let Decoded::Change(event) = decode_stream_entry(&record.stream, &record.fields).unwrap() else {
+        assert_eq!(record.fields()[2].0, "__debezium.oldkey");
+        let Decoded::Change(event) = decode_stream_entry(&record.stream, &record.fields()).unwrap() else {
             panic!("expected a change")
         };
         assert_eq!(event.table, "product");
@@ -81,9 +81,12 @@ mod tests {
     #[test]
     fn a_null_value_is_a_tombstone_and_a_null_key_is_null() {
         let record = build("shop.public.product", 0, 3, Some(br#"{"id":1}"#), None, Vec::new());
-        assert_eq!(decode_stream_entry(&record.stream, &record.fields).unwrap(), Decoded::Skip(SkipReason::Tombstone));
+        assert_eq!(
+            decode_stream_entry(&record.stream, &record.fields()).unwrap(),
+            Decoded::Skip(SkipReason::Tombstone)
+        );
         let record = build("shop.public.product", 0, 4, None, Some(VALUE.as_bytes()), Vec::new());
-        let Decoded::Change(event) = decode_stream_entry(&record.stream, &record.fields).unwrap() else {
+        let Decoded::Change(event) = decode_stream_entry(&record.stream, &record.fields()).unwrap() else {
             panic!("expected a change")
         };
         assert_eq!(event.key, "null");
@@ -92,6 +95,6 @@ mod tests {
     #[test]
     fn invalid_utf8_fails_decoding() {
         let record = build("t", 0, 0, None, Some(&[0xff, 0xfe]), Vec::new());
-        assert!(decode_stream_entry(&record.stream, &record.fields).is_err());
+        assert!(decode_stream_entry(&record.stream, &record.fields()).is_err());
     }
 }

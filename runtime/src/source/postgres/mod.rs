@@ -4,6 +4,8 @@
 //! the commit of the last transaction whose cache writes all succeeded. The
 //! replication and snapshot connections are opened again when lost.
 
+mod change;
+pub mod forward;
 mod pgoutput;
 mod session;
 mod setup;
@@ -15,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationConfig, ReplicationEvent};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
-use super::{RawRecord, SourceError};
+use super::{RecordBody, SourceError, SourceRecord};
+use crate::contract::{ChangeEvent, Op};
+use crate::event::position;
+pub use change::CapturedChange;
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
 use snapshot::Snapshot;
@@ -212,7 +217,7 @@ impl PostgresCapture {
     /// Reads the next batch of changes as Debezium-compatible records. A batch may
     /// end inside a large transaction; the slot is then confirmed only up to the
     /// previous commit, and the rest of the transaction follows in later batches.
-    pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
         if let Some(records) = self.snapshot_batch().await? {
             return Ok(records);
         }
@@ -228,7 +233,7 @@ impl PostgresCapture {
         Ok(records)
     }
 
-    async fn stream_batch(&mut self) -> Result<Vec<RawRecord>, SourceError> {
+    async fn stream_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
         let mut records = Vec::new();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -322,40 +327,40 @@ impl PostgresCapture {
     }
 
     /// A change the decoder could not read, as a record the pipeline dead-letters.
-    fn undecodable(&self, data: &[u8], lsn: u64, error: &str) -> RawRecord {
+    fn undecodable(&self, data: &[u8], lsn: u64, error: &str) -> SourceRecord {
         let stream = match self.decoder.relation_of(data) {
             Some(relation) => format!("{}.{}.{}", self.prefix, relation.schema, relation.table),
             None => format!("{}.pgoutput", self.prefix),
         };
         let position = Lsn::from_u64(lsn).to_pg_string();
         tracing::error!(source = %self.name, %stream, lsn = %position, %error, "undecodable pgoutput message; dead-lettered");
-        RawRecord {
+        SourceRecord {
             stream,
             id: position.clone(),
-            fields: vec![
+            body: RecordBody::Fields(vec![
                 (
                     crate::event::debezium::CAPTURE_ERROR_FIELD.to_owned(),
                     format!("pgoutput message at LSN {position} could not be decoded: {error}"),
                 ),
                 ("pgoutput".to_owned(), hex::encode(data)),
-            ],
+            ]),
         }
     }
 
     /// The next page of the initial snapshot, or `None` once it is done. The
     /// marker is set only after the last page's batch was acked (the runner acks
     /// a batch before asking for the next), so a crash repeats the snapshot.
-    async fn snapshot_batch(&mut self) -> Result<Option<Vec<RawRecord>>, SourceError> {
+    async fn snapshot_batch(&mut self) -> Result<Option<Vec<SourceRecord>>, SourceError> {
         let Some(snapshot) = &mut self.snapshot else { return Ok(None) };
         let lsn = snapshot.lsn();
         let page = snapshot.next_page(self.batch_size).await?;
         if !page.is_empty() {
-            let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::pipeline::now_ms() as i64 };
+            let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::clock::now_ms() as i64 };
             return Ok(Some(page.into_iter().map(|change| self.record_in(change, tx, lsn)).collect()));
         }
         redis::cmd("SET")
             .arg(&self.snapshot_marker)
-            .arg(crate::pipeline::now_ms())
+            .arg(crate::clock::now_ms())
             .query_async::<()>(&mut self.marker_conn)
             .await
             .map_err(|e| self.unavailable(&format!("snapshot marker: {e}")))?;
@@ -373,8 +378,8 @@ impl PostgresCapture {
     }
 
     /// Appends dead letters to Redis.
-    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
-        self.dead_letters.write(letters).await
+    pub async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
+        self.dead_letters.write(records, letters).await
     }
 
     /// Stops streaming, sending the last confirmed position.
@@ -382,17 +387,43 @@ impl PostgresCapture {
         self.session.shutdown().await;
     }
 
-    fn record(&self, change: RowChange, lsn: u64) -> RawRecord {
+    fn record(&self, change: RowChange, lsn: u64) -> SourceRecord {
         let tx = self.transaction.unwrap_or(Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: 0 });
         self.record_in(change, tx, lsn)
     }
 
-    fn record_in(&self, change: RowChange, tx: Transaction, lsn: u64) -> RawRecord {
-        let value = envelope(&change, &self.prefix, &self.database, tx, lsn);
-        RawRecord {
+    fn record_in(&self, change: RowChange, tx: Transaction, lsn: u64) -> SourceRecord {
+        let op = match change.op {
+            'c' => Op::Create,
+            'd' => Op::Delete,
+            'r' => Op::SnapshotRead,
+            't' => Op::Truncate,
+            _ => Op::Update,
+        };
+        let text = |image: Option<Value>| image.filter(|v| !v.is_null()).map(|v| v.to_string());
+        let event = ChangeEvent {
+            op,
+            source: self.prefix.clone(),
+            schema: Some(change.schema.clone()),
+            table: change.table.clone(),
+            key: change.key.to_string(),
+            before: text(change.before),
+            after: text(change.after),
+            position: position::postgres(tx.commit_lsn, lsn),
+            committed_at_ms: tx.committed_at_ms.max(0) as u64,
+        };
+        let captured = CapturedChange {
+            event,
+            database: self.database.clone(),
+            xid: tx.xid,
+            commit_lsn: tx.commit_lsn,
+            lsn,
+            captured_at_ms: crate::clock::now_ms(),
+        };
+        SourceRecord {
             stream: format!("{}.{}.{}", self.prefix, change.schema, change.table),
             id: Lsn::from_u64(lsn).to_pg_string(),
-            fields: vec![(change.key.to_string(), value.to_string())],
+            body: RecordBody::Change(Box::new(captured)),
         }
     }
 
@@ -403,28 +434,4 @@ impl PostgresCapture {
             message: message.to_owned(),
         }
     }
-}
-
-/// The Debezium envelope (`schemas.enable=false`) for a captured change.
-fn envelope(change: &RowChange, prefix: &str, database: &str, tx: Transaction, lsn: u64) -> Value {
-    json!({
-        "before": change.before,
-        "after": change.after,
-        "source": {
-            "version": concat!("evercache-", env!("CARGO_PKG_VERSION")),
-            "connector": "postgresql",
-            "name": prefix,
-            "ts_ms": tx.committed_at_ms,
-            "snapshot": if change.op == 'r' { "true" } else { "false" },
-            "db": database,
-            "sequence": format!("[\"{}\",\"{}\"]", tx.commit_lsn, lsn),
-            "schema": change.schema,
-            "table": change.table,
-            "txId": tx.xid,
-            "lsn": lsn,
-        },
-        "op": change.op.to_string(),
-        "ts_ms": crate::pipeline::now_ms(),
-        "transaction": null,
-    })
 }

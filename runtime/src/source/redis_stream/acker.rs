@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 
 use super::id_key;
 use crate::source::dead_letter::{DeadLetter, DeadLetterWriter};
-use crate::source::{RawRecord, SourceError};
+use crate::source::{SourceError, SourceRecord};
 
 /// A stream (by index into `streams`) and an entry id.
 type EntryKey = (usize, (u64, u64));
@@ -49,19 +49,19 @@ impl StreamAcker {
     }
 
     /// Records handed out to the runner.
-    pub(super) fn track(&self, records: &[RawRecord]) {
+    pub(super) fn track(&self, records: &[SourceRecord]) {
         let keys: Vec<EntryKey> = records.iter().map(|r| self.key(r)).collect();
         self.in_flight().extend(keys);
     }
 
     /// Keeps the records not handed out already.
-    pub(super) fn untracked(&self, records: &mut Vec<RawRecord>) {
+    pub(super) fn untracked(&self, records: &mut Vec<SourceRecord>) {
         let in_flight = self.in_flight();
         records.retain(|r| !in_flight.contains(&self.key(r)));
     }
 
     /// Acknowledges records; call only after their cache writes succeeded.
-    pub async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    pub async fn ack(&mut self, records: &[SourceRecord]) -> Result<(), SourceError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -86,12 +86,12 @@ impl StreamAcker {
 
     /// Appends records to their dead-letter streams with the reason; the caller
     /// acks them afterwards.
-    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), SourceError> {
-        self.dead_letters.write(letters).await
+    pub async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
+        self.dead_letters.write(records, letters).await
     }
 
     /// A record's identity without allocating: its stream's index and its id.
-    fn key(&self, record: &RawRecord) -> EntryKey {
+    fn key(&self, record: &SourceRecord) -> EntryKey {
         let stream = self.streams.iter().position(|s| *s == record.stream).unwrap_or(usize::MAX);
         (stream, id_key(&record.id))
     }

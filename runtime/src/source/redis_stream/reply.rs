@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use crate::source::RawRecord;
+use crate::source::SourceRecord;
 
 /// Parses `XREADGROUP`'s reply: `[[stream, [[id, [f, v, …]], …]], …]` or nil.
-pub(super) fn parse_read_reply(reply: Value) -> Vec<RawRecord> {
+pub(super) fn parse_read_reply(reply: Value) -> Vec<SourceRecord> {
     let mut records = Vec::new();
     let Value::Array(streams) = reply else {
         return records;
@@ -29,7 +29,7 @@ pub(super) fn parse_read_reply(reply: Value) -> Vec<RawRecord> {
 
 /// Parses `XAUTOCLAIM`'s reply `[next-cursor, [[id, [f, v, …]], …], [deleted ids]]`
 /// into the cursor to continue from and the claimed entries.
-pub(super) fn parse_autoclaim_reply(stream: &str, reply: Value) -> (String, Vec<RawRecord>) {
+pub(super) fn parse_autoclaim_reply(stream: &str, reply: Value) -> (String, Vec<SourceRecord>) {
     let Value::Array(mut parts) = reply else {
         return ("0-0".to_owned(), Vec::new());
     };
@@ -57,7 +57,7 @@ pub(super) fn parse_pending_deliveries(reply: Value) -> HashMap<String, u64> {
     deliveries
 }
 
-fn parse_entries(stream: &str, entries: Value) -> Vec<RawRecord> {
+fn parse_entries(stream: &str, entries: Value) -> Vec<SourceRecord> {
     let Value::Array(entries) = entries else {
         return Vec::new();
     };
@@ -78,7 +78,7 @@ fn parse_entries(stream: &str, entries: Value) -> Vec<RawRecord> {
                 fields.push((text(Some(f)), text(Some(v))));
             }
         }
-        records.push(RawRecord { stream: stream.to_owned(), id, fields });
+        records.push(SourceRecord::with_fields(stream.to_owned(), id, fields));
     }
     records
 }
@@ -121,10 +121,10 @@ mod tests {
         assert_eq!(records[0].stream, "shop.public.product");
         assert_eq!(records[0].id, "1-0");
         assert_eq!(
-            records[0].fields,
+            records[0].fields().to_vec(),
             vec![("key".to_owned(), "{}".to_owned()), ("value".to_owned(), "default".to_owned())]
         );
-        assert!(records[1].fields.is_empty());
+        assert!(records[1].fields().is_empty());
         assert!(parse_read_reply(Value::Nil).is_empty());
     }
 
@@ -137,10 +137,7 @@ mod tests {
         ]);
         let (cursor, records) = parse_autoclaim_reply("s", reply);
         assert_eq!(cursor, "7-0");
-        assert_eq!(
-            records,
-            vec![RawRecord { stream: "s".into(), id: "5-0".into(), fields: vec![("a".into(), "1".into())] }]
-        );
+        assert_eq!(records, vec![SourceRecord::with_fields("s".into(), "5-0".into(), vec![("a".into(), "1".into())])]);
 
         let pending = Value::Array(vec![
             Value::Array(vec![bulk("5-0"), bulk("c"), Value::Int(1200), Value::Int(3)]),

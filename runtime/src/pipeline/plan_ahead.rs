@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use super::batch::{ApplyError, Generation, Pipeline};
-use super::plan::KeyPlan;
+use super::failure::ApplyError;
+use super::key_plan::KeyPlan;
+use super::running::{Generation, Pipeline};
 use crate::event::ChangeEvent;
 use crate::plugin::{CallError, PluginHandle};
 

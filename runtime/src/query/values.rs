@@ -8,7 +8,7 @@ use sqlx::query::Query;
 use sqlx::types::{JsonValue, Uuid};
 use sqlx::{Decode, Encode, Row, Type, TypeInfo, ValueRef};
 
-use crate::plugin::bindings::DbValue;
+use crate::contract::DbValue;
 
 /// A NULL parameter of unspecified type, so the server infers it from context
 /// (`where id = $1` with a bigint column) instead of failing on text vs bigint.

@@ -6,34 +6,13 @@ use std::collections::HashMap;
 use crate::event::{ChangeEvent, Op};
 use crate::sink::KeyVersion;
 
-/// The version a key is written with: the newest event that touched it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedVersion {
-    /// Highest source position among the key's events ("" when none had one).
-    pub position: String,
-    /// True only when every event for the key was a snapshot read.
-    pub snapshot: bool,
-    /// Commit time of the event with the highest position.
-    pub committed_at_ms: u64,
-}
-
-impl PlannedVersion {
-    /// The version for the writer, stamped with when the value was read.
-    pub fn at(&self, read_at_ms: u64) -> KeyVersion {
-        KeyVersion {
-            position: self.position.clone(),
-            snapshot: self.snapshot,
-            committed_at_ms: self.committed_at_ms,
-            read_at_ms,
-        }
-    }
-}
-
 /// The deduplicated keys of one batch, in first-seen order.
 #[derive(Debug, Default)]
 pub struct KeyPlan {
     keys: Vec<String>,
-    versions: HashMap<String, PlannedVersion>,
+    /// Each key's version: the newest event that touched it (`read_at_ms`
+    /// is stamped when its value is read).
+    versions: HashMap<String, KeyVersion>,
     named: usize,
 }
 
@@ -53,10 +32,11 @@ impl KeyPlan {
             None => {
                 self.versions.insert(
                     key.clone(),
-                    PlannedVersion {
+                    KeyVersion {
                         position: event.position.clone(),
                         snapshot,
                         committed_at_ms: event.committed_at_ms,
+                        read_at_ms: 0,
                     },
                 );
                 self.keys.push(key);
@@ -70,7 +50,7 @@ impl KeyPlan {
     }
 
     /// The version planned for `key`.
-    pub fn version(&self, key: &str) -> Option<&PlannedVersion> {
+    pub fn version(&self, key: &str) -> Option<&KeyVersion> {
         self.versions.get(key)
     }
 

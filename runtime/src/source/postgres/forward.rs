@@ -8,7 +8,8 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use crate::source::{PostgresCapture, RawRecord, SourceError};
+use super::PostgresCapture;
+use crate::source::SourceRecord;
 
 /// Writes records to Redis Streams.
 pub struct DebeziumStreamWriter {
@@ -26,10 +27,10 @@ impl DebeziumStreamWriter {
     }
 
     /// XADDs every record in one round trip.
-    pub async fn write(&mut self, records: &[RawRecord]) -> Result<(), redis::RedisError> {
+    pub async fn write(&mut self, records: &[SourceRecord]) -> Result<(), redis::RedisError> {
         let mut pipe = redis::pipe();
         for record in records {
-            for (key, value) in &record.fields {
+            for (key, value) in record.fields().iter() {
                 // Debezium Server writes a null key (truncates, key-less tables) as "default".
                 if key == "null" {
                     let value =
@@ -57,17 +58,37 @@ fn wrap(payload: &str, name: &str) -> String {
 }
 
 /// Streams changes from `capture` into Redis until `shutdown`, confirming the
-/// slot only after each batch's XADDs succeeded.
+/// slot only after each batch's XADDs succeeded. A capture that fails (the
+/// database restarting, its connection lost) is retried with backoff: it
+/// reconnects and resumes from the confirmed position. Returns how many
+/// changes were written.
 pub async fn forward(
     capture: &mut PostgresCapture,
     writer: &mut DebeziumStreamWriter,
     shutdown: &CancellationToken,
-) -> Result<u64, SourceError> {
+) -> u64 {
     let mut written = 0u64;
+    let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        let records = tokio::select! {
+        let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
-            batch = capture.next_batch() => batch?,
+            batch = capture.next_batch() => batch,
+        };
+        let records = match batch {
+            Ok(records) => {
+                failures = 0;
+                records
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(source = %capture.name(), error = %e, "capture failed; retrying");
+                let delay = Duration::from_millis(500).saturating_mul(1 << failures.min(4)).min(Duration::from_secs(5));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
         };
         if records.is_empty() {
             continue;
@@ -78,7 +99,7 @@ pub async fn forward(
                 Err(e) => {
                     tracing::warn!(source = %capture.name(), error = %e, "cannot write to Redis; retrying, nothing confirmed");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(written),
+                        _ = shutdown.cancelled() => return written,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
@@ -88,5 +109,5 @@ pub async fn forward(
         written += records.len() as u64;
     }
     capture.shutdown().await;
-    Ok(written)
+    written
 }

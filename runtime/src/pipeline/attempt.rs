@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 
-use super::batch::{ApplyError, Generation, Pipeline, now_ms};
 use super::config::OnChange;
-use super::plan::KeyPlan;
-use super::planning::plan_keys;
+use super::failure::ApplyError;
+use super::key_plan::KeyPlan;
+use super::plan_ahead::plan_keys;
+use super::running::{Generation, Pipeline};
+use crate::clock::now_ms;
+use crate::contract::Outcome;
 use crate::event::ChangeEvent;
-use crate::plugin::bindings::Outcome;
 use crate::sink::{KeyAction, KeyVersion, KeyWrite, SinkError, WriteReport};
 
 impl Pipeline {
@@ -110,7 +112,7 @@ impl Pipeline {
 }
 
 fn planned_write(plan: &KeyPlan, key: &str, action: KeyAction, read_at_ms: u64) -> KeyWrite {
-    let version = plan.version(key).map(|v| v.at(read_at_ms));
+    let version = plan.version(key).map(|v| KeyVersion { read_at_ms, ..v.clone() });
     KeyWrite {
         key: key.to_owned(),
         action,

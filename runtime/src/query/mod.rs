@@ -12,7 +12,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::{Executor, PgConnection, Row};
 
-use crate::plugin::bindings::{DbValue, Rows};
+use crate::contract::{DbValue, Rows};
 
 mod error;
 mod statement;

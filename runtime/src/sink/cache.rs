@@ -1,0 +1,86 @@
+//! A connected cache: the Redis connection (reconnecting by itself), the
+//! guard script, and the write health check.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+use serde::Deserialize;
+
+use super::error::SinkError;
+
+/// The key a health check writes (with a short expiry).
+const HEALTH_KEY: &str = "evercache:health";
+
+/// `[caches.<name>]` in the runtime file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Redis URL, e.g. "redis://127.0.0.1:6379".
+    pub url: String,
+    /// How long a deleted key's version is remembered so a late, older write
+    /// cannot resurrect it (default "10m").
+    #[serde(default = "default_tombstone_ttl", with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
+    /// How long one batch write may take before it counts as failed (default "10s").
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+}
+
+fn default_tombstone_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A connected cache; cheap to clone.
+#[derive(Clone)]
+pub struct RedisCache {
+    name: String,
+    pub(super) conn: ConnectionManager,
+    pub(super) script: Script,
+    pub(super) tombstone_ttl_ms: u64,
+}
+
+impl CacheConfig {
+    /// Connects (the connection reconnects by itself afterwards) and loads the guard script.
+    pub async fn build(&self, name: &str) -> Result<RedisCache, SinkError> {
+        let client = redis::Client::open(self.url.as_str()).map_err(SinkError::redis)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(SinkError::redis)?;
+        let script = Script::new(include_str!("guard.lua"));
+        script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
+        Ok(RedisCache { name: name.to_owned(), conn, script, tombstone_ttl_ms: self.tombstone_ttl.as_millis() as u64 })
+    }
+}
+
+impl RedisCache {
+    /// The `[caches.<name>]` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection to the cache, e.g. for reading metadata.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Does the cache take a write within `timeout`? A write, not a `PING`:
+    /// a Redis out of memory, loading, busy with a script or turned replica
+    /// answers `PING` but refuses what the writer would send.
+    pub async fn check_writable(&self, timeout: Duration) -> Result<(), SinkError> {
+        let mut conn = self.conn.clone();
+        let mut write = redis::cmd("SET");
+        write.arg(HEALTH_KEY).arg(1).arg("PX").arg(10_000);
+        match tokio::time::timeout(timeout, write.query_async::<()>(&mut conn)).await {
+            Ok(answer) => answer.map_err(SinkError::redis),
+            Err(_) => Err(SinkError::redis(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to a health check within {timeout:?}"),
+            )))),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! A change as the capture decoded it: the event the pipeline needs, plus what
+//! Debezium's envelope carries besides, so the same change can be rendered as
+//! the JSON the Postgres connector emits (for `evercache capture` and dead
+//! letters) without the pipeline parsing it back.
+
+use serde_json::json;
+
+use crate::contract::{ChangeEvent, Op};
+
+/// A captured change, ready for the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturedChange {
+    /// The event plugins receive.
+    pub event: ChangeEvent,
+    /// The database name (`source.db`).
+    pub database: String,
+    /// The transaction id (`source.txId`).
+    pub xid: u32,
+    /// The commit LSN of its transaction and its own LSN.
+    pub commit_lsn: u64,
+    /// Its own LSN.
+    pub lsn: u64,
+    /// When it was captured (the envelope's `ts_ms`).
+    pub captured_at_ms: u64,
+}
+
+impl CapturedChange {
+    /// The Redis sink's compact layout: one field, named by the key JSON
+    /// (`null` for a key-less change), holding the envelope JSON.
+    pub fn debezium_fields(&self) -> Vec<(String, String)> {
+        vec![(self.event.key.clone(), self.envelope())]
+    }
+
+    /// The Debezium envelope (`schemas.enable=false`).
+    pub fn envelope(&self) -> String {
+        let event = &self.event;
+        let source = json!({
+            "version": concat!("evercache-", env!("CARGO_PKG_VERSION")),
+            "connector": "postgresql",
+            "name": event.source,
+            "ts_ms": event.committed_at_ms,
+            "snapshot": if event.op == Op::SnapshotRead { "true" } else { "false" },
+            "db": self.database,
+            "sequence": format!("[\"{}\",\"{}\"]", self.commit_lsn, self.lsn),
+            "schema": event.schema,
+            "table": event.table,
+            "txId": self.xid,
+            "lsn": self.lsn,
+        });
+        format!(
+            r#"{{"before":{},"after":{},"source":{source},"op":"{}","ts_ms":{},"transaction":null}}"#,
+            event.before.as_deref().unwrap_or("null"),
+            event.after.as_deref().unwrap_or("null"),
+            op_code(event.op),
+            self.captured_at_ms
+        )
+    }
+
+    /// What it costs in memory, roughly: its text.
+    pub fn bytes(&self) -> usize {
+        let event = &self.event;
+        event.key.len()
+            + event.before.as_ref().map_or(0, String::len)
+            + event.after.as_ref().map_or(0, String::len)
+            + event.table.len()
+            + event.position.len()
+    }
+}
+
+/// Debezium's `op` letter.
+pub fn op_code(op: Op) -> char {
+    match op {
+        Op::Create => 'c',
+        Op::Update => 'u',
+        Op::Delete => 'd',
+        Op::SnapshotRead => 'r',
+        Op::Truncate => 't',
+    }
+}
