@@ -10,7 +10,8 @@ RUN cargo build --release -p evercache && bash scripts/build-plugins.sh
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/evercache /usr/local/bin/evercache
-COPY --from=build /src/target/plugins /opt/evercache/plugins
+# The examples' plugins only: the test plugins (testkit, hostile) are never deployed.
+COPY --from=build /src/target/plugins/specialist_status.wasm /src/target/plugins/shop_product.wasm /opt/evercache/plugins/
 COPY examples /opt/evercache/examples
 WORKDIR /opt/evercache
 ENTRYPOINT ["evercache"]

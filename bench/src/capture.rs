@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use evercache::config::Config;
 use evercache::runtime::Runtime;
+use evercache_test_kit::RuntimeToml;
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -145,7 +146,7 @@ pub async fn run(options: Options) -> Result<()> {
 }
 
 fn write_config(options: &Options) -> Result<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = evercache_test_kit::repo_root();
     let plugins = root.join("target/plugins");
     if !plugins.join("testkit.wasm").exists() {
         bail!("{} has no testkit.wasm; run: bash scripts/build-plugins.sh", plugins.display());
@@ -156,24 +157,14 @@ fn write_config(options: &Options) -> Result<PathBuf> {
     let (pg, redis) = (&options.pg_url, &options.redis_url);
     std::fs::write(
         dir.join("evercache.toml"),
-        format!(
-            r#"plugins_dir = "{plugins}"
-pipelines_dir = "pipelines"
-[databases.db]
-url = "{pg}"
-[caches.main]
-url = "{redis}"
-[sources.capture]
-type = "postgres"
-url = "{pg}"
-tables = ["{NAME}.item"]
-publication = "{NAME}"
-slot = "{NAME}"
-snapshot = "never"
-dead_letter_url = "{redis}"
-"#,
-            plugins = plugins.display()
-        ),
+        RuntimeToml::with_plugins_dir(&plugins)
+            .database("db", pg)
+            .cache("main", redis)
+            .section("sources.capture")
+            .line(&format!("type = \"postgres\"\nurl = \"{pg}\"\ntables = [\"{NAME}.item\"]"))
+            .line(&format!("publication = \"{NAME}\"\nslot = \"{NAME}\"\nsnapshot = \"never\""))
+            .line(&format!("dead_letter_url = \"{redis}\""))
+            .build(),
     )?;
     std::fs::write(
         dir.join("pipelines/items.toml"),

@@ -3,7 +3,6 @@
 //! (with its host query), next to the same query run directly by the host.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -39,7 +38,7 @@ pub async fn run(mut options: Options) -> Result<()> {
         options.calls = 20;
         options.loads = 1;
     }
-    let plugin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/testkit.wasm");
+    let plugin = evercache_test_kit::repo_root().join("target/plugins/testkit.wasm");
     if !plugin.exists() {
         bail!("{} is missing; run: bash scripts/build-plugins.sh", plugin.display());
     }

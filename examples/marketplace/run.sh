@@ -34,6 +34,9 @@ echo "ok: $(admin -d marketplace -c 'select count(*) from specialist') specialis
 step "build: plugins and runtime"
 bash scripts/build-deps.sh
 bash scripts/build-plugins.sh
+# The example loads its own plugin only, not every plugin the repository builds.
+mkdir -p examples/marketplace/plugins
+cp target/plugins/specialist_status.wasm examples/marketplace/plugins/
 cargo build --quiet -p evercache
 evercache="$root/target/debug/evercache"
 

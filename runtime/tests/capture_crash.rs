@@ -8,38 +8,23 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use evercache_test_kit::{PG_URL, REDIS_URL, RuntimeToml};
+
 const ROWS: i64 = 200;
 const UPDATES: usize = 6_000;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
-}
-
 fn write_config(name: &str) -> PathBuf {
-    let status = Command::new("bash").arg(repo_root().join("scripts/build-plugins.sh")).status();
-    assert!(matches!(status, Ok(s) if s.success()), "run `bash scripts/build-plugins.sh`");
     let dir = std::env::temp_dir().join("evercache-cli-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
-    let runtime = format!(
-        r#"plugins_dir = "{plugins}"
-pipelines_dir = "pipelines"
-[databases.db]
-url = "{PG_URL}"
-[caches.main]
-url = "{REDIS_URL}"
-[sources.capture]
-type = "postgres"
-url = "{PG_URL}"
-tables = ["{name}.item"]
-publication = "{name}"
-slot = "{name}"
-dead_letter_url = "{REDIS_URL}"
-"#,
-        plugins = repo_root().join("target/plugins").display()
-    );
+    let runtime = RuntimeToml::new()
+        .database("db", PG_URL)
+        .cache("main", REDIS_URL)
+        .section("sources.capture")
+        .line("type = \"postgres\"")
+        .line(&format!("url = \"{PG_URL}\"\ntables = [\"{name}.item\"]\npublication = \"{name}\"\nslot = \"{name}\""))
+        .line(&format!("dead_letter_url = \"{REDIS_URL}\""))
+        .build();
     std::fs::write(dir.join("evercache.toml"), runtime).unwrap();
     let pipeline = format!(
         "source = \"capture\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"testkit\"\ntables = [\"{name}.item\"]\n[config]\nschema = \"{name}\"\nkey_prefix = \"{name}:item\"\n"

@@ -5,21 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
-}
-
-fn plugins_dir() -> PathBuf {
-    let status = Command::new("bash").arg(repo_root().join("scripts/build-plugins.sh")).status();
-    assert!(
-        matches!(status, Ok(s) if s.success()),
-        "building plugins failed; run `bash scripts/build-plugins.sh` and read its output"
-    );
-    repo_root().join("target/plugins")
-}
+use evercache_test_kit::{PG_URL, REDIS_URL, RuntimeToml};
 
 fn psql(sql: &str) {
     let out = Command::new("psql")
@@ -34,24 +20,13 @@ fn write_config(name: &str, pipeline_extra: &str) -> PathBuf {
     let dir = std::env::temp_dir().join("evercache-cli-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
-    let runtime = format!(
-        r#"plugins_dir = "{plugins}"
-pipelines_dir = "pipelines"
-[databases.db]
-url = "{PG_URL}"
-[caches.main]
-url = "{REDIS_URL}"
-[sources.events]
-type = "redis-stream"
-url = "{REDIS_URL}"
-streams = ["{name}.stream"]
-consumer = "{name}"
-batch_size = 50
-max_batch_entries = 50  # no read-ahead past one batch: SIGTERM lands with entries still unread
-block = "100ms"
-"#,
-        plugins = plugins_dir().display()
-    );
+    let runtime = RuntimeToml::new()
+        .database("db", PG_URL)
+        .cache("main", REDIS_URL)
+        .redis_stream("events", REDIS_URL, &[format!("{name}.stream")], name)
+        .line("batch_size = 50")
+        .line("max_batch_entries = 50  # no read-ahead past one batch: SIGTERM lands with entries still unread")
+        .build();
     std::fs::write(dir.join("evercache.toml"), runtime).unwrap();
     let pipeline = format!(
         r#"source = "events"

@@ -1,16 +1,11 @@
 //! `evercache plugin new|build|test` as an author runs them: scaffold a crate,
 //! build it into a component, and run it against real Postgres without Redis.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
-}
+use evercache_test_kit::{PG_URL, repo_root};
 
 fn psql(sql: &str) {
     let out = Command::new("psql")

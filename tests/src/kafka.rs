@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 
-use crate::{PG_URL, REDIS_URL, TestEnv, plugins_dir};
+use crate::{PG_URL, REDIS_URL, RuntimeToml, TestEnv};
 
 const INSTALL_HINT: &str =
     "install it with: bash scripts/kafka-deps.sh (cargo install tansu --locked --features dynostore)";
@@ -177,29 +177,16 @@ impl Broker {
 
 /// A runtime file whose source "events" is the Kafka consumer group `<prefix>`.
 pub fn kafka_runtime_toml(env: &TestEnv, broker: &Broker, topics: &[String], extra: &str) -> String {
-    format!(
-        r#"plugins_dir = "{plugins}"
-pipelines_dir = "pipelines"
-
-[databases.db]
-url = "{PG_URL}"
-
-[caches.main]
-url = "{REDIS_URL}"
-
-[sources.events]
-type = "kafka"
-brokers = "{brokers}"
-topics = {topics}
-group = "{group}"
-block = "200ms"
-properties = {{ "session.timeout.ms" = "10000" }}
-{extra}"#,
-        plugins = plugins_dir().display(),
-        brokers = broker.address(),
-        topics = serde_json::to_string(topics).unwrap_or_default(),
-        group = env.prefix,
-    )
+    let topics = serde_json::to_string(topics).unwrap_or_default();
+    RuntimeToml::new()
+        .database("db", PG_URL)
+        .cache("main", REDIS_URL)
+        .section("sources.events")
+        .line(&format!("type = \"kafka\"\nbrokers = \"{}\"\ntopics = {topics}", broker.address()))
+        .line(&format!("group = \"{}\"\nblock = \"200ms\"", env.prefix))
+        .line("properties = { \"session.timeout.ms\" = \"10000\" }")
+        .line(extra)
+        .build()
 }
 
 /// Reads with the source itself until `count` records came, acking each batch.

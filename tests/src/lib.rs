@@ -2,11 +2,11 @@
 //! runtime in-process, one key/stream prefix and one Postgres schema per test.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use evercache::config::Config;
 use evercache::runtime::Runtime;
 use redis::aio::MultiplexedConnection;
@@ -19,35 +19,8 @@ pub mod debezium;
 pub mod http;
 pub mod kafka;
 
-/// Redis the tests use.
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// Postgres the tests use.
-pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-const SETUP_HINT: &str = "start the services with: bash scripts/dev-services.sh";
-
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
-}
-
-/// Builds the plugins once per test process (a no-op when they are up to date)
-/// and returns the directory holding the `.wasm` components.
-pub fn plugins_dir() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let script = repo_root().join("scripts/build-plugins.sh");
-            let status = Command::new("bash").arg(&script).status();
-            match status {
-                Ok(s) if s.success() => repo_root().join("target/plugins"),
-                other => panic!(
-                    "building plugins failed ({other:?}); run `bash scripts/build-plugins.sh` and read its output"
-                ),
-            }
-        })
-        .clone()
-}
+use evercache_test_kit::SETUP_HINT;
+pub use evercache_test_kit::{PG_URL, REDIS_URL, RuntimeToml, plugins_dir, repo_root, wait_until};
 
 /// Installs a log subscriber once, honouring RUST_LOG.
 pub fn init_logging() {
@@ -163,28 +136,12 @@ impl TestEnv {
     /// A runtime file with one database, one cache and one stream source named
     /// "events" over `streams`.
     pub fn runtime_toml(&self, streams: &[String], extra: &str) -> String {
-        format!(
-            r#"plugins_dir = "{plugins}"
-pipelines_dir = "pipelines"
-
-[databases.db]
-url = "{PG_URL}"
-
-[caches.main]
-url = "{REDIS_URL}"
-
-[sources.events]
-type = "redis-stream"
-url = "{REDIS_URL}"
-streams = {streams}
-group = "evercache"
-consumer = "{prefix}"
-block = "200ms"
-{extra}"#,
-            plugins = plugins_dir().display(),
-            streams = serde_json::to_string(streams).unwrap_or_default(),
-            prefix = self.prefix,
-        )
+        RuntimeToml::new()
+            .database("db", PG_URL)
+            .cache("main", REDIS_URL)
+            .redis_stream("events", REDIS_URL, streams, &self.prefix)
+            .line(extra)
+            .build()
     }
 
     /// A pipeline file for the testkit plugin over `<prefix>.item`.
@@ -350,24 +307,5 @@ impl Running {
         })
         .await??;
         Ok(())
-    }
-}
-
-/// Polls `check` every 20 ms until it returns true, or fails after `timeout`
-/// with `what` in the message.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use evercache::event::debezium::{Decoded, decode_record, decode_stream_entry};
 use evercache::source::SourceConfig;
-use evercache_e2e::{PG_URL, REDIS_URL, Running, TestEnv, wait_until};
+use evercache_e2e::{PG_URL, REDIS_URL, Running, RuntimeToml, TestEnv, wait_until};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -30,11 +30,7 @@ dead_letter_url = "{REDIS_URL}"
 }
 
 fn runtime_toml(env: &TestEnv, tables: &[&str]) -> String {
-    format!(
-        "plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = \"{PG_URL}\"\n[caches.main]\nurl = \"{REDIS_URL}\"\n{}",
-        evercache_e2e::plugins_dir().display(),
-        capture_source(env, tables)
-    )
+    RuntimeToml::new().database("db", PG_URL).cache("main", REDIS_URL).line(&capture_source(env, tables)).build()
 }
 
 async fn wait_json(env: &TestEnv, key: &str, expected: Option<Value>) -> Result<()> {
@@ -48,6 +44,7 @@ async fn wait_json(env: &TestEnv, key: &str, expected: Option<Value>) -> Result<
         }
     })
     .await
+    .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,7 @@ async fn wait_json(env: &TestEnv, key: &str, expected: Option<&Value>) -> Result
         }
     })
     .await
+    .map(drop)
 }
 
 /// Waits until the group committed every partition up to its end.
@@ -53,6 +54,7 @@ async fn wait_committed(broker: &Broker, group: &str, topic: &str, partitions: i
         async move { Ok(offsets?.iter().all(|(committed, end)| committed == end)) }
     })
     .await
+    .map(drop)
 }
 
 /// Produces a Debezium change of `item` keyed by id to partition `id % partitions`.
@@ -206,6 +208,7 @@ async fn wait_seen(seen: &Seen, count: usize, what: &str) -> Result<()> {
         async move { Ok(distinct >= count) }
     })
     .await
+    .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

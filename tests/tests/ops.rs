@@ -14,7 +14,7 @@ use evercache::source::SourceConfig;
 use evercache::source::lag::LagProbe;
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key};
 use evercache_e2e::http::{get, sample};
-use evercache_e2e::{PG_URL, REDIS_URL, TestEnv, repo_root, wait_until};
+use evercache_e2e::{PG_URL, REDIS_URL, RuntimeToml, TestEnv, repo_root, wait_until};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,7 @@ async fn wait_sample(addr: SocketAddr, name: &str, labels: &[(&str, &str)], expe
         Ok(sample(&page, name, labels) == Some(expected))
     })
     .await
+    .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,28 +282,16 @@ async fn capture_pipeline_exports_slot_lag_and_real_commit_delay() -> Result<()>
     env.drop_capture().await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     let p = env.prefix.clone();
-    let runtime = format!(
-        r#"plugins_dir = "{plugins}"
-pipelines_dir = "pipelines"
-[databases.db]
-url = "{PG_URL}"
-[caches.main]
-url = "{REDIS_URL}"
-[sources.events]
-type = "postgres"
-url = "{PG_URL}"
-tables = ["{p}.item"]
-publication = "{p}"
-slot = "{p}"
-topic_prefix = "{p}"
-snapshot = "never"
-dead_letter_url = "{REDIS_URL}"
-[http]
-listen = "127.0.0.1:0"
-probe_interval = "100ms"
-"#,
-        plugins = evercache_e2e::plugins_dir().display()
-    );
+    let runtime = RuntimeToml::new()
+        .database("db", PG_URL)
+        .cache("main", REDIS_URL)
+        .section("sources.events")
+        .line(&format!("type = \"postgres\"\nurl = \"{PG_URL}\"\ntables = [\"{p}.item\"]"))
+        .line(&format!("publication = \"{p}\"\nslot = \"{p}\"\ntopic_prefix = \"{p}\"\nsnapshot = \"never\""))
+        .line(&format!("dead_letter_url = \"{REDIS_URL}\""))
+        .http(0)
+        .line("probe_interval = \"100ms\"")
+        .build();
     let pipeline = format!("{p}_items");
     let config = env.config(&runtime, &[(&pipeline, &env.testkit_pipeline(""))])?;
     let (addr, shutdown, tasks) = start(config.clone()).await?;

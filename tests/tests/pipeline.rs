@@ -34,6 +34,7 @@ async fn wait_json(env: &TestEnv, key: &str, expected: &Value) -> Result<()> {
         }
     })
     .await
+    .map(drop)
 }
 
 /// Waits until every entry of `streams` was delivered and acknowledged.

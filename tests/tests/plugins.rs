@@ -48,6 +48,7 @@ where
         async { Ok(accept(&value.await?)) }
     })
     .await
+    .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use anyhow::Result;
 use evercache::runtime::Runtime;
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key};
 use evercache_e2e::http::{get, samples};
-use evercache_e2e::{PG_URL, REDIS_URL, TestEnv, plugins_dir, wait_until};
+use evercache_e2e::{PG_URL, REDIS_URL, RuntimeToml, TestEnv, wait_until};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -66,10 +66,7 @@ async fn hostile_plugins_fail_their_own_batch_and_nothing_else() -> Result<()> {
     let mut env = TestEnv::new("sandbox").await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     env.sql("insert into item values (1, 'kept', 1)").await?;
-    let mut runtime = format!(
-        "plugins_dir = \"{plugins}\"\npipelines_dir = \"pipelines\"\n[http]\nlisten = \"127.0.0.1:0\"\n[databases.db]\nurl = \"{PG_URL}\"\n[caches.main]\nurl = \"{REDIS_URL}\"\n",
-        plugins = plugins_dir().display()
-    );
+    let mut runtime = RuntimeToml::new().http(0).database("db", PG_URL).cache("main", REDIS_URL).build();
     let mut pipelines = Vec::new();
     for (mode, _) in MODES {
         runtime.push_str(&source(&env, mode));

@@ -2,13 +2,13 @@
 //! pre-filled stream, or keeping up with a steady rate.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use evercache::config::Config;
 use evercache::runtime::Runtime;
+use evercache_test_kit::RuntimeToml;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
@@ -144,7 +144,7 @@ async fn start_runtime(
     stream: &str,
     prefix: &str,
 ) -> Result<Running> {
-    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let plugins = evercache_test_kit::repo_root().join("target/plugins");
     let (plugin, tables) = logic.plugin(implementation);
     let tables = tables.iter().map(|t| format!("\"{SCHEMA}.{t}\"")).collect::<Vec<_>>().join(", ");
     if implementation == Implementation::Evercache && !plugins.join(format!("{plugin}.wasm")).exists() {
@@ -156,13 +156,12 @@ async fn start_runtime(
     let (pg, redis) = (&options.pg_url, &options.redis_url);
     std::fs::write(
         dir.join("evercache.toml"),
-        format!(
-            "plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = \"{pg}\"\n[caches.main]\nurl = \"{redis}\"\n\
-             [sources.events]\ntype = \"redis-stream\"\nurl = \"{redis}\"\nstreams = [\"{stream}\"]\nconsumer = \"bench\"\nblock = \"100ms\"\n\
-             max_batch_entries = {}\n",
-            plugins.display(),
-            options.max_batch_entries
-        ),
+        RuntimeToml::with_plugins_dir(&plugins)
+            .database("db", pg)
+            .cache("main", redis)
+            .redis_stream("events", redis, &[stream.to_owned()], "bench")
+            .line(&format!("max_batch_entries = {}", options.max_batch_entries))
+            .build(),
     )?;
     std::fs::write(
         dir.join("pipelines/items.toml"),

@@ -29,15 +29,17 @@ async fn black_holed_postgres_then_redis_stall_nothing_and_recover() {
     );
     let stream = format!("{name}.{name}.item");
     let port = free_port();
-    let runtime = format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\nstuck_after = \"2s\"\n\
-         [databases.db]\nurl = \"{pg_via}\"\nstatement_timeout = \"1s\"\nacquire_timeout = \"2s\"\n\
-         [caches.main]\nurl = \"{redis_via}\"\nresponse_timeout = \"2s\"\n\
-         [sources.events]\ntype = \"redis-stream\"\nurl = \"{redis_via}\"\nstreams = [\"{stream}\"]\nconsumer = \"c1\"\nblock = \"200ms\"\n"
-    );
+    let runtime = RuntimeToml::new()
+        .http(port)
+        .line("stuck_after = \"2s\"")
+        .database("db", &pg_via)
+        .line("statement_timeout = \"1s\"\nacquire_timeout = \"2s\"")
+        .cache("main", &redis_via)
+        .line("response_timeout = \"2s\"")
+        .redis_stream("events", &redis_via, std::slice::from_ref(&stream), "c1");
     let prefix = format!("{name}:item");
     let pipeline = testkit_pipeline("events", &name, &prefix, "call_timeout = \"2s\"", "");
-    let config = write_config(&dir, &runtime, &[("items", pipeline)]);
+    let config = write_config(&dir, runtime, &[("items", pipeline)]);
     let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
     wait_ready(port, true, Duration::from_secs(60)).await;
     let mut writer = ConnectionManager::new(redis::Client::open(SHARED_REDIS).unwrap()).await.unwrap();

@@ -2,7 +2,6 @@
 //! with AOF and a Postgres cluster on free loopback ports (so killing them never
 //! touches the machine's shared services), and `evercache run` as a child process.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,16 +13,7 @@ use sqlx::PgPool;
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 pub const SHARED_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
-}
-
-/// Builds the plugins (a no-op when fresh) and returns their directory.
-pub fn plugins_dir() -> PathBuf {
-    let status = Command::new("bash").arg(repo_root().join("scripts/build-plugins.sh")).status();
-    assert!(matches!(status, Ok(s) if s.success()), "building plugins failed; run `bash scripts/build-plugins.sh`");
-    repo_root().join("target/plugins")
-}
+pub use evercache_test_kit::{RuntimeToml, free_port};
 
 /// A fresh scratch directory for one scenario.
 pub fn scratch(name: &str) -> PathBuf {
@@ -31,10 +21,6 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
 }
 
 /// A small xorshift generator: reproducible from the printed seed, no extra crate.
@@ -56,18 +42,17 @@ impl Rng {
     }
 }
 
-/// Polls `check` every 50 ms until true, panicking with `what` after `timeout`.
+/// Polls `check` until true, panicking with `what` after `timeout`; how long it took.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    start.elapsed()
+    let waited = evercache_test_kit::wait_until(what, timeout, || {
+        let check = check();
+        async move { Ok(check.await) }
+    });
+    waited.await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A `redis-server` of the test's own, with every write fsynced to its AOF,
@@ -295,18 +280,13 @@ pub struct Setup<'a> {
 
 impl Setup<'_> {
     pub fn write(&self, key_prefix: &str) -> PathBuf {
-        let plugins = plugins_dir();
         std::fs::create_dir_all(self.dir.join("pipelines")).unwrap();
-        let runtime = format!(
-            "plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = \"{}\"\n[caches.main]\nurl = \"{}\"\n[sources.events]\ntype = \"redis-stream\"\nurl = \"{}\"\nstreams = {}\ngroup = \"evercache\"\nconsumer = \"{}\"\nblock = \"200ms\"\n{}\n",
-            plugins.display(),
-            self.pg_url,
-            self.redis_url,
-            self.redis_url,
-            serde_json::to_string(self.streams).unwrap(),
-            self.consumer,
-            self.source_extra,
-        );
+        let runtime = RuntimeToml::new()
+            .database("db", self.pg_url)
+            .cache("main", self.redis_url)
+            .redis_stream("events", self.redis_url, self.streams, self.consumer)
+            .line(self.source_extra)
+            .build();
         let path = self.dir.join(format!("{}.toml", self.consumer));
         std::fs::write(&path, runtime).unwrap();
         let pipeline = format!(
@@ -406,14 +386,11 @@ pub async fn clear_prefix(redis: &mut MultiplexedConnection, prefix: &str) {
     }
 }
 
-/// Writes `<dir>/evercache.toml` (plugins_dir and pipelines_dir filled in,
-/// then `runtime`) and one file per pipeline; returns the runtime file.
-pub fn write_config(dir: &Path, runtime: &str, pipelines: &[(&str, String)]) -> PathBuf {
-    let plugins = plugins_dir();
+/// Writes `<dir>/evercache.toml` and one file per pipeline; returns the runtime file.
+pub fn write_config(dir: &Path, runtime: RuntimeToml, pipelines: &[(&str, String)]) -> PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     let path = dir.join("evercache.toml");
-    std::fs::write(&path, format!("plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n{runtime}", plugins.display()))
-        .unwrap();
+    std::fs::write(&path, runtime.build()).unwrap();
     for (name, text) in pipelines {
         std::fs::write(dir.join("pipelines").join(format!("{name}.toml")), text).unwrap();
     }

@@ -105,14 +105,17 @@ async fn a_kafka_consumer_killed_under_load_resumes_from_committed_offsets() {
     create_items(&pg, &name, rows).await;
     let mut redis = connect(SHARED_REDIS).await;
     clear_prefix(&mut redis, &name).await;
-    let runtime = format!(
-        "[databases.db]\nurl = \"{SHARED_PG}\"\n[caches.main]\nurl = \"{SHARED_REDIS}\"\n\
-         [sources.events]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup = \"{name}\"\nblock = \"200ms\"\n\
-         properties = {{ \"session.timeout.ms\" = \"6000\" }}\n",
-        broker.address
-    );
+    let runtime = RuntimeToml::new()
+        .database("db", SHARED_PG)
+        .cache("main", SHARED_REDIS)
+        .section("sources.events")
+        .line(&format!(
+            "type = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup = \"{name}\"",
+            broker.address
+        ))
+        .line("block = \"200ms\"\nproperties = { \"session.timeout.ms\" = \"6000\" }");
     let prefix = format!("{name}:item");
-    let config = write_config(&dir, &runtime, &[("items", testkit_pipeline("events", &name, &prefix, "", ""))]);
+    let config = write_config(&dir, runtime, &[("items", testkit_pipeline("events", &name, &prefix, "", ""))]);
     let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)

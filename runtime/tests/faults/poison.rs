@@ -15,9 +15,11 @@ use crate::write_changes;
 /// stream of `<name>.item`; returns the process and the `[http]` port.
 fn start(dir: &std::path::Path, name: &str, stream: &str, poison: &str) -> (RuntimeProcess, u16) {
     let port = free_port();
-    let runtime = format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n[databases.db]\nurl = \"{SHARED_PG}\"\n[caches.main]\nurl = \"{SHARED_REDIS}\"\n\
-         [sources.events]\ntype = \"redis-stream\"\nurl = \"{SHARED_REDIS}\"\nstreams = [\"{stream}\"]\nconsumer = \"c1\"\nblock = \"200ms\"\n"
+    let runtime = RuntimeToml::new().http(port).database("db", SHARED_PG).cache("main", SHARED_REDIS).redis_stream(
+        "events",
+        SHARED_REDIS,
+        &[stream.to_owned()],
+        "c1",
     );
     let healthy = testkit_pipeline("events", name, &format!("{name}:healthy"), "", "");
     let poisoned = testkit_pipeline(
@@ -27,7 +29,7 @@ fn start(dir: &std::path::Path, name: &str, stream: &str, poison: &str) -> (Runt
         "call_timeout = \"1s\"\nmax_attempts = 2",
         poison,
     );
-    let config = write_config(dir, &runtime, &[("healthy", healthy), ("poisoned", poisoned)]);
+    let config = write_config(dir, runtime, &[("healthy", healthy), ("poisoned", poisoned)]);
     (RuntimeProcess::start(&config, &dir.join("runtime.log")), port)
 }
 

@@ -23,15 +23,17 @@ async fn postgres_restarts_fast_and_immediate_under_capture_load_lose_nothing() 
     let mut redis = connect(SHARED_REDIS).await;
     clear_prefix(&mut redis, &name).await;
     let port = free_port();
-    let runtime = format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\nstuck_after = \"2s\"\n\
-         [databases.db]\nurl = \"{pg_url}\"\n[caches.main]\nurl = \"{SHARED_REDIS}\"\n\
-         [sources.capture]\ntype = \"postgres\"\nurl = \"{pg_url}\"\ntables = [\"{name}.item\"]\n\
-         publication = \"{name}\"\nslot = \"{name}\"\nsnapshot = \"never\"\ntopic_prefix = \"{name}\"\n\
-         dead_letter_url = \"{SHARED_REDIS}\"\n"
-    );
+    let runtime = RuntimeToml::new()
+        .http(port)
+        .line("stuck_after = \"2s\"")
+        .database("db", &pg_url)
+        .cache("main", SHARED_REDIS)
+        .section("sources.capture")
+        .line(&format!("type = \"postgres\"\nurl = \"{pg_url}\"\ntables = [\"{name}.item\"]"))
+        .line(&format!("publication = \"{name}\"\nslot = \"{name}\"\nsnapshot = \"never\"\ntopic_prefix = \"{name}\""))
+        .line(&format!("dead_letter_url = \"{SHARED_REDIS}\""));
     let pipeline = testkit_pipeline("capture", &name, &format!("{name}:item"), "", "");
-    let config = write_config(&dir, &runtime, &[("items", pipeline)]);
+    let config = write_config(&dir, runtime, &[("items", pipeline)]);
     let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
     wait_ready(port, true, Duration::from_secs(60)).await;
 

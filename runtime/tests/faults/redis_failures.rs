@@ -46,12 +46,14 @@ async fn redis_restart_without_persistence_and_a_destroyed_group_are_healed() {
     create_items(&pg, &name, rows).await;
     let stream = format!("{name}.{name}.item");
     let port = free_port();
-    let runtime = format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n[databases.db]\nurl = \"{SHARED_PG}\"\n[caches.main]\nurl = \"{redis_url}\"\n\
-         [sources.events]\ntype = \"redis-stream\"\nurl = \"{redis_url}\"\nstreams = [\"{stream}\"]\nconsumer = \"c1\"\nblock = \"200ms\"\n"
+    let runtime = RuntimeToml::new().http(port).database("db", SHARED_PG).cache("main", &redis_url).redis_stream(
+        "events",
+        &redis_url,
+        std::slice::from_ref(&stream),
+        "c1",
     );
     let prefix = format!("{name}:item");
-    let config = write_config(&dir, &runtime, &[("items", testkit_pipeline("events", &name, &prefix, "", ""))]);
+    let config = write_config(&dir, runtime, &[("items", testkit_pipeline("events", &name, &prefix, "", ""))]);
     let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
     wait_ready(port, true, Duration::from_secs(60)).await;
     let mut writer = ConnectionManager::new(redis::Client::open(redis_url.as_str()).unwrap()).await.unwrap();
@@ -109,13 +111,15 @@ async fn a_cache_out_of_memory_busy_or_read_only_is_waited_out() {
     clear_prefix(&mut shared, &name).await;
     let stream = format!("{name}.{name}.item");
     let port = free_port();
-    let runtime = format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\nstuck_after = \"2s\"\n[databases.db]\nurl = \"{SHARED_PG}\"\n\
-         [caches.main]\nurl = \"{cache_url}\"\nresponse_timeout = \"2s\"\n\
-         [sources.events]\ntype = \"redis-stream\"\nurl = \"{SHARED_REDIS}\"\nstreams = [\"{stream}\"]\nconsumer = \"c1\"\nblock = \"200ms\"\n"
-    );
+    let runtime = RuntimeToml::new()
+        .http(port)
+        .line("stuck_after = \"2s\"")
+        .database("db", SHARED_PG)
+        .cache("main", &cache_url)
+        .line("response_timeout = \"2s\"")
+        .redis_stream("events", SHARED_REDIS, std::slice::from_ref(&stream), "c1");
     let prefix = format!("{name}:item");
-    let config = write_config(&dir, &runtime, &[("items", testkit_pipeline("events", &name, &prefix, "", ""))]);
+    let config = write_config(&dir, runtime, &[("items", testkit_pipeline("events", &name, &prefix, "", ""))]);
     let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
     wait_ready(port, true, Duration::from_secs(60)).await;
     let mut writer = ConnectionManager::new(redis::Client::open(SHARED_REDIS).unwrap()).await.unwrap();

@@ -77,3 +77,48 @@ pub fn op_code(op: Op) -> char {
         Op::Truncate => 't',
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::debezium::{Decoded, decode_stream_entry};
+    use crate::event::position;
+
+    fn captured(op: Op, key: &str, before: Option<&str>, after: Option<&str>) -> CapturedChange {
+        CapturedChange {
+            event: ChangeEvent {
+                op,
+                source: "shop".into(),
+                schema: Some("public".into()),
+                table: "product".into(),
+                key: key.into(),
+                before: before.map(str::to_owned),
+                after: after.map(str::to_owned),
+                position: position::postgres(4096, 4000),
+                committed_at_ms: 1_700_000_000_123,
+            },
+            database: "shop".into(),
+            xid: 771,
+            commit_lsn: 4096,
+            lsn: 4000,
+            captured_at_ms: 1_700_000_000_200,
+        }
+    }
+
+    #[test]
+    fn rendered_as_debezium_it_decodes_to_the_same_event() {
+        for change in [
+            captured(Op::Create, r#"{"id":1}"#, None, Some(r#"{"id":1,"name":"a \"b\"","price":"9.90"}"#)),
+            captured(Op::Update, r#"{"id":1}"#, Some(r#"{"id":1}"#), Some(r#"{"id":1,"name":null}"#)),
+            captured(Op::Delete, r#"{"id":1}"#, Some(r#"{"id":1,"name":"x"}"#), None),
+            captured(Op::SnapshotRead, r#"{"id":2}"#, None, Some(r#"{"id":2}"#)),
+            captured(Op::Truncate, "null", None, None),
+        ] {
+            let fields = change.debezium_fields();
+            let Ok(Decoded::Change(decoded)) = decode_stream_entry("shop.public.product", &fields) else {
+                panic!("not a change: {fields:?}")
+            };
+            assert_eq!(decoded, change.event, "{fields:?}");
+        }
+    }
+}

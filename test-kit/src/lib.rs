@@ -1,0 +1,156 @@
+//! What every test crate and the bench share: where the repository and the
+//! built plugins are, the runtime file built section by section, waiting for a
+//! condition, and free loopback ports. It does not depend on the runtime, so
+//! the runtime's own integration tests can use it too.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+/// The local Redis every suite uses (started by `scripts/dev-services.sh`).
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The local Postgres every suite uses (started by `scripts/dev-services.sh`).
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// What to run when a service is missing.
+pub const SETUP_HINT: &str = "start the services with: bash scripts/dev-services.sh";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+}
+
+/// Builds the plugins once per process (a no-op when they are up to date) and
+/// returns the directory holding the `.wasm` components.
+pub fn plugins_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = repo_root().join("scripts/build-plugins.sh");
+            match Command::new("bash").arg(&script).status() {
+                Ok(status) if status.success() => repo_root().join("target/plugins"),
+                other => panic!(
+                    "building plugins failed ({other:?}); run `bash scripts/build-plugins.sh` and read its output"
+                ),
+            }
+        })
+        .clone()
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+/// Polls `check` every 20 ms until it returns true and says how long that
+/// took, or fails after `timeout` with `what` in the message.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A runtime file, written section by section. Keys added with
+/// [`RuntimeToml::line`] belong to the section added last.
+#[derive(Debug, Clone)]
+pub struct RuntimeToml {
+    text: String,
+}
+
+impl Default for RuntimeToml {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RuntimeToml {
+    /// `plugins_dir` (the built plugins) and `pipelines_dir = "pipelines"`.
+    pub fn new() -> Self {
+        Self::with_plugins_dir(&plugins_dir())
+    }
+
+    /// The same with another plugins directory.
+    pub fn with_plugins_dir(plugins: &Path) -> Self {
+        Self { text: format!("plugins_dir = \"{}\"\npipelines_dir = \"pipelines\"\n", plugins.display()) }
+    }
+
+    /// `[databases.<name>]` at `url`.
+    pub fn database(self, name: &str, url: &str) -> Self {
+        self.section(&format!("databases.{name}")).line(&format!("url = \"{url}\""))
+    }
+
+    /// `[caches.<name>]` at `url`.
+    pub fn cache(self, name: &str, url: &str) -> Self {
+        self.section(&format!("caches.{name}")).line(&format!("url = \"{url}\""))
+    }
+
+    /// `[sources.<name>]`, a Redis Streams source over `streams` in group
+    /// "evercache" as `consumer`, blocking 200 ms per read.
+    pub fn redis_stream(self, name: &str, url: &str, streams: &[String], consumer: &str) -> Self {
+        let streams = serde_json::to_string(streams).unwrap_or_default();
+        self.section(&format!("sources.{name}"))
+            .line("type = \"redis-stream\"")
+            .line(&format!("url = \"{url}\""))
+            .line(&format!("streams = {streams}"))
+            .line("group = \"evercache\"")
+            .line(&format!("consumer = \"{consumer}\""))
+            .line("block = \"200ms\"")
+    }
+
+    /// `[http]` listening on `127.0.0.1:<port>` (0: any free port).
+    pub fn http(self, port: u16) -> Self {
+        self.section("http").line(&format!("listen = \"127.0.0.1:{port}\""))
+    }
+
+    /// A `[section]` header.
+    pub fn section(mut self, name: &str) -> Self {
+        self.text.push_str(&format!("[{name}]\n"));
+        self
+    }
+
+    /// Lines as they are (keys of the last section, or whole sections).
+    pub fn line(mut self, text: &str) -> Self {
+        self.text.push_str(text);
+        if !text.ends_with('\n') {
+            self.text.push('\n');
+        }
+        self
+    }
+
+    /// The file's text.
+    pub fn build(self) -> String {
+        self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_and_their_keys_come_out_in_order() {
+        let toml = RuntimeToml::with_plugins_dir(Path::new("/p"))
+            .database("db", PG_URL)
+            .cache("main", REDIS_URL)
+            .redis_stream("events", REDIS_URL, &["a.b.c".to_owned()], "c1")
+            .line("batch_size = 50")
+            .build();
+        assert!(toml.starts_with("plugins_dir = \"/p\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = "));
+        assert!(toml.ends_with(
+            "streams = [\"a.b.c\"]\ngroup = \"evercache\"\nconsumer = \"c1\"\nblock = \"200ms\"\nbatch_size = 50\n"
+        ));
+    }
+}
