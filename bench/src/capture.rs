@@ -160,10 +160,8 @@ fn write_config(options: &Options) -> Result<PathBuf> {
         RuntimeToml::with_plugins_dir(&plugins)
             .database("db", pg)
             .cache("main", redis)
-            .section("sources.capture")
-            .line(&format!("type = \"postgres\"\nurl = \"{pg}\"\ntables = [\"{NAME}.item\"]"))
-            .line(&format!("publication = \"{NAME}\"\nslot = \"{NAME}\"\nsnapshot = \"never\""))
-            .line(&format!("dead_letter_url = \"{redis}\""))
+            .postgres_capture("capture", pg, &[format!("{NAME}.item")], NAME, redis)
+            .line("snapshot = \"never\"")
             .build(),
     )?;
     std::fs::write(

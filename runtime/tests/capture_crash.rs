@@ -20,10 +20,7 @@ fn write_config(name: &str) -> PathBuf {
     let runtime = RuntimeToml::new()
         .database("db", PG_URL)
         .cache("main", REDIS_URL)
-        .section("sources.capture")
-        .line("type = \"postgres\"")
-        .line(&format!("url = \"{PG_URL}\"\ntables = [\"{name}.item\"]\npublication = \"{name}\"\nslot = \"{name}\""))
-        .line(&format!("dead_letter_url = \"{REDIS_URL}\""))
+        .postgres_capture("capture", PG_URL, &[format!("{name}.item")], name, REDIS_URL)
         .build();
     std::fs::write(dir.join("evercache.toml"), runtime).unwrap();
     let pipeline = format!(

@@ -110,6 +110,18 @@ impl RuntimeToml {
             .line("block = \"200ms\"")
     }
 
+    /// `[sources.<name>]`, the built-in capture of `tables` (as "schema.table")
+    /// on `url`, its publication and slot both named `slot`, dead letters to `redis_url`.
+    pub fn postgres_capture(self, name: &str, url: &str, tables: &[String], slot: &str, redis_url: &str) -> Self {
+        let tables = serde_json::to_string(tables).unwrap_or_default();
+        self.section(&format!("sources.{name}"))
+            .line("type = \"postgres\"")
+            .line(&format!("url = \"{url}\""))
+            .line(&format!("tables = {tables}"))
+            .line(&format!("publication = \"{slot}\"\nslot = \"{slot}\""))
+            .line(&format!("dead_letter_url = \"{redis_url}\""))
+    }
+
     /// `[http]` listening on `127.0.0.1:<port>` (0: any free port).
     pub fn http(self, port: u16) -> Self {
         self.section("http").line(&format!("listen = \"127.0.0.1:{port}\""))

@@ -285,10 +285,8 @@ async fn capture_pipeline_exports_slot_lag_and_real_commit_delay() -> Result<()>
     let runtime = RuntimeToml::new()
         .database("db", PG_URL)
         .cache("main", REDIS_URL)
-        .section("sources.events")
-        .line(&format!("type = \"postgres\"\nurl = \"{PG_URL}\"\ntables = [\"{p}.item\"]"))
-        .line(&format!("publication = \"{p}\"\nslot = \"{p}\"\ntopic_prefix = \"{p}\"\nsnapshot = \"never\""))
-        .line(&format!("dead_letter_url = \"{REDIS_URL}\""))
+        .postgres_capture("events", PG_URL, &[format!("{p}.item")], &p, REDIS_URL)
+        .line(&format!("topic_prefix = \"{p}\"\nsnapshot = \"never\""))
         .http(0)
         .line("probe_interval = \"100ms\"")
         .build();

@@ -28,10 +28,8 @@ async fn postgres_restarts_fast_and_immediate_under_capture_load_lose_nothing() 
         .line("stuck_after = \"2s\"")
         .database("db", &pg_url)
         .cache("main", SHARED_REDIS)
-        .section("sources.capture")
-        .line(&format!("type = \"postgres\"\nurl = \"{pg_url}\"\ntables = [\"{name}.item\"]"))
-        .line(&format!("publication = \"{name}\"\nslot = \"{name}\"\nsnapshot = \"never\"\ntopic_prefix = \"{name}\""))
-        .line(&format!("dead_letter_url = \"{SHARED_REDIS}\""));
+        .postgres_capture("capture", &pg_url, &[format!("{name}.item")], &name, SHARED_REDIS)
+        .line(&format!("snapshot = \"never\"\ntopic_prefix = \"{name}\""));
     let pipeline = testkit_pipeline("capture", &name, &format!("{name}:item"), "", "");
     let config = write_config(&dir, runtime, &[("items", pipeline)]);
     let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
