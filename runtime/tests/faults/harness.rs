@@ -439,6 +439,22 @@ pub async fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Waits until `/ready` is false with a reason containing `needle`; that reason.
+pub async fn wait_reason(port: u16, needle: &str, timeout: Duration) -> String {
+    let mut last = Vec::new();
+    let start = Instant::now();
+    loop {
+        if let Some((false, reasons)) = readiness(port).await {
+            if let Some(reason) = reasons.iter().find(|r| r.contains(needle)) {
+                return reason.clone();
+            }
+            last = reasons;
+        }
+        assert!(start.elapsed() < timeout, "/ready never said `{needle}` within {timeout:?}; last reasons: {last:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `/ready` answers `ready`, returning how long that took and the
 /// reasons last seen while not ready.
 pub async fn wait_ready(port: u16, ready: bool, timeout: Duration) -> (Duration, Vec<String>) {
