@@ -1,6 +1,6 @@
 //! What every test crate and the bench share: where the repository and the
 //! built plugins are, the runtime file built section by section, waiting for a
-//! condition, and free loopback ports. It does not depend on the runtime, so
+//! condition, free loopback ports, and a private Kafka-protocol broker. It does not depend on the runtime, so
 //! the runtime's own integration tests can use it too.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+
+pub mod tansu;
 
 /// The local Redis every suite uses (started by `scripts/dev-services.sh`).
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";

@@ -2,12 +2,11 @@
 //! a free loopback port, plus a producer, offset/topic inspection and helpers to
 //! drive the Kafka source directly.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use evercache::source::{KafkaConfig, RecordBody, SourceRecord};
+use evercache_test_kit::tansu::Tansu;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -16,14 +15,11 @@ use serde_json::json;
 
 use crate::{PG_URL, REDIS_URL, RuntimeToml, TestEnv};
 
-const INSTALL_HINT: &str =
-    "install it with: bash scripts/kafka-deps.sh (cargo install tansu --locked --features dynostore)";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running `tansu` broker, killed on drop.
+/// A private broker and a producer for it.
 pub struct Broker {
-    child: Child,
-    port: u16,
+    tansu: Tansu,
     producer: FutureProducer,
 }
 
@@ -42,54 +38,25 @@ pub struct ReadRecord {
     pub headers: Vec<(String, String)>,
 }
 
-fn tansu() -> String {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cargo/bin/tansu");
-    if std::path::Path::new(&installed).exists() { installed } else { "tansu".to_owned() }
-}
-
 impl Broker {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     pub fn start() -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting the tansu broker failed; {INSTALL_HINT}"))?;
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if start.elapsed() > TIMEOUT {
-                bail!("tansu did not listen on 127.0.0.1:{port} within {TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let tansu = Tansu::start()?;
         let producer = ClientConfig::new()
-            .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+            .set("bootstrap.servers", tansu.address())
             .set("message.timeout.ms", "10000")
             .create()?;
-        Ok(Self { child, port, producer })
+        Ok(Self { tansu, producer })
     }
 
     /// `host:port` for `brokers =`.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.tansu.address()
     }
 
     /// Creates a topic with `partitions` partitions.
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        let output = Command::new(tansu())
-            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
-            .args(["--broker", &format!("tcp://{}", self.address())])
-            .output()?;
-        if !output.status.success() {
-            bail!("tansu topic create {name}: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        Ok(())
+        self.tansu.create_topic(name, partitions)
     }
 
     /// Produces one record to a given partition and waits for the broker's ack.
@@ -228,11 +195,4 @@ pub fn source_config(broker: &Broker, topics: &[String], group: &str, batch_size
         "block": "200ms",
         "properties": { "session.timeout.ms": "10000" },
     }))?)
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

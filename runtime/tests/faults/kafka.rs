@@ -2,12 +2,11 @@
 //! from the committed offsets and skips nothing. Needs the `tansu` broker
 //! (scripts/kafka-deps.sh installs it).
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use evercache_test_kit::tansu::Tansu;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -19,45 +18,20 @@ use crate::next_lsn;
 
 const PARTITIONS: i32 = 3;
 
-/// A `tansu` broker with in-memory storage on a free port, killed on drop.
+/// A private broker, and the group offsets the check reads from it.
 struct Broker {
-    child: Child,
+    tansu: Tansu,
     address: String,
-}
-
-/// The `tansu` binary: where `cargo install` puts it, else on the PATH.
-fn tansu() -> String {
-    let installed = format!("{}/.cargo/bin/tansu", std::env::var("HOME").unwrap_or_default());
-    if std::path::Path::new(&installed).exists() { installed } else { "tansu".to_owned() }
 }
 
 impl Broker {
     fn start() -> Self {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu not installed; run bash scripts/kafka-deps.sh");
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, address: format!("127.0.0.1:{port}") }
+        let tansu = Tansu::start().expect("tansu");
+        Self { address: tansu.address(), tansu }
     }
 
     fn create_topic(&self, topic: &str) {
-        let output = Command::new(tansu())
-            .args(["topic", "create", topic, "--partitions", &PARTITIONS.to_string()])
-            .args(["--broker", &format!("tcp://{}", self.address)])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&output.stderr));
+        self.tansu.create_topic(topic, PARTITIONS).expect("create topic");
     }
 
     /// Per partition: committed offset of `group` and high watermark.
@@ -83,13 +57,6 @@ impl Broker {
                 (offset, client.fetch_watermarks(topic, partition, timeout).unwrap().1)
             })
             .collect()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,71 @@
+//! A private Kafka-protocol broker: `tansu` with in-memory storage on a free
+//! loopback port, killed on drop. `scripts/kafka-deps.sh` installs it.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const INSTALL_HINT: &str =
+    "install it with: bash scripts/kafka-deps.sh (cargo install tansu --locked --features dynostore)";
+
+/// A running `tansu` broker.
+pub struct Tansu {
+    child: Child,
+    port: u16,
+}
+
+/// The `tansu` binary: where `cargo install` puts it, else on the PATH.
+fn binary() -> String {
+    let installed = format!("{}/.cargo/bin/tansu", std::env::var("HOME").unwrap_or_default());
+    if std::path::Path::new(&installed).exists() { installed } else { "tansu".to_owned() }
+}
+
+impl Tansu {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> Result<Self> {
+        let port = crate::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting the tansu broker failed; {INSTALL_HINT}"))?;
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("tansu did not listen on 127.0.0.1:{port} within 10s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, port })
+    }
+
+    /// `host:port` for `brokers =`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let output = Command::new(binary())
+            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+            .args(["--broker", &format!("tcp://{}", self.address())])
+            .output()?;
+        if !output.status.success() {
+            bail!("tansu topic create {name}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
