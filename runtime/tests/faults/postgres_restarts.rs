@@ -65,15 +65,18 @@ async fn postgres_restarts_fast_and_immediate_under_capture_load_lose_nothing() 
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let down = Instant::now();
         cluster.stop_server_mode(mode);
+        let stopped = Instant::now();
         // /ready names the failing capture while Postgres is down.
         wait_reason(port, "source 'capture'", Duration::from_secs(30)).await;
-        let unready_after = down.elapsed();
+        let unready_after = stopped.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
         cluster.start_server();
         let restarted = Instant::now();
         let (ready_after, _) = wait_ready(port, true, Duration::from_secs(60)).await;
         report.push(format!(
-            "{mode}: down {:.1?}, /ready false {unready_after:.1?} after the stop, true again {ready_after:.1?} after the start",
+            "{mode}: the stop took {:.1?}, down {:.1?}, /ready false {unready_after:.1?} after it stopped, true again \
+             {ready_after:.1?} after the start",
+            stopped.duration_since(down),
             restarted.duration_since(down)
         ));
     }
