@@ -246,6 +246,15 @@ impl RuntimeProcess {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen process holds what it
+    /// was given, so a test can look at it before killing it.
+    pub fn freeze(&mut self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

@@ -381,10 +381,16 @@ async fn three_instances_survivors_claim_a_killed_instances_entries() {
     let mut orphaned = 0;
     for i in 0..updates / 10 {
         write_changes(&pg, &mut redis, &name, &stream, &random_ids(&mut rng, rows, 10)).await;
-        // Kill c2 the moment it holds unacknowledged entries.
-        if i >= updates / 30 && orphaned == 0 && consumer_pending(&mut conn, &stream, "c2").await > 0 {
-            instances[1].kill();
+        // Kill c2 while it holds unacknowledged entries: frozen, it cannot ack
+        // them between the look and the kill.
+        if i >= updates / 30 && orphaned == 0 {
+            instances[1].freeze(true);
             orphaned = consumer_pending(&mut conn, &stream, "c2").await;
+            if orphaned > 0 {
+                instances[1].kill();
+            } else {
+                instances[1].freeze(false);
+            }
         }
     }
     assert!(orphaned > 0, "c2 was killed while it held pending entries");
