@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Makes sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432, user postgres,
-# trust auth, database "test") are reachable: uses running ones, starts installed
-# ones, or installs them with apt-get. Idempotent; safe to run any time.
+# Makes sure Redis (127.0.0.1:6379), PostgreSQL (127.0.0.1:5432, user postgres,
+# trust auth, database "test") and MariaDB (127.0.0.1:3306, root without a
+# password, database "test", binlog on for the built-in capture) are reachable:
+# uses running ones, starts installed ones, or installs them with apt-get.
+# Idempotent; safe to run any time.
 set -euo pipefail
 
 SUDO=""
@@ -75,4 +77,54 @@ if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_databas
   say "postgres: creating database test"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'create database test'
 fi
-say "ready: redis://127.0.0.1:6379 and postgres://postgres@127.0.0.1:5432/test"
+mariadb_sql() { mysql -h 127.0.0.1 -P 3306 -u root --batch --skip-column-names -e "$1" 2>/dev/null; }
+mariadb_up() { mariadb_sql 'select 1' | grep -q 1; }
+mariadb_start() {
+  # No service manager here: mariadbd runs detached, as the packaged one does.
+  $SUDO mkdir -p /run/mysqld && $SUDO chown mysql:mysql /run/mysqld
+  $SUDO setsid /usr/sbin/mariadbd --user=mysql </dev/null >/dev/null 2>&1 &
+  wait_for mariadb mariadb_up
+}
+if mariadb_up; then
+  say "mariadb: running"
+else
+  if [ ! -x /usr/sbin/mariadbd ]; then
+    apt_install mariadb-server mariadb-client
+  fi
+  if ! mariadb_up; then
+    say "mariadb: starting"
+    mariadb_start
+  fi
+  if ! mariadb_up; then
+    # A fresh Debian install lets root in only through the socket.
+    $SUDO mysql -u root -e "create user if not exists 'root'@'127.0.0.1'; grant all on *.* to 'root'@'127.0.0.1' with grant option"
+    wait_for "mariadb root login" mariadb_up
+  fi
+fi
+
+# The built-in MySQL capture reads the binlog: row events with full images and
+# column names, and a server id. The server reads these only at start.
+if [ "$(mariadb_sql "select concat(@@log_bin + 0, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata)")" != "1ROWFULLFULL" ]; then
+  conf_dir=/etc/mysql/mariadb.conf.d
+  say "mariadb: turning the binlog on (ROW, full images and metadata) in $conf_dir/90-evercache-binlog.cnf and restarting it once"
+  $SUDO mkdir -p "$conf_dir"
+  printf '[mysqld]\nlog_bin = mariadb-bin\nbinlog_format = ROW\nbinlog_row_image = FULL\nbinlog_row_metadata = FULL\nserver_id = 1\nexpire_logs_days = 7\n' \
+    | $SUDO tee "$conf_dir/90-evercache-binlog.cnf" >/dev/null
+  if ! grep -qE "^\s*!includedir\s+$conf_dir/?\s*$" /etc/mysql/my.cnf; then
+    echo "!includedir $conf_dir/" | $SUDO tee -a /etc/mysql/my.cnf >/dev/null
+  fi
+  mysqladmin -h 127.0.0.1 -u root shutdown
+  for _ in $(seq 1 100); do pgrep -x mariadbd >/dev/null || break; sleep 0.2; done
+  mariadb_start
+  if [ "$(mariadb_sql "select @@log_bin")" != "1" ]; then
+    say "ERROR: mariadb did not turn its binlog on; see /etc/mysql/my.cnf"; exit 1
+  fi
+fi
+
+if [ "$(mariadb_sql "select count(*) from mysql.user where user = 'evercache_repl'")" != "1" ]; then
+  say "mariadb: creating the replication user evercache_repl (password evercache; local development only)"
+  mariadb_sql "create user if not exists 'evercache_repl'@'%' identified by 'evercache';
+    grant replication slave, binlog monitor, select, reload on *.* to 'evercache_repl'@'%'"
+fi
+mariadb_sql "create database if not exists test"
+say "ready: redis://127.0.0.1:6379, postgres://postgres@127.0.0.1:5432/test and mysql://root@127.0.0.1:3306/test"

@@ -3,14 +3,16 @@
 use crate::bindings::evercache::plugin::host;
 use crate::{DbValue, PluginError, Rows};
 
-/// Runs one read-only statement with `$1…` parameters on the pipeline's
-/// database. Host refusals, SQL errors, timeouts and row caps come back as
+/// Runs one read-only statement on the pipeline's database, with the
+/// database's own placeholders: `$1…` on Postgres, `?` on MySQL and MariaDB
+/// (where a list parameter binds as a JSON array text). Host refusals, SQL errors, timeouts and row caps come back as
 /// [`PluginError::Query`].
 pub fn query(sql: &str, params: &[DbValue]) -> Result<Rows, PluginError> {
     host::query(sql, params).map_err(PluginError::Query)
 }
 
-/// `query!("select … where id = $1 and kind = $2", id, kind)`: [`query()`] with
+/// `query!("select … where id = $1 and kind = $2", id, kind)` (or `… id = ? and
+/// kind = ?` on MySQL): [`query()`] with
 /// parameters converted by [`ToDbValue`].
 #[macro_export]
 macro_rules! query {
@@ -123,6 +125,8 @@ impl FromDbValue for bool {
     fn from_db_value(value: &DbValue) -> Result<Self, String> {
         match value {
             DbValue::Boolean(b) => Ok(*b),
+            // MySQL's BOOLEAN is tinyint(1): any non-zero value is true.
+            DbValue::Int(i) => Ok(*i != 0),
             other => Err(mismatch("a boolean", other)),
         }
     }

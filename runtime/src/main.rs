@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evercache::config::Config;
 use evercache::plugin::tooling;
 use evercache::runtime::Runtime;
-use evercache::source::postgres::forward::{DebeziumStreamWriter, forward};
+use evercache::source::forward::{DebeziumStreamWriter, forward};
 use evercache::source::{SourceConfig, read_dead_letters, replay_dead_letter};
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +40,10 @@ enum Command {
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
         config: PathBuf,
     },
-    /// Capture a Postgres source's changes into Redis Streams in Debezium Server's
-    /// format (compact layout, `<prefix>.<schema>.<table>`), for other consumers.
+    /// Capture a Postgres or MySQL source's changes into Redis Streams in Debezium
+    /// Server's format (compact layout, `<prefix>.<schema>.<table>`), for other consumers.
     Capture {
-        /// The runtime file naming the `type = "postgres"` source.
+        /// The runtime file naming the `type = "postgres"` or `type = "mysql"` source.
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
         config: PathBuf,
         /// Which source, when the file has several.
@@ -186,11 +186,9 @@ async fn main() -> anyhow::Result<()> {
                 .sources
                 .iter()
                 .filter(|(name, _)| source.as_ref().is_none_or(|s| s == *name))
-                .find_map(|(name, s)| match s {
-                    SourceConfig::Postgres(c) => Some((name.clone(), c.clone())),
-                    _ => None,
-                })
-                .context("no `type = \"postgres\"` source (with that name) in the config")?;
+                .find(|(_, s)| matches!(s, SourceConfig::Postgres(_) | SourceConfig::MySql(_)))
+                .map(|(name, s)| (name.clone(), s.clone()))
+                .context("no `type = \"postgres\"` or `type = \"mysql\"` source (with that name) in the config")?;
             let shutdown = CancellationToken::new();
             watch_signals(shutdown.clone());
             let mut capture = capture.build(&name).await?;
@@ -236,7 +234,7 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
             continue;
         }
         let (url, streams) =
-            source.dead_letter_streams().map_err(anyhow::Error::msg).with_context(|| format!("source '{name}'"))?;
+            source.dead_letter_streams(name).map_err(anyhow::Error::msg).with_context(|| format!("source '{name}'"))?;
         if replay && !matches!(source, SourceConfig::RedisStream(_)) {
             anyhow::bail!(
                 "source '{name}': only Redis Streams dead letters can be replayed (a capture cannot re-read its log); fix the cause and touch the rows, or `dlq list` them"

@@ -42,6 +42,8 @@ pub const SOURCE_LAG_ENTRIES: &str = "evercache_source_lag_entries";
 pub const SOURCE_PENDING_ENTRIES: &str = "evercache_source_pending_entries";
 /// WAL bytes between the server's current position and the slot's confirmed one, by `source` and `slot`.
 pub const SLOT_LAG_BYTES: &str = "evercache_replication_slot_lag_bytes";
+/// Gauge: seconds since the last change a capture confirmed was committed, while it is behind.
+pub const CAPTURE_LAG_SECONDS: &str = "evercache_capture_lag_seconds";
 /// 1 when the last probe reached the source and its runner is not failing, else 0, by `source`.
 pub const SOURCE_UP: &str = "evercache_source_up";
 /// Failed reads and commands of a source, by `source` and `kind` (unavailable, halted, config).
@@ -103,7 +105,12 @@ fn describe() {
     describe_gauge!(PLUGIN_LOADED_SECONDS, Unit::Seconds, "When the running plugin version was loaded.");
     describe_gauge!(SOURCE_LAG_ENTRIES, "Entries not yet delivered to the consumer group.");
     describe_gauge!(SOURCE_PENDING_ENTRIES, "Entries delivered but not acknowledged.");
-    describe_gauge!(SLOT_LAG_BYTES, Unit::Bytes, "WAL bytes the replication slot has not confirmed.");
+    describe_gauge!(SLOT_LAG_BYTES, Unit::Bytes, "WAL (or binlog) bytes the capture has not confirmed.");
+    describe_gauge!(
+        CAPTURE_LAG_SECONDS,
+        Unit::Seconds,
+        "Seconds since the last change the capture confirmed was committed, while it is behind."
+    );
     describe_gauge!(SOURCE_UP, "1 when the last probe reached the source and its runner is not failing.");
     describe_counter!(SOURCE_ERRORS_TOTAL, "Failed reads and commands of a source, by kind.");
     describe_counter!(GROUPS_RECREATED_TOTAL, "Consumer groups found missing and created again.");

@@ -78,6 +78,9 @@ impl Facts {
                     let slot = lag.stream.trim_start_matches("slot ").to_owned();
                     metrics::gauge!(m::SLOT_LAG_BYTES, "source" => name.clone(), "slot" => slot).set(n as f64);
                 }
+                if let Some(seconds) = lag.lag_seconds {
+                    metrics::gauge!(m::CAPTURE_LAG_SECONDS, "source" => name.clone()).set(seconds);
+                }
             }
         }
         for cache in &self.caches {
@@ -263,8 +266,14 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
             sum(|l| l.dead_letters).unwrap_or_else(dash),
             if has(|l| l.lag_entries) { sum(|l| l.lag_entries) } else { None }.unwrap_or_else(dash),
             if has(|l| l.pending_entries) { sum(|l| l.pending_entries) } else { None }.unwrap_or_else(dash),
-            if has(|l| l.lag_bytes) { sum(|l| l.lag_bytes).map(|b| format!("{b} B")) } else { None }
-                .unwrap_or_else(dash),
+            match (
+                sum(|l| l.lag_bytes).filter(|_| has(|l| l.lag_bytes)),
+                source.filter(|s| s.up).and_then(|s| s.lags.iter().filter_map(|l| l.lag_seconds).reduce(f64::max)),
+            ) {
+                (Some(bytes), Some(seconds)) => format!("{bytes} B, {seconds:.1} s"),
+                (Some(bytes), None) => format!("{bytes} B"),
+                _ => dash(),
+            },
             age("last_committed_at_ms").unwrap_or_else(dash),
             age("last_write_at_ms").unwrap_or_else(dash),
             runtime,

@@ -15,6 +15,14 @@ fn psql(sql: &str) {
     assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+fn mariadb(sql: &str) {
+    let out = Command::new("mysql")
+        .args(["-h", "127.0.0.1", "-P", "3306", "-u", "root", "-e", sql])
+        .output()
+        .expect("the mysql client runs; start the services with: bash scripts/dev-services.sh");
+    assert!(out.status.success(), "mysql failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn evercache(args: &[&str]) -> Output {
     // The example plugins' target dir: with their lock file the scaffold reuses
     // their compiled dependencies instead of building its own.
@@ -91,4 +99,20 @@ fn new_build_and_test_a_plugin() {
     assert!(error.contains("`recompute` returned an error"), "names the call: {error}");
     assert!(error.contains("does not exist"), "carries the database's message: {error}");
     psql(&format!("drop schema {schema} cascade"));
+
+    // The same plugin on MariaDB, with `?` placeholders (`dialect=mysql`).
+    mariadb(&format!(
+        "drop database if exists {schema}; create database {schema};
+         create table {schema}.item (id bigint primary key, name text);
+         insert into {schema}.item values (1, 'first'), (2, 'second');"
+    ));
+    let mut on_mariadb = args(&schema);
+    on_mariadb[6] = "mysql://root@127.0.0.1:3306/test".to_owned();
+    on_mariadb.extend(["--set".to_owned(), "dialect=mysql".to_owned()]);
+    let out = evercache(&on_mariadb.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "plugin test on MariaDB: {}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["outcomes"][0]["entry"], json!({"json": {"id": 1, "name": "first"}}));
+    assert_eq!(lines[2]["outcomes"][0]["outcome"], "delete", "row 3 is not in the table");
+    mariadb(&format!("drop database {schema}"));
 }

@@ -16,6 +16,9 @@ pub mod tansu;
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The local Postgres every suite uses (started by `scripts/dev-services.sh`).
 pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The local MariaDB every suite uses, without a database (started, with its
+/// binlog on, by `scripts/dev-services.sh`).
+pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306";
 /// What to run when a service is missing.
 pub const SETUP_HINT: &str = "start the services with: bash scripts/dev-services.sh";
 
@@ -121,6 +124,20 @@ impl RuntimeToml {
             .line(&format!("url = \"{url}\""))
             .line(&format!("tables = {tables}"))
             .line(&format!("publication = \"{slot}\"\nslot = \"{slot}\""))
+            .line(&format!("dead_letter_url = \"{redis_url}\""))
+    }
+
+    /// `[sources.<name>]`, the built-in binlog capture of `tables` (as
+    /// "database.table") on the local MariaDB, registering as replica
+    /// `server_id`, its streams and position key named by `prefix`.
+    pub fn mysql_capture(self, name: &str, tables: &[String], server_id: u32, prefix: &str, redis_url: &str) -> Self {
+        let tables = serde_json::to_string(tables).unwrap_or_default();
+        self.section(&format!("sources.{name}"))
+            .line("type = \"mysql\"")
+            .line(&format!("url = \"{MYSQL_URL}\""))
+            .line(&format!("tables = {tables}"))
+            .line(&format!("server_id = {server_id}"))
+            .line(&format!("topic_prefix = \"{prefix}\"\nposition_key = \"{prefix}:binlog\""))
             .line(&format!("dead_letter_url = \"{redis_url}\""))
     }
 

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 pub mod debezium;
 pub mod http;
 pub mod kafka;
+pub mod mariadb;
 
 use evercache_test_kit::SETUP_HINT;
-pub use evercache_test_kit::{PG_URL, REDIS_URL, RuntimeToml, plugins_dir, repo_root, wait_until};
+pub use evercache_test_kit::{MYSQL_URL, PG_URL, REDIS_URL, RuntimeToml, plugins_dir, repo_root, wait_until};
 
 /// Installs a log subscriber once, honouring RUST_LOG.
 pub fn init_logging() {

@@ -157,15 +157,14 @@ async fn initial_snapshot_warms_the_cache_before_streaming() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result<()> {
-    use evercache::source::postgres::forward::{DebeziumStreamWriter, forward};
+    use evercache::source::forward::{DebeziumStreamWriter, forward};
     let env = TestEnv::new("capture_fwd").await?;
     env.drop_capture().await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     let runtime =
         runtime_toml(&env, &["item"]).replace("type = \"postgres\"", "type = \"postgres\"\nsnapshot = \"never\"");
     let config = env.config(&runtime, &[])?;
-    let SourceConfig::Postgres(capture) = &config.runtime.sources["events"] else { unreachable!() };
-    let mut capture = capture.build("events").await?;
+    let mut capture = config.runtime.sources["events"].build("events").await?;
     let mut writer = DebeziumStreamWriter::connect(REDIS_URL, true).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 struct SpecialistStatus {
     key_prefix: String,
-    /// Recompute query for a batch of specialist ids (`$1` = bigint[]).
+    /// Recompute query for a batch of specialist ids (Postgres: `$1` = bigint[];
+    /// MySQL/MariaDB: `?` = the ids as a JSON array).
     sql: String,
 }
 
@@ -24,12 +25,17 @@ struct Listing {
 impl Plugin for SpecialistStatus {
     fn init(config: &Config) -> Result<Self, PluginError> {
         let schema = config.identifier("schema", "public")?;
+        let ids = match config.get_or("dialect", "postgres") {
+            "mysql" => "s.id in (select v from json_table(?, '$[*]' columns (v bigint path '$')) ids)",
+            _ => "s.id = any($1)",
+        };
         Ok(Self {
             key_prefix: config.get_or("key_prefix", "specialist").to_owned(),
+            // Plain SQL both databases speak; only the id list differs.
             sql: format!(
-                "select s.id, s.name, s.online, count(x.id) filter (where x.ended_at is null) as active
+                "select s.id, s.name, s.online, count(case when x.ended_at is null then x.id end) as active
                  from {schema}.specialist s left join {schema}.session x on x.specialist_id = s.id
-                 where s.id = any($1) group by s.id, s.name, s.online"
+                 where {ids} group by s.id, s.name, s.online"
             ),
         })
     }

@@ -2,7 +2,8 @@
 //! `<schema>.<table>(id, name, version)` rows as `<key_prefix>:<id>`, and can be
 //! told to fail (`fail_ids`), trap (`panic_ids`), sleep in `keys` (`sleep_ids`,
 //! a WASI sleep of an hour) or run a query that sleeps in `recompute`
-//! (`slow_query_ids`, `pg_sleep(3600)`) on chosen rows.
+//! (`slow_query_ids`, `pg_sleep(3600)`) on chosen rows. `dialect = "mysql"`
+//! reads MySQL or MariaDB (`?` placeholders, the ids bound as a JSON array).
 
 use std::collections::HashMap;
 
@@ -16,6 +17,7 @@ struct Testkit {
     panic_ids: Vec<i64>,
     sleep_ids: Vec<i64>,
     slow_query_ids: Vec<i64>,
+    sleep_sql: &'static str,
     ttl_seconds: Option<u32>,
     hash: bool,
 }
@@ -24,9 +26,19 @@ impl Plugin for Testkit {
     fn init(config: &Config) -> Result<Self, PluginError> {
         let schema = config.identifier("schema", "public")?;
         let table = config.identifier("table", "item")?;
+        let mysql = config.get_or("dialect", "postgres") == "mysql";
+        let sql = if mysql {
+            format!(
+                "select id, name, version from {schema}.{table} \
+                 where id in (select v from json_table(?, '$[*]' columns (v bigint path '$')) ids)"
+            )
+        } else {
+            format!("select id, name, version from {schema}.{table} where id = any($1)")
+        };
         Ok(Self {
             key_prefix: config.require("key_prefix")?.to_owned(),
-            sql: format!("select id, name, version from {schema}.{table} where id = any($1)"),
+            sql,
+            sleep_sql: if mysql { "select sleep(3600)" } else { "select pg_sleep(3600)" },
             fail_ids: config.list("fail_ids")?,
             panic_ids: config.list("panic_ids")?,
             sleep_ids: config.list("sleep_ids")?,
@@ -55,7 +67,7 @@ impl Plugin for Testkit {
             .collect::<Option<Vec<i64>>>()
             .ok_or_else(|| PluginError::bad_event("testkit: key without a numeric id"))?;
         if ids.iter().any(|id| self.slow_query_ids.contains(id)) {
-            query!("select pg_sleep(3600)")?;
+            query!(self.sleep_sql)?;
         }
         let mut found = HashMap::new();
         for row in query!(&self.sql, ids)?.iter() {

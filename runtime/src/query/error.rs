@@ -1,6 +1,44 @@
 //! Why a host query failed, classified by what it means: the database being
 //! unreachable or overloaded is waited out; everything else is the plugin's.
 
+use std::fmt;
+
+/// The server's code for a failed statement, in its own scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlCode {
+    /// Postgres' SQLSTATE, e.g. "57014".
+    SqlState(String),
+    /// A MySQL or MariaDB error number, e.g. 1969.
+    MySql(u16),
+}
+
+impl fmt::Display for SqlCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SqlCode::SqlState(code) => write!(f, "SQLSTATE {code}"),
+            SqlCode::MySql(number) => write!(f, "MySQL error {number}"),
+        }
+    }
+}
+
+impl SqlCode {
+    /// The server cancelled the statement at its time limit.
+    pub fn is_statement_timeout(&self) -> bool {
+        match self {
+            SqlCode::SqlState(code) => code == "57014",
+            // MariaDB's max_statement_time, MySQL's max_execution_time.
+            SqlCode::MySql(number) => matches!(number, 1969 | 3024),
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        match self {
+            SqlCode::SqlState(code) => transient_sqlstate(code),
+            SqlCode::MySql(number) => transient_mysql(*number),
+        }
+    }
+}
+
 /// Why a query failed; the plugin receives the message as a value.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -21,13 +59,14 @@ pub enum QueryError {
         message: String,
     },
     /// The database rejected the statement, e.g. a syntax error, a statement
-    /// timeout (SQLSTATE 57014) or a write in the read-only transaction (25006).
-    #[error("database '{database}': {message}{}", code.as_ref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    /// timeout (SQLSTATE 57014, MySQL error 1969 or 3024) or a write in the
+    /// read-only transaction (25006, MySQL error 1792).
+    #[error("database '{database}': {message}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Sql {
         /// The `[databases.<name>]` name.
         database: String,
-        /// The SQLSTATE, when the server sent one.
-        code: Option<String>,
+        /// The server's error code, when it sent one.
+        code: Option<SqlCode>,
         /// The server's message.
         message: String,
     },
@@ -72,7 +111,7 @@ impl QueryError {
     pub fn is_transient(&self) -> bool {
         match self {
             QueryError::Unavailable { .. } => true,
-            QueryError::Sql { code: Some(code), .. } => transient_sqlstate(code),
+            QueryError::Sql { code: Some(code), .. } => code.is_transient(),
             _ => false,
         }
     }
@@ -91,30 +130,19 @@ fn transient_sqlstate(code: &str) -> bool {
         || matches!(code, "57014" | "40001" | "40P01" | "55P03")
 }
 
-/// Maps a sqlx error, never showing `password`.
-pub(super) fn classify(database: &str, password: Option<&str>, e: sqlx::Error) -> QueryError {
-    let database = database.to_owned();
-    let message = |e: &dyn std::fmt::Display| redact(&e.to_string(), password);
-    match &e {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned());
-            if code.as_deref().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) {
-                QueryError::Unavailable { database, message: message(&e) }
-            } else {
-                QueryError::Sql { database, code, message: message(&db.message()) }
-            }
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => QueryError::Unavailable { database, message: message(&e) },
-        _ => QueryError::Sql { database, code: None, message: message(&e) },
-    }
+/// MySQL and MariaDB error numbers that say nothing about the statement itself.
+fn transient_mysql(number: u16) -> bool {
+    // 1021 disk full; 1037/1038/1041 out of memory; 1040/1203 too many
+    // connections; 1053 shutdown; 1205 lock wait timeout; 1213 deadlock; 1317
+    // interrupted; 1927 connection killed (MariaDB); 1969/3024 statement time
+    // limit; 3572 lock not available (NOWAIT); 4031 idle disconnect (MySQL).
+    matches!(
+        number,
+        1021 | 1037 | 1038 | 1041 | 1040 | 1203 | 1053 | 1205 | 1213 | 1317 | 1927 | 1969 | 3024 | 3572 | 4031
+    )
 }
 
-/// The password part of a `postgres://user:password@host/db` URL.
+/// The password part of a `postgres://user:password@host/db` (or `mysql://…`) URL.
 pub(super) fn password_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let userinfo = rest.split_once('@')?.0;
@@ -134,7 +162,7 @@ mod tests {
     use super::*;
 
     fn sql(code: &str) -> QueryError {
-        QueryError::Sql { database: "db".into(), code: Some(code.into()), message: String::new() }
+        QueryError::Sql { database: "db".into(), code: Some(SqlCode::SqlState(code.into())), message: String::new() }
     }
 
     #[test]
@@ -146,5 +174,24 @@ mod tests {
             assert!(!sql(code).is_transient(), "{code}");
         }
         assert!(!QueryError::Deadline { database: "db".into() }.is_transient());
+    }
+
+    #[test]
+    fn mysql_load_and_conflicts_are_transient_the_statement_is_not() {
+        let mysql = |number| QueryError::Sql {
+            database: "db".into(),
+            code: Some(SqlCode::MySql(number)),
+            message: String::new(),
+        };
+        for number in [1205, 1213, 1040, 1969, 3024, 1053] {
+            assert!(mysql(number).is_transient(), "{number}");
+        }
+        // Syntax, read-only transaction, unknown table, access denied, division by zero.
+        for number in [1064, 1792, 1146, 1142, 1365] {
+            assert!(!mysql(number).is_transient(), "{number}");
+        }
+        let timeout =
+            QueryError::Sql { database: "db".into(), code: Some(SqlCode::MySql(1969)), message: "interrupted".into() };
+        assert_eq!(timeout.to_string(), "database 'db': interrupted (MySQL error 1969)");
     }
 }

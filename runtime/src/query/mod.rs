@@ -1,33 +1,33 @@
 //! The host's `query` import: one parameterised statement on the pipeline's
-//! Postgres pool, inside a READ ONLY transaction with a statement timeout cut to
-//! the plugin call's deadline, with row and byte caps enforced while the rows
-//! stream in, and nothing left on the pooled connection afterwards.
+//! database (Postgres, MySQL or MariaDB), inside a read-only transaction whose
+//! server-side time limit is cut to the plugin call's deadline, with row and
+//! byte caps enforced while the rows stream in, and nothing left on the pooled
+//! connection afterwards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use serde::Deserialize;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
-use sqlx::{Executor, PgConnection, Row};
 
 use crate::contract::{DbValue, Rows};
 
 mod error;
+mod mysql;
+mod postgres;
+mod rows;
 mod statement;
-mod values;
 
-pub use error::QueryError;
-
-#[cfg(test)]
-mod tests;
+pub use error::{QueryError, SqlCode};
+pub use statement::Dialect;
 
 /// `[databases.<name>]` in the runtime file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// Postgres URL, e.g. "postgres://evercache_ro@127.0.0.1:5432/shop"; use a read-only role.
+    /// The database's URL; use a read-only role. Postgres:
+    /// "postgres://evercache_ro@127.0.0.1:5432/shop" (placeholders `$1`, `$2`…);
+    /// MySQL 8 or MariaDB 10.6+: "mysql://evercache_ro@127.0.0.1:3306/shop"
+    /// (placeholders `?`).
     pub url: String,
     /// Connections in the pool (default 8).
     #[serde(default = "default_max_connections")]
@@ -70,14 +70,19 @@ const ANSWER_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct QueryRunner {
     name: Arc<str>,
-    pool: PgPool,
+    backend: Backend,
     statement_timeout: Duration,
     acquire_timeout: Duration,
     max_rows: usize,
     max_result_bytes: usize,
-    password: Option<Arc<str>>,
     /// The owning pipeline's share of the pool, when limited.
     permits: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(postgres::PgDatabase),
+    MySql(mysql::MySqlDatabase),
 }
 
 impl DatabaseConfig {
@@ -85,39 +90,26 @@ impl DatabaseConfig {
     /// startup delays queries instead of failing the runtime.
     pub fn build(&self, name: &str) -> Result<QueryRunner, QueryError> {
         let password = error::password_of(&self.url);
-        let options: PgConnectOptions = self.url.parse().map_err(|e: sqlx::Error| QueryError::BadConfig {
-            database: name.to_owned(),
-            message: error::redact(&e.to_string(), password.as_deref()),
-        })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .acquire_timeout(self.acquire_timeout)
-            .connect_lazy_with(options.application_name("evercache"));
+        let backend = match Dialect::of_url(&self.url) {
+            Some(Dialect::Postgres) => Backend::Postgres(postgres::PgDatabase::new(name, password.as_deref(), self)?),
+            Some(Dialect::MySql) => Backend::MySql(mysql::MySqlDatabase::new(name, password.as_deref(), self)?),
+            None => {
+                return Err(QueryError::BadConfig {
+                    database: name.to_owned(),
+                    message: "the url must start with postgres:// (or postgresql://) or mysql:// (also for MariaDB)"
+                        .to_owned(),
+                });
+            }
+        };
         Ok(QueryRunner {
             name: Arc::from(name),
-            pool,
+            backend,
             statement_timeout: self.statement_timeout,
             acquire_timeout: self.acquire_timeout,
             max_rows: self.max_rows,
             max_result_bytes: self.max_result_bytes,
-            password: password.map(Arc::from),
             permits: None,
         })
-    }
-}
-
-/// Closes a connection that did not get back to a clean state, so a pooled
-/// connection is never reused inside an open transaction.
-struct Checkout {
-    conn: PoolConnection<Postgres>,
-    clean: bool,
-}
-
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if !self.clean {
-            self.conn.close_on_drop();
-        }
     }
 }
 
@@ -127,20 +119,28 @@ impl QueryRunner {
         &self.name
     }
 
+    /// The SQL the database speaks, which decides the placeholder style.
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Postgres(_) => Dialect::Postgres,
+            Backend::MySql(_) => Dialect::MySql,
+        }
+    }
+
     /// A runner on the same pool that lets at most `limit` of its queries run at
     /// once, so one pipeline cannot take every connection from the others.
     pub fn limited(&self, limit: usize) -> Self {
         Self { permits: Some(Arc::new(tokio::sync::Semaphore::new(limit.max(1)))), ..self.clone() }
     }
 
-    /// Runs one read-only statement with `$1…` parameters.
+    /// Runs one read-only statement with parameters (`$1…` on Postgres, `?` on MySQL).
     pub async fn query(&self, sql: &str, params: &[DbValue]) -> Result<Rows, QueryError> {
         self.query_until(sql, params, None).await
     }
 
     /// Runs one read-only statement that must end by `deadline` (a plugin
-    /// call's): the server's statement timeout is cut to the time left, so the
-    /// server cancels it there, and a connection that stops answering is
+    /// call's): the server's statement time limit is cut to the time left, so
+    /// the server cancels it there, and a connection that stops answering is
     /// given up on instead of waited for.
     pub async fn query_until(
         &self,
@@ -148,7 +148,8 @@ impl QueryRunner {
         params: &[DbValue],
         deadline: Option<Instant>,
     ) -> Result<Rows, QueryError> {
-        statement::check(sql).map_err(|message| QueryError::Rejected { database: self.name.to_string(), message })?;
+        statement::check(sql, self.dialect())
+            .map_err(|message| QueryError::Rejected { database: self.name.to_string(), message })?;
         let now = Instant::now();
         let limit = match deadline {
             Some(deadline) => deadline.saturating_duration_since(now).min(self.statement_timeout),
@@ -163,7 +164,7 @@ impl QueryRunner {
             give_up = give_up.min(deadline + ANSWER_GRACE);
         }
         match tokio::time::timeout_at(give_up.into(), self.run(sql, params, limit)).await {
-            Ok(Err(QueryError::Sql { code: Some(code), .. })) if cut && code == "57014" => {
+            Ok(Err(QueryError::Sql { code: Some(code), .. })) if cut && code.is_statement_timeout() => {
                 Err(QueryError::Deadline { database: self.name.to_string() })
             }
             Ok(result) => result,
@@ -189,66 +190,27 @@ impl QueryRunner {
                 })?),
                 None => None,
             };
-        let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
-        let mut checkout = Checkout { conn, clean: false };
-        let connection: &mut PgConnection = &mut checkout.conn;
-        let begin = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {}", limit.as_millis().max(1));
-        connection.execute(sqlx::raw_sql(&begin)).await.map_err(|e| self.error(e))?;
-        let result = self.fetch(connection, sql, params).await;
-        // The rollback undoes session settings; session-level advisory locks
-        // survive it, so they are released here, never left on a pooled connection.
-        if connection.execute(sqlx::raw_sql("ROLLBACK; SELECT pg_advisory_unlock_all()")).await.is_ok() {
-            checkout.clean = true;
+        let rows = rows::RowCollector::new(&self.name, self.max_rows, self.max_result_bytes);
+        match &self.backend {
+            Backend::Postgres(db) => db.run(sql, params, limit, rows).await,
+            Backend::MySql(db) => db.run(sql, params, limit, rows).await,
         }
-        result
     }
 
     /// `select 1`: is the database reachable? Gives up after `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), QueryError> {
-        let ping = sqlx::query("select 1").execute(&self.pool);
+        let ping = async {
+            match &self.backend {
+                Backend::Postgres(db) => db.ping().await,
+                Backend::MySql(db) => db.ping().await,
+            }
+        };
         match tokio::time::timeout(timeout, ping).await {
-            Ok(result) => result.map(|_| ()).map_err(|e| self.error(e)),
+            Ok(result) => result,
             Err(_) => Err(QueryError::Unavailable {
                 database: self.name.to_string(),
                 message: format!("no answer to a health check within {timeout:?}"),
             }),
         }
-    }
-
-    async fn fetch(&self, conn: &mut PgConnection, sql: &str, params: &[DbValue]) -> Result<Rows, QueryError> {
-        let mut query = sqlx::query(sql);
-        for param in params {
-            query = values::bind(query, param);
-        }
-        let mut stream = conn.fetch(query);
-        let mut rows = Rows { columns: Vec::new(), values: Vec::new() };
-        let mut bytes = 0usize;
-        while let Some(row) = stream.try_next().await.map_err(|e| self.error(e))? {
-            if rows.values.len() == self.max_rows {
-                return Err(QueryError::TooManyRows { database: self.name.to_string(), limit: self.max_rows });
-            }
-            if rows.columns.is_empty() {
-                rows.columns = row.columns().iter().map(|c| sqlx::Column::name(c).to_owned()).collect();
-            }
-            let mut cells = Vec::with_capacity(row.len());
-            for index in 0..row.len() {
-                let cell = values::cell(&row, index)
-                    .map_err(|message| QueryError::Rejected { database: self.name.to_string(), message })?;
-                bytes += values::size(&cell);
-                cells.push(cell);
-            }
-            if bytes > self.max_result_bytes {
-                return Err(QueryError::ResultTooLarge {
-                    database: self.name.to_string(),
-                    limit: self.max_result_bytes,
-                });
-            }
-            rows.values.push(cells);
-        }
-        Ok(rows)
-    }
-
-    fn error(&self, e: sqlx::Error) -> QueryError {
-        error::classify(&self.name, self.password.as_deref(), e)
     }
 }

@@ -24,17 +24,47 @@ const OUTSIDE_THE_TRANSACTION: &[&str] = &[
     "dblink_connect_u",
 ];
 
+/// MySQL's ways of writing from a read: `SELECT … INTO OUTFILE/DUMPFILE` writes
+/// a file on the server.
+const MYSQL_WRITES: &[&str] = &["outfile", "dumpfile"];
+
 /// Families of such functions, by name prefix.
 const OUTSIDE_THE_TRANSACTION_PREFIXES: &[&str] = &["pg_replication_origin_"];
+
+/// The SQL a database speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Postgres: `$1` placeholders.
+    Postgres,
+    /// MySQL and MariaDB: `?` placeholders.
+    MySql,
+}
+
+impl Dialect {
+    /// The dialect a database URL's scheme names.
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::MySql),
+            _ => None,
+        }
+    }
+}
 
 /// Only statements that read: the first keyword must be SELECT, WITH, VALUES or
 /// TABLE, and none of [`OUTSIDE_THE_TRANSACTION`] may be named. Writes hidden
 /// in a CTE are stopped by the read-only transaction; session-level advisory
-/// locks are released after every query.
-pub(super) fn check(sql: &str) -> Result<(), String> {
+/// locks (named locks on MySQL) are released after every query.
+pub(super) fn check(sql: &str, dialect: Dialect) -> Result<(), String> {
+    if dialect == Dialect::MySql {
+        check_mysql(sql)?;
+    }
     let mut rest = sql.trim_start();
     loop {
-        if let Some(after) = rest.strip_prefix("--") {
+        if let Some(after) =
+            rest.strip_prefix("--").or_else(|| rest.strip_prefix('#').filter(|_| dialect == Dialect::MySql))
+        {
             rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
         } else if let Some(after) = rest.strip_prefix("/*") {
             rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
@@ -65,9 +95,49 @@ pub(super) fn check(sql: &str) -> Result<(), String> {
     }
 }
 
+/// MySQL runs the text of `/*! … */` comments, so a statement could hide there
+/// from the first-keyword check.
+fn check_mysql(sql: &str) -> Result<(), String> {
+    if sql.contains("/*!") {
+        return Err("executable comments (/*! … */) are not allowed".to_owned());
+    }
+    let lower = sql.to_ascii_lowercase();
+    let words: Vec<&str> =
+        lower.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).collect();
+    match words.windows(2).find(|pair| pair[0] == "into" && MYSQL_WRITES.contains(&pair[1])) {
+        Some(pair) => Err(format!("INTO {} writes a file on the server and may not be used", pair[1].to_uppercase())),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{Dialect, check as check_in};
+
+    fn check(sql: &str) -> Result<(), String> {
+        check_in(sql, Dialect::Postgres)
+    }
+
+    #[test]
+    fn mysql_comments_and_file_writes() {
+        let mysql = |sql| check_in(sql, Dialect::MySql);
+        assert_eq!(mysql("# note\nselect ? from t -- x"), Ok(()));
+        assert_eq!(mysql("/*+ MAX_EXECUTION_TIME(10) */ select 1"), Ok(()));
+        assert_eq!(mysql("select outfile, dumpfile from t"), Ok(()));
+        for sql in [
+            "select * from t into outfile '/tmp/x'",
+            "select 1 into DUMPFILE '/tmp/y'",
+            "/*!50000 update t set a = 1 */",
+            "select 1 /*! , sleep(1) */",
+            "# c\nupdate t set a = 1",
+        ] {
+            assert!(mysql(sql).is_err(), "{sql}");
+        }
+        assert!(check("# not a comment in Postgres\nselect 1").is_err());
+        assert_eq!(Dialect::of_url("mysql://root@h/db"), Some(Dialect::MySql));
+        assert_eq!(Dialect::of_url("postgresql://h/db"), Some(Dialect::Postgres));
+        assert_eq!(Dialect::of_url("redis://h"), None);
+    }
 
     #[test]
     fn reads_pass_and_everything_else_is_refused() {

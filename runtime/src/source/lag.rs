@@ -1,5 +1,6 @@
 //! Per-source lag probes: how far the consumer is behind, read from the source's
-//! own servers (Redis `XINFO GROUPS`, Postgres `pg_replication_slots`), so the
+//! own servers (Redis `XINFO GROUPS`, Postgres `pg_replication_slots`, MySQL
+//! `SHOW BINARY LOGS` against the stored position), so the
 //! runtime and `evercache status` share them; a new source kind adds a variant.
 
 use std::collections::HashMap;
@@ -23,8 +24,10 @@ pub struct SourceLag {
     pub lag_entries: Option<u64>,
     /// Entries delivered but not acknowledged.
     pub pending_entries: Option<u64>,
-    /// WAL bytes the slot has not confirmed.
+    /// WAL (or binlog) bytes the capture has not confirmed.
     pub lag_bytes: Option<u64>,
+    /// Seconds since the last confirmed change was committed, while behind (MySQL capture).
+    pub lag_seconds: Option<f64>,
     /// Entries in the stream's dead-letter stream(s).
     pub dead_letters: Option<u64>,
 }
@@ -46,6 +49,11 @@ enum ProbeKind {
     Postgres {
         url: String,
         slot: String,
+        dead_letters: Vec<String>,
+    },
+    MySql {
+        url: String,
+        position_key: String,
         dead_letters: Vec<String>,
     },
     /// Consumer-group lag from the broker's committed offsets and watermarks.
@@ -76,6 +84,12 @@ impl LagProbe {
                     .map(|t| c.dead_letter_stream.replace("{stream}", &format!("{prefix}.{t}")))
                     .collect();
                 let kind = ProbeKind::Postgres { url: c.url.clone(), slot: c.slot.clone(), dead_letters };
+                (kind, c.dead_letter_url.as_str())
+            }
+            SourceConfig::MySql(c) => {
+                let dead_letters =
+                    c.stream_names(name).iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
+                let kind = ProbeKind::MySql { url: c.url.clone(), position_key: c.position_key(name), dead_letters };
                 (kind, c.dead_letter_url.as_str())
             }
         };
@@ -124,6 +138,7 @@ impl LagProbe {
                     lag_entries: Some(lag),
                     pending_entries: None,
                     lag_bytes: None,
+                    lag_seconds: None,
                     dead_letters: None,
                 })
                 .collect());
@@ -171,6 +186,7 @@ impl LagProbe {
                         lag_entries: ours.and_then(|g| g.get("lag")).and_then(as_u64),
                         pending_entries: Some(ours.and_then(|g| g.get("pending")).and_then(as_u64).unwrap_or(0)),
                         lag_bytes: None,
+                        lag_seconds: None,
                         dead_letters: Some(xlen),
                     });
                 }
@@ -209,6 +225,35 @@ impl LagProbe {
                     lag_entries: None,
                     pending_entries: None,
                     lag_bytes: lag.flatten().map(|b| b.max(0) as u64),
+                    lag_seconds: None,
+                    dead_letters: Some(total),
+                }])
+            }
+            ProbeKind::MySql { url, position_key, dead_letters } => {
+                let mut conn = redis.clone();
+                let stored: Option<String> = redis::cmd("GET")
+                    .arg(position_key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| unavailable("GET", e.to_string()))?;
+                let (bytes, seconds) = super::mysql::lag::binlog_lag(url, stored.as_deref())
+                    .await
+                    .map_err(|e| unavailable("SHOW BINARY LOGS", e))?;
+                let mut total = 0;
+                for dlq in dead_letters {
+                    let len: u64 = redis::cmd("XLEN")
+                        .arg(dlq)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| unavailable("XLEN", e.to_string()))?;
+                    total += len;
+                }
+                Ok(vec![SourceLag {
+                    stream: "binlog".to_owned(),
+                    lag_entries: None,
+                    pending_entries: None,
+                    lag_bytes: Some(bytes),
+                    lag_seconds: Some(seconds),
                     dead_letters: Some(total),
                 }])
             }

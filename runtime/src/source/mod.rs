@@ -1,11 +1,14 @@
 //! Sources of change records: they yield batches of raw records and acknowledge
 //! them only after the batch's cache writes succeeded.
 
+pub mod change;
 pub mod dead_letter;
+pub mod forward;
 pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod lag;
+pub mod mysql;
 pub mod postgres;
 pub mod record;
 pub mod redis_stream;
@@ -14,9 +17,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use change::{CapturedChange, Origin};
 pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaSource};
+pub use mysql::{MySqlCapture, MySqlCaptureConfig};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
 pub use record::{RecordBody, SourceRecord};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource, StreamAcker};
@@ -31,6 +36,9 @@ pub enum SourceConfig {
     /// evercache's own capture of a Postgres database's changes (logical replication).
     #[serde(rename = "postgres")]
     Postgres(PostgresCaptureConfig),
+    /// evercache's own capture of a MySQL or MariaDB server's binlog.
+    #[serde(rename = "mysql")]
+    MySql(MySqlCaptureConfig),
     /// Debezium on Kafka Connect: a Kafka consumer group over the topics.
     #[cfg(feature = "kafka")]
     #[serde(rename = "kafka")]
@@ -43,6 +51,7 @@ impl SourceConfig {
         Ok(match self {
             SourceConfig::RedisStream(config) => Source::RedisStream(Box::new(config.build(name).await?)),
             SourceConfig::Postgres(config) => Source::Postgres(Box::new(config.build(name).await?)),
+            SourceConfig::MySql(config) => Source::MySql(Box::new(config.build(name).await?)),
             #[cfg(feature = "kafka")]
             SourceConfig::Kafka(config) => Source::Kafka(Box::new(config.build(name).await?)),
         })
@@ -51,7 +60,7 @@ impl SourceConfig {
 
 impl SourceConfig {
     /// Where this source writes dead letters: the Redis URL and the stream names.
-    pub fn dead_letter_streams(&self) -> Result<(String, Vec<String>), String> {
+    pub fn dead_letter_streams(&self, name: &str) -> Result<(String, Vec<String>), String> {
         match self {
             SourceConfig::RedisStream(c) => {
                 Ok((c.url.clone(), c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect()))
@@ -59,6 +68,10 @@ impl SourceConfig {
             SourceConfig::Postgres(c) => Ok((
                 c.dead_letter_url.clone(),
                 c.stream_names()?.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
+            )),
+            SourceConfig::MySql(c) => Ok((
+                c.dead_letter_url.clone(),
+                c.stream_names(name).iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
             )),
             #[cfg(feature = "kafka")]
             SourceConfig::Kafka(c) => Err(format!(
@@ -75,6 +88,8 @@ pub enum Source {
     RedisStream(Box<RedisStreamSource>),
     /// Built-in Postgres capture.
     Postgres(Box<PostgresCapture>),
+    /// Built-in MySQL/MariaDB binlog capture.
+    MySql(Box<MySqlCapture>),
     /// Kafka consumer group (Debezium on Kafka Connect).
     #[cfg(feature = "kafka")]
     Kafka(Box<KafkaSource>),
@@ -86,6 +101,7 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.name(),
             Source::Postgres(s) => s.name(),
+            Source::MySql(s) => s.name(),
             #[cfg(feature = "kafka")]
             Source::Kafka(s) => s.name(),
         }
@@ -96,6 +112,7 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.next_batch().await,
             Source::Postgres(s) => s.next_batch().await,
+            Source::MySql(s) => s.next_batch().await,
             #[cfg(feature = "kafka")]
             Source::Kafka(s) => s.next_batch().await,
         }
@@ -128,6 +145,7 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.dead_letter(records, letters).await,
             Source::Postgres(s) => s.dead_letter(records, letters).await,
+            Source::MySql(s) => s.dead_letter(records, letters).await,
             #[cfg(feature = "kafka")]
             Source::Kafka(s) => s.dead_letter(records, letters).await,
         }
@@ -141,6 +159,7 @@ impl Source {
                 s.confirm();
                 Ok(())
             }
+            Source::MySql(s) => s.confirm().await,
             #[cfg(feature = "kafka")]
             Source::Kafka(s) => s.ack(records).await,
         }
@@ -152,8 +171,10 @@ impl Source {
     /// waits for its walsenders to be confirmed); it reopens it from the
     /// confirmed position once reading resumes.
     pub fn stalled(&mut self, waiting: Duration) {
-        if let Source::Postgres(capture) = self {
-            capture.stalled(waiting);
+        match self {
+            Source::Postgres(capture) => capture.stalled(waiting),
+            Source::MySql(capture) => capture.stalled(waiting),
+            _ => {}
         }
     }
 
@@ -161,6 +182,7 @@ impl Source {
     pub async fn close(&mut self) {
         match self {
             Source::Postgres(s) => s.shutdown().await,
+            Source::MySql(s) => s.shutdown().await,
             #[cfg(feature = "kafka")]
             Source::Kafka(s) => s.shutdown().await,
             Source::RedisStream(_) => {}

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::postgres::CapturedChange;
+use super::change::CapturedChange;
 
 /// One record of a source, with where it came from.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,8 @@ mod black_hole;
 mod harness;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod mariadb_restarts;
+mod mariadb_server;
 mod poison;
 mod postgres_restarts;
 mod proxy;

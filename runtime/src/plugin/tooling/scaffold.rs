@@ -30,10 +30,16 @@ impl Plugin for {{type}} {
     fn init(config: &Config) -> Result<Self, PluginError> {
         let schema = config.identifier("schema", "public")?;
         let table = config.identifier("table", "item")?;
-        Ok(Self {
-            key_prefix: config.get_or("key_prefix", "item").to_owned(),
-            sql: format!("select id, name from {schema}.{table} where id = any($1)"),
-        })
+        // Placeholders are the database's own: `$1` on Postgres; `?` on MySQL and
+        // MariaDB, where a list parameter arrives as a JSON array text.
+        let sql = match config.get_or("dialect", "postgres") {
+            "mysql" => format!(
+                "select id, name from {schema}.{table} \
+                 where id in (select v from json_table(?, '$[*]' columns (v bigint path '$')) ids)"
+            ),
+            _ => format!("select id, name from {schema}.{table} where id = any($1)"),
+        };
+        Ok(Self { key_prefix: config.get_or("key_prefix", "item").to_owned(), sql })
     }
 
     fn keys(&self, event: &Event) -> Result<Vec<String>, PluginError> {
@@ -123,6 +129,9 @@ cargo test                                   # unit tests on the host
 evercache plugin build                       # → plugins/{{file}}.wasm (wasm32-wasip2 component)
 evercache plugin test plugins/{{file}}.wasm --events fixtures/events.jsonl \
     --database postgres://user@127.0.0.1:5432/shop --set schema=public --set table=item
+# MySQL or MariaDB: the schema is the database, and the query uses `?`
+evercache plugin test plugins/{{file}}.wasm --events fixtures/events.jsonl \
+    --database mysql://user@127.0.0.1:3306/shop --set dialect=mysql --set schema=shop --set table=item
 ```
 
 `fixtures/events.jsonl` holds Debezium change events, one per line.

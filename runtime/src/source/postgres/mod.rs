@@ -4,8 +4,6 @@
 //! the commit of the last transaction whose cache writes all succeeded. The
 //! replication and snapshot connections are opened again when lost.
 
-mod change;
-pub mod forward;
 mod pgoutput;
 mod session;
 mod setup;
@@ -20,10 +18,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
-use super::{RecordBody, SourceError, SourceRecord};
+use super::{CapturedChange, Origin, RecordBody, SourceError, SourceRecord};
 use crate::contract::{ChangeEvent, Op};
 use crate::event::position;
-pub use change::CapturedChange;
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
 use snapshot::Snapshot;
@@ -415,9 +412,7 @@ impl PostgresCapture {
         let captured = CapturedChange {
             event,
             database: self.database.clone(),
-            xid: tx.xid,
-            commit_lsn: tx.commit_lsn,
-            lsn,
+            origin: Origin::Postgres { xid: tx.xid, commit_lsn: tx.commit_lsn, lsn },
             captured_at_ms: crate::clock::now_ms(),
         };
         SourceRecord {

@@ -8,8 +8,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use super::PostgresCapture;
-use crate::source::SourceRecord;
+use super::{Source, SourceRecord};
 
 /// Writes records to Redis Streams.
 pub struct DebeziumStreamWriter {
@@ -57,16 +56,13 @@ fn wrap(payload: &str, name: &str) -> String {
     )
 }
 
-/// Streams changes from `capture` into Redis until `shutdown`, confirming the
-/// slot only after each batch's XADDs succeeded. A capture that fails (the
+/// Streams changes from a built-in `capture` (Postgres or MySQL) into Redis
+/// until `shutdown`, confirming its position only after each batch's XADDs
+/// succeeded. A capture that fails (the
 /// database restarting, its connection lost) is retried with backoff: it
 /// reconnects and resumes from the confirmed position. Returns how many
 /// changes were written.
-pub async fn forward(
-    capture: &mut PostgresCapture,
-    writer: &mut DebeziumStreamWriter,
-    shutdown: &CancellationToken,
-) -> u64 {
+pub async fn forward(capture: &mut Source, writer: &mut DebeziumStreamWriter, shutdown: &CancellationToken) -> u64 {
     let mut written = 0u64;
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
@@ -105,9 +101,20 @@ pub async fn forward(
                 }
             }
         }
-        capture.confirm();
+        loop {
+            match capture.ack(&records).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(source = %capture.name(), error = %e, "cannot confirm the position; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return written,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
         written += records.len() as u64;
     }
-    capture.shutdown().await;
+    capture.close().await;
     written
 }

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use super::*;
+use sqlx::PgPool;
+
+use crate::contract::DbValue;
+use crate::query::{DatabaseConfig, QueryError, SqlCode};
 
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -142,7 +145,7 @@ async fn only_reads_run() {
     }
     let err =
         runner.query(&format!("with x as (delete from {s}.t returning *) select * from x"), &[]).await.unwrap_err();
-    assert!(matches!(err, QueryError::Sql { code: Some(ref c), .. } if c == "25006"), "{err}");
+    assert!(matches!(err, QueryError::Sql { code: Some(SqlCode::SqlState(ref c)), .. } if c == "25006"), "{err}");
     assert!(!err.is_transient());
     let err = runner.query("select set_config('transaction_read_only', 'off', true)", &[]).await.unwrap_err();
     assert!(matches!(err, QueryError::Sql { .. }), "{err}");
@@ -157,7 +160,7 @@ async fn statement_timeout_then_the_connection_is_clean() {
     cfg.max_connections = 1;
     let runner = cfg.build("db").unwrap();
     let err = runner.query("select pg_sleep(1)", &[]).await.unwrap_err();
-    assert!(matches!(err, QueryError::Sql { code: Some(ref c), .. } if c == "57014"), "{err}");
+    assert!(matches!(err, QueryError::Sql { code: Some(SqlCode::SqlState(ref c)), .. } if c == "57014"), "{err}");
     for _ in 0..3 {
         let rows = runner.query("select current_setting('transaction_read_only')", &[]).await.unwrap();
         assert_eq!(rows.values, vec![vec![DbValue::Text("on".into())]]);

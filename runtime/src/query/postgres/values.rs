@@ -44,17 +44,6 @@ pub(super) fn bind<'q>(query: Query<'q, Postgres, PgArguments>, value: &DbValue)
     }
 }
 
-/// Approximate bytes a cell costs the plugin, for `max_result_bytes`.
-pub(super) fn size(value: &DbValue) -> usize {
-    8 + match value {
-        DbValue::Text(s) => s.len(),
-        DbValue::Bytes(b) => b.len(),
-        DbValue::IntList(l) => l.len() * 8,
-        DbValue::TextList(l) => l.iter().map(|s| s.len() + 8).sum(),
-        _ => 0,
-    }
-}
-
 /// Reads cell `index` of `row` as a `db-value`, by the column's type.
 pub(super) fn cell(row: &PgRow, index: usize) -> Result<DbValue, String> {
     let raw = row.try_get_raw(index).map_err(|e| e.to_string())?;

@@ -1,0 +1,232 @@
+//! `[sources.<name>]` with `type = "mysql"`, and starting a capture from it:
+//! the server's binlog settings are checked, the stored resume position is
+//! read, and an initial snapshot runs when there is none.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts};
+use serde::Deserialize;
+
+use super::MySqlCapture;
+use super::position::{BinlogPosition, PositionStore, StoredState};
+use super::session::BinlogSession;
+use super::snapshot::Snapshot;
+use super::visibility::VisibilityGate;
+use crate::source::SourceError;
+use crate::source::dead_letter::DeadLetterWriter;
+use crate::source::postgres::SnapshotMode;
+
+/// `[sources.<name>]` with `type = "mysql"` (MySQL 8 or MariaDB 10.6+).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MySqlCaptureConfig {
+    /// MySQL URL of a user with REPLICATION SLAVE, BINLOG MONITOR (MariaDB) or
+    /// REPLICATION CLIENT (MySQL) and SELECT on the tables, e.g.
+    /// "mysql://evercache_repl:secret@127.0.0.1:3306". The server needs
+    /// `log_bin`, `binlog_format = ROW`, `binlog_row_image = FULL` and
+    /// `binlog_row_metadata = FULL`.
+    pub url: String,
+    /// Tables to capture, as "database.table", e.g. ["shop.product"].
+    pub tables: Vec<String>,
+    /// The server id this capture registers with, as a replica does; unique
+    /// among the server's replicas and captures (two with one id evict each other).
+    pub server_id: u32,
+    /// "initial" (default): on first start, emit every existing row as a
+    /// snapshot read from a consistent snapshot, then stream from its position;
+    /// "never": stream from the binlog's current end.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Debezium's `topic.prefix`: the events' `source.name` and the stream names
+    /// `<prefix>.<database>.<table>` (default: the URL's database, else the source name).
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// Redis key holding the resume position (default "evercache:binlog:<source name>").
+    #[serde(default)]
+    pub position_key: Option<String>,
+    /// How often an idle server sends a heartbeat, so a dead connection is noticed (default "1s").
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Most changes per batch (default 500).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch waits for more changes once it has one (default "5ms").
+    #[serde(default = "default_batch_delay", with = "humantime_serde")]
+    pub max_batch_delay: Duration,
+    /// Redis URL for dead letters and the resume position, e.g. "redis://127.0.0.1:6379".
+    pub dead_letter_url: String,
+    /// Dead-letter stream; `{stream}` is the record's `<prefix>.<database>.<table>`
+    /// (default "{stream}:dlq").
+    #[serde(default = "default_dead_letter_stream")]
+    pub dead_letter_stream: String,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_batch_size() -> usize {
+    500
+}
+fn default_batch_delay() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_dead_letter_stream() -> String {
+    "{stream}:dlq".to_owned()
+}
+
+impl MySqlCaptureConfig {
+    /// The stream names its records carry, `<prefix>.<database>.<table>`, one per table.
+    pub fn stream_names(&self, source: &str) -> Vec<String> {
+        let prefix = self.prefix(source);
+        self.tables.iter().map(|t| format!("{prefix}.{t}")).collect()
+    }
+
+    /// The events' `source.name` and the streams' prefix.
+    pub fn prefix(&self, source: &str) -> String {
+        self.topic_prefix.clone().unwrap_or_else(|| {
+            Opts::from_url(&self.url)
+                .ok()
+                .and_then(|o| o.db_name().map(str::to_owned))
+                .unwrap_or_else(|| source.to_owned())
+        })
+    }
+
+    /// The Redis key of the resume position.
+    pub fn position_key(&self, source: &str) -> String {
+        self.position_key.clone().unwrap_or_else(|| format!("evercache:binlog:{source}"))
+    }
+
+    /// Checks the server's binlog settings, reads the stored position (or takes
+    /// a snapshot, or the binlog's end, when there is none) and connects.
+    pub async fn build(&self, name: &str) -> Result<MySqlCapture, SourceError> {
+        let bad = |message: String| SourceError::BadConfig { source_name: name.to_owned(), message };
+        let unavailable =
+            |operation, message: String| SourceError::Unavailable { source_name: name.to_owned(), operation, message };
+        let opts = Opts::from_url(&self.url).map_err(|e| bad(format!("url: {e}")))?;
+        let mut tables = Vec::new();
+        for table in &self.tables {
+            let Some((database, table)) = table.split_once('.') else {
+                return Err(bad(format!("table `{table}` must be written \"database.table\"")));
+            };
+            tables.push((database.to_owned(), table.to_owned()));
+        }
+        if tables.is_empty() {
+            return Err(bad("`tables` is empty".to_owned()));
+        }
+        let redis_client =
+            redis::Client::open(self.dead_letter_url.as_str()).map_err(|e| bad(format!("dead_letter_url: {e}")))?;
+        let redis_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_max_delay(Duration::from_secs(2));
+        let redis = redis::aio::ConnectionManager::new_with_config(redis_client, redis_config)
+            .await
+            .map_err(|e| unavailable("connect dead-letter Redis", e.to_string()))?;
+        let mut store = PositionStore::new(self.position_key(name), redis.clone());
+        let stored = store.load().await.map_err(|e| unavailable("read the binlog position", e))?;
+        check_server(name, &opts).await?;
+
+        let prefix = self.prefix(name);
+        let wants_snapshot =
+            self.snapshot == SnapshotMode::Initial && !stored.as_ref().is_some_and(|s| s.snapshot_done);
+        let (position, snapshot) = if wants_snapshot {
+            let mut snapshot = Snapshot::new(name, &prefix, opts.clone(), tables.clone(), self.server_id);
+            let position = snapshot.position().await?;
+            tracing::info!(source = %name, tables = ?self.tables, %position, "initial snapshot starting");
+            (position, Some(snapshot))
+        } else if let Some(stored) = stored {
+            (stored.position, None)
+        } else {
+            (binlog_end(name, &opts).await?, None)
+        };
+        // Stored at once, so a restart before the first change starts here, not at a later end.
+        let state = StoredState { position: position.clone(), snapshot_done: snapshot.is_none(), committed_at_ms: 0 };
+        store.store(&state).await.map_err(|e| unavailable("store the binlog position", e))?;
+        tracing::info!(source = %name, %position, key = %store.key(), "binlog capture started");
+        Ok(MySqlCapture {
+            name: name.to_owned(),
+            prefix,
+            tables: tables.iter().cloned().collect::<HashSet<_>>(),
+            session: BinlogSession::new(name, opts.clone(), self.server_id, self.heartbeat, position.clone()),
+            store,
+            transaction: None,
+            unconfirmed: None,
+            confirmed: position.clone(),
+            stored: position,
+            stored_at: Instant::now(),
+            visibility: VisibilityGate::new(name, opts),
+            batch_size: self.batch_size.max(1),
+            max_batch_delay: self.max_batch_delay,
+            dead_letters: DeadLetterWriter::new(name, redis, &self.dead_letter_stream),
+            snapshot,
+            last_commit_ms: 0,
+        })
+    }
+}
+
+/// Refuses a server whose binlog cannot feed a capture, saying which setting to change.
+async fn check_server(name: &str, opts: &Opts) -> Result<(), SourceError> {
+    let unavailable = |message: String| SourceError::Unavailable {
+        source_name: name.to_owned(),
+        operation: "check the binlog settings",
+        message,
+    };
+    let mut conn = Conn::new(opts.clone()).await.map_err(|e| unavailable(e.to_string()))?;
+    let settings: Option<(i64, String, String)> = conn
+        .query_first("SELECT @@log_bin + 0, @@binlog_format, @@binlog_row_image")
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let metadata: Option<String> = conn.query_first("SELECT @@binlog_row_metadata").await.unwrap_or(None);
+    let _ = conn.disconnect().await;
+    let Some((log_bin, format, image)) = settings else { return Err(unavailable("no answer".to_owned())) };
+    let mut wrong = Vec::new();
+    if log_bin != 1 {
+        wrong.push("log_bin is off (turn it on)".to_owned());
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        wrong.push(format!("binlog_format is {format} (set ROW)"));
+    }
+    if !image.eq_ignore_ascii_case("FULL") {
+        wrong.push(format!("binlog_row_image is {image} (set FULL)"));
+    }
+    if !metadata.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("FULL")) {
+        wrong.push(format!(
+            "binlog_row_metadata is {} (set FULL, so row events carry column names)",
+            metadata.as_deref().unwrap_or("unsupported")
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(SourceError::BadConfig {
+            source_name: name.to_owned(),
+            message: format!("the server's binlog cannot feed a capture: {}", wrong.join("; ")),
+        })
+    }
+}
+
+/// The binlog's current end: where a capture without a snapshot starts.
+async fn binlog_end(name: &str, opts: &Opts) -> Result<BinlogPosition, SourceError> {
+    let unavailable = |message: String| SourceError::Unavailable {
+        source_name: name.to_owned(),
+        operation: "read the binlog position",
+        message,
+    };
+    let mut conn = Conn::new(opts.clone()).await.map_err(|e| unavailable(e.to_string()))?;
+    // MySQL 8.4 renamed the statement; MariaDB and older MySQL know the first.
+    let mut row: Option<mysql_async::Row> = None;
+    for statement in ["SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"] {
+        if let Ok(found) = conn.query_first(statement).await {
+            row = found;
+            break;
+        }
+    }
+    let _ = conn.disconnect().await;
+    let row = row.ok_or_else(|| unavailable("the server reports no binlog position (is log_bin on?)".to_owned()))?;
+    let file: Option<String> = row.get(0);
+    let pos: Option<u64> = row.get(1);
+    match (file, pos) {
+        (Some(file), Some(pos)) => Ok(BinlogPosition { file, pos, gtid: None }),
+        _ => Err(unavailable("SHOW MASTER STATUS gave no file and position".to_owned())),
+    }
+}

@@ -1,0 +1,499 @@
+//! Built-in change capture from MySQL and MariaDB: the binlog read as a
+//! replica reads it (row format, full images, column names from the table
+//! maps), no JVM or Kafka. Changes become Debezium-compatible records, so they
+//! take the same path as Debezium's; the resume position is stored in Redis
+//! only once every change before it was written.
+
+mod config;
+mod debezium_json;
+pub mod lag;
+mod position;
+mod query_values;
+mod session;
+mod snapshot;
+mod values;
+mod visibility;
+
+#[cfg(test)]
+mod live_tests;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+
+use super::dead_letter::{DeadLetter, DeadLetterWriter};
+use super::{CapturedChange, Origin, RecordBody, SourceError, SourceRecord};
+use crate::contract::{ChangeEvent, Op};
+use crate::event::position as version;
+pub use config::MySqlCaptureConfig;
+use position::PositionStore;
+pub use position::{BinlogPosition, StoredState};
+use session::BinlogSession;
+use snapshot::Snapshot;
+use visibility::VisibilityGate;
+
+/// MariaDB's GTID event, unknown to the binlog parser.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// How long a handed-out batch may stay unsettled before the binlog
+/// connection is released, so a restarting server is not held by it.
+const RELEASE_AFTER: Duration = Duration::from_secs(5);
+
+/// Most often the position of idle traffic (transactions on other tables) is stored.
+const IDLE_STORE_EVERY: Duration = Duration::from_secs(1);
+
+/// The transaction whose events are streaming.
+#[derive(Debug, Clone, Default)]
+struct Transaction {
+    gtid: Option<String>,
+}
+
+/// A running capture.
+pub struct MySqlCapture {
+    name: String,
+    prefix: String,
+    tables: HashSet<(String, String)>,
+    session: BinlogSession,
+    store: PositionStore,
+    transaction: Option<Transaction>,
+    /// The end of the last commit handed out; stored once its batch is acked.
+    unconfirmed: Option<BinlogPosition>,
+    /// The newest position whose changes were all written.
+    confirmed: BinlogPosition,
+    stored: BinlogPosition,
+    stored_at: Instant,
+    visibility: VisibilityGate,
+    batch_size: usize,
+    max_batch_delay: Duration,
+    dead_letters: DeadLetterWriter,
+    /// The initial snapshot while it runs.
+    snapshot: Option<Snapshot>,
+    /// Commit time of the last event handed out, for the lag in seconds.
+    last_commit_ms: u64,
+}
+
+impl MySqlCapture {
+    /// The `[sources.<name>]` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The newest position whose changes were all written.
+    pub fn confirmed(&self) -> &BinlogPosition {
+        &self.confirmed
+    }
+
+    /// Reads the next batch of changes as Debezium-compatible records: snapshot
+    /// pages first (when one runs), then the binlog. A batch may end inside a
+    /// large transaction; the position is then stored only up to the previous
+    /// commit, and the rest of the transaction follows in later batches.
+    pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+        if let Some(records) = self.snapshot_batch().await? {
+            return Ok(records);
+        }
+        let (records, last_commit) = self.stream_batch().await?;
+        // A change read from the binlog may not be visible to a new transaction
+        // yet (the engine commits after the binlog is written): wait until it is,
+        // so a recompute never reads the value from before it.
+        if let Some(commit) = last_commit
+            && !records.is_empty()
+            && let Err(e) = self.visibility.wait(&commit).await
+        {
+            self.forget_stream();
+            self.session.release("the visibility check failed");
+            return Err(e);
+        }
+        Ok(records)
+    }
+
+    async fn stream_batch(&mut self) -> Result<(Vec<SourceRecord>, Option<BinlogPosition>), SourceError> {
+        let mut records = Vec::new();
+        let mut last_commit = None;
+        let mut deadline: Option<Instant> = None;
+        // Heartbeats and other databases' traffic keep arriving on an idle
+        // stream; an empty batch still ends after a second.
+        let idle_until = Instant::now() + Duration::from_secs(1);
+        loop {
+            let until = deadline.unwrap_or(idle_until);
+            if Instant::now() >= until {
+                break;
+            }
+            let wait = until.saturating_duration_since(Instant::now());
+            let event = match self.session.recv(wait).await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => {
+                    // The server sends everything after the confirmed position again.
+                    self.forget_stream();
+                    return Err(e);
+                }
+            };
+            let header = event.header();
+            let end = u64::from(header.log_pos());
+            if header.event_type_raw() == MARIADB_GTID_EVENT {
+                self.transaction = Some(Transaction { gtid: mariadb_gtid(&event) });
+                continue;
+            }
+            let data = match event.read_data() {
+                Ok(Some(data)) => data,
+                Ok(None) => continue,
+                Err(e) => {
+                    records.push(self.undecodable(&event, &format!("unreadable {:?} event: {e}", header.event_type())));
+                    continue;
+                }
+            };
+            let committed = match data {
+                EventData::RotateEvent(rotate) => {
+                    self.session.rotated(binlog_file_name(&rotate.name()));
+                    false
+                }
+                EventData::GtidEvent(gtid) => {
+                    let sid = gtid.sid().iter().map(|b| format!("{b:02x}")).collect::<String>();
+                    let uuid =
+                        format!("{}-{}-{}-{}-{}", &sid[..8], &sid[8..12], &sid[12..16], &sid[16..20], &sid[20..]);
+                    self.transaction = Some(Transaction { gtid: Some(format!("{uuid}:{}", gtid.gno())) });
+                    false
+                }
+                EventData::QueryEvent(query) => {
+                    let text = query.query();
+                    let statement = text.trim();
+                    if statement.eq_ignore_ascii_case("BEGIN") {
+                        self.transaction.get_or_insert_with(Transaction::default);
+                        false
+                    } else {
+                        // COMMIT (non-transactional tables) or a DDL statement, which commits on its own.
+                        if let Some(table) = truncated_table(statement, &query.schema())
+                            && self.tables.contains(&table)
+                        {
+                            records.push(self.truncate_record(&event, table));
+                        }
+                        true
+                    }
+                }
+                EventData::RowsEvent(rows) => {
+                    self.rows_records(&event, &rows, &mut records);
+                    false
+                }
+                EventData::XidEvent(_) => true,
+                _ => false,
+            };
+            if committed {
+                let gtid = self.transaction.take().and_then(|t| t.gtid);
+                let position = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid };
+                self.last_commit_ms = u64::from(header.timestamp()) * 1000;
+                if records.is_empty() {
+                    // A transaction with nothing for us: nothing to wait for.
+                    self.confirmed = position.clone();
+                    self.session.confirm(&position);
+                    self.store_idle().await;
+                    continue;
+                }
+                last_commit = Some(position.clone());
+                self.unconfirmed = Some(position);
+                if records.len() >= self.batch_size {
+                    break;
+                }
+                // At a commit, take only what has already arrived: low latency
+                // when quiet, full batches under load.
+                deadline = Some(Instant::now());
+            } else if !records.is_empty() {
+                deadline.get_or_insert_with(|| Instant::now() + self.max_batch_delay);
+            }
+            // A huge transaction is cut into batches instead of held in memory.
+            if records.len() >= self.batch_size * 4 {
+                break;
+            }
+        }
+        Ok((records, last_commit))
+    }
+
+    fn rows_records(&self, event: &Event, rows: &RowsEventData<'_>, records: &mut Vec<SourceRecord>) {
+        let Some(table) = self.session.table(rows.table_id()) else {
+            records.push(self.undecodable(event, &format!("rows event for unknown table id {}", rows.table_id())));
+            return;
+        };
+        let name = (table.database_name().into_owned(), table.table_name().into_owned());
+        if !self.tables.contains(&name) {
+            return;
+        }
+        let (create, delete) = match rows {
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => (true, false),
+            RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => (false, true),
+            _ => (false, false),
+        };
+        let op = if create {
+            Op::Create
+        } else if delete {
+            Op::Delete
+        } else {
+            Op::Update
+        };
+        for (index, row) in rows.rows(table).enumerate() {
+            let row = row.map_err(|e| e.to_string()).and_then(|(before, after)| self.change(table, before, after));
+            match row {
+                Ok((key, before, after)) => {
+                    records.push(self.record(event, &name, op, index as u32, key, before, after));
+                }
+                Err(e) => records.push(self.undecodable(event, &format!("row {index} of {}.{}: {e}", name.0, name.1))),
+            }
+        }
+    }
+
+    /// The key and the two images of one row, as Debezium JSON text.
+    fn change(
+        &self,
+        table: &TableMapEvent<'_>,
+        before: Option<mysql_async::binlog::row::BinlogRow>,
+        after: Option<mysql_async::binlog::row::BinlogRow>,
+    ) -> Result<(String, Option<String>, Option<String>), String> {
+        let before = before.map(|row| values::render_row(row, table)).transpose()?;
+        let after = after.map(|row| values::render_row(row, table)).transpose()?;
+        let key = after.as_ref().or(before.as_ref()).map(|r| &r.key).filter(|k| !k.is_empty());
+        let key = key.map_or_else(|| "null".to_owned(), |k| serde_json::Value::Object(k.clone()).to_string());
+        let text = |row: Option<values::RenderedRow>| row.map(|r| serde_json::Value::Object(r.image).to_string());
+        Ok((key, text(before), text(after)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        event: &Event,
+        table: &(String, String),
+        op: Op,
+        row: u32,
+        key: String,
+        before: Option<String>,
+        after: Option<String>,
+    ) -> SourceRecord {
+        let header = event.header();
+        let file = self.session.file().to_owned();
+        let pos = u64::from(header.log_pos()).saturating_sub(u64::from(header.event_size()));
+        let number = version::binlog_file_number(&file).unwrap_or(0);
+        let gtid = self.transaction.as_ref().and_then(|t| t.gtid.clone());
+        Change {
+            prefix: &self.prefix,
+            table,
+            op,
+            key,
+            before,
+            after,
+            position: version::mysql(number, pos, row),
+            committed_at_ms: u64::from(header.timestamp()) * 1000,
+            id: format!("{file}:{pos}:{row}"),
+            origin: Origin::MySql { server_id: header.server_id(), file, pos, row, gtid },
+        }
+        .into_record()
+    }
+
+    fn truncate_record(&self, event: &Event, table: (String, String)) -> SourceRecord {
+        self.record(event, &table, Op::Truncate, 0, "null".to_owned(), None, None)
+    }
+
+    /// An event the capture could not read, as a record the pipeline dead-letters.
+    fn undecodable(&self, event: &Event, error: &str) -> SourceRecord {
+        let header = event.header();
+        let position = format!("{}:{}", self.session.file(), header.log_pos());
+        tracing::error!(source = %self.name, %position, %error, "undecodable binlog event; dead-lettered");
+        SourceRecord {
+            stream: format!("{}.binlog", self.prefix),
+            id: position.clone(),
+            body: RecordBody::Fields(vec![
+                (
+                    crate::event::debezium::CAPTURE_ERROR_FIELD.to_owned(),
+                    format!("binlog event ending at {position} could not be decoded: {error}"),
+                ),
+                ("binlog".to_owned(), hex::encode(event.data())),
+            ]),
+        }
+    }
+
+    /// The next page of the initial snapshot, or `None` once it is done. Its
+    /// completion is stored only after the last page's batch was acked (the
+    /// runner acks a batch before asking for the next), so a crash repeats it.
+    async fn snapshot_batch(&mut self) -> Result<Option<Vec<SourceRecord>>, SourceError> {
+        let Some(snapshot) = &mut self.snapshot else { return Ok(None) };
+        let page = snapshot.next_page(self.batch_size).await?;
+        if !page.is_empty() {
+            return Ok(Some(page));
+        }
+        let position = snapshot.position().await?;
+        self.snapshot = None;
+        self.confirmed = position.clone();
+        self.store_now().await?;
+        tracing::info!(source = %self.name, %position, "initial snapshot done; streaming the binlog");
+        Ok(None)
+    }
+
+    /// The batch handed out has been applied for `waiting` without being
+    /// settled: past [`RELEASE_AFTER`] the binlog connection is let go.
+    pub fn stalled(&mut self, waiting: Duration) {
+        if waiting >= RELEASE_AFTER {
+            self.session.release("a batch has been applied for longer than 5s");
+        }
+    }
+
+    /// The connection was lost mid-stream: the transaction in progress and
+    /// what was not handed out come again from the confirmed position.
+    fn forget_stream(&mut self) {
+        self.transaction = None;
+        self.unconfirmed = None;
+    }
+
+    /// Stores everything up to the last commit handed out: call only after
+    /// the batches holding it were written.
+    pub async fn confirm(&mut self) -> Result<(), SourceError> {
+        if let Some(position) = self.unconfirmed.take() {
+            self.session.confirm(&position);
+            self.confirmed = position;
+            self.store_now().await?;
+        }
+        Ok(())
+    }
+
+    async fn store_now(&mut self) -> Result<(), SourceError> {
+        let state = StoredState {
+            position: self.confirmed.clone(),
+            snapshot_done: self.snapshot.is_none(),
+            committed_at_ms: self.last_commit_ms,
+        };
+        self.store.store(&state).await.map_err(|message| SourceError::Unavailable {
+            source_name: self.name.clone(),
+            operation: "store the binlog position",
+            message,
+        })?;
+        self.stored = self.confirmed.clone();
+        self.stored_at = Instant::now();
+        Ok(())
+    }
+
+    /// Idle traffic moves the position too; storing it now and then keeps a
+    /// restart from reading it all again.
+    async fn store_idle(&mut self) {
+        if self.stored != self.confirmed
+            && self.stored_at.elapsed() >= IDLE_STORE_EVERY
+            && let Err(e) = self.store_now().await
+        {
+            tracing::debug!(source = %self.name, error = %e, "idle position not stored");
+        }
+    }
+
+    /// Appends dead letters to Redis.
+    pub async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
+        self.dead_letters.write(records, letters).await
+    }
+
+    /// Stores the last confirmed position and closes the connection.
+    pub async fn shutdown(&mut self) {
+        if self.stored != self.confirmed
+            && let Err(e) = self.store_now().await
+        {
+            tracing::warn!(source = %self.name, error = %e, "the last position was not stored");
+        }
+        self.session.shutdown().await;
+    }
+
+    /// Milliseconds between the commit of the last change handed out and now.
+    pub fn last_commit_ms(&self) -> u64 {
+        self.last_commit_ms
+    }
+}
+
+/// One captured row change, before it becomes a record.
+struct Change<'a> {
+    prefix: &'a str,
+    table: &'a (String, String),
+    op: Op,
+    key: String,
+    before: Option<String>,
+    after: Option<String>,
+    position: String,
+    committed_at_ms: u64,
+    id: String,
+    origin: Origin,
+}
+
+impl Change<'_> {
+    fn into_record(self) -> SourceRecord {
+        let (database, table) = self.table;
+        let event = ChangeEvent {
+            op: self.op,
+            source: self.prefix.to_owned(),
+            schema: Some(database.clone()),
+            table: table.clone(),
+            key: self.key,
+            before: self.before,
+            after: self.after,
+            position: self.position,
+            committed_at_ms: self.committed_at_ms,
+        };
+        SourceRecord {
+            stream: format!("{}.{database}.{table}", self.prefix),
+            id: self.id,
+            body: RecordBody::Change(Box::new(CapturedChange {
+                event,
+                database: database.clone(),
+                origin: self.origin,
+                captured_at_ms: crate::clock::now_ms(),
+            })),
+        }
+    }
+}
+
+/// A rotate event's file name without what may trail it: the rotate that opens
+/// a stream comes before the format description, so the parser leaves its
+/// checksum bytes on the name.
+fn binlog_file_name(raw: &str) -> String {
+    match raw.rfind('.') {
+        Some(dot) => {
+            let digits = raw[dot + 1..].chars().take_while(char::is_ascii_digit).count();
+            raw[..dot + 1 + digits].to_owned()
+        }
+        None => raw.to_owned(),
+    }
+}
+
+/// `domain-server-seq` from MariaDB's GTID event (seq u64, domain u32, little-endian).
+fn mariadb_gtid(event: &Event) -> Option<String> {
+    let data = event.data();
+    let seq = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    Some(format!("{domain}-{}-{seq}", event.header().server_id()))
+}
+
+/// The table a `TRUNCATE [TABLE] [db.]name` statement empties, with `schema`
+/// (the statement's default database) when it names none.
+fn truncated_table(statement: &str, schema: &str) -> Option<(String, String)> {
+    let mut words = statement.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("truncate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("table") {
+        name = words.next()?;
+    }
+    let name = name.trim_end_matches(';').replace('`', "");
+    Some(match name.split_once('.') {
+        Some((database, table)) => (database.to_owned(), table.to_owned()),
+        None => (schema.to_owned(), name),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated_table;
+
+    #[test]
+    fn rotate_names_lose_trailing_checksum_bytes() {
+        assert_eq!(super::binlog_file_name("mariadb-bin.000002|\u{fffd}y1"), "mariadb-bin.000002");
+        assert_eq!(super::binlog_file_name("mysql-bin.000010"), "mysql-bin.000010");
+    }
+
+    #[test]
+    fn truncate_statements_name_their_table() {
+        let t = |db: &str, table: &str| Some((db.to_owned(), table.to_owned()));
+        assert_eq!(truncated_table("TRUNCATE TABLE `shop`.`item`", "x"), t("shop", "item"));
+        assert_eq!(truncated_table("truncate item", "shop"), t("shop", "item"));
+        assert_eq!(truncated_table("ALTER TABLE item ADD c INT", "shop"), None);
+    }
+}
