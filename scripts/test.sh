@@ -21,6 +21,7 @@ cargo clippy -p evercache --test faults -- -D warnings   # not a default test ta
 echo "== benchmarks in tiny mode (keeps the harness working; figures meaningless here)"
 cargo run --quiet -p evercache-bench -- compare --tiny
 cargo run --quiet -p evercache-bench -- capture --rate 200 --seconds 1 --burst 2000
+cargo run --quiet -p evercache-bench -- capture --database mariadb --rate 200 --seconds 1 --burst 2000
 cargo run --quiet -p evercache-bench -- plugin-cost --tiny
 
 echo "== cargo test"

@@ -1,5 +1,5 @@
-//! Built-in capture: commit→cache latency for single-row commits at a steady
-//! rate, then the drain rate of one large transaction. The runtime runs
+//! Built-in capture (Postgres or MariaDB): commit→cache latency for single-row
+//! commits at a steady rate, then the drain rate of one large transaction. The runtime runs
 //! in-process with the testkit plugin; arrival in Redis is observed through
 //! keyspace notifications, so nothing polls.
 
@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use evercache::config::Config;
 use evercache::runtime::Runtime;
 use evercache_test_kit::RuntimeToml;
 use futures::StreamExt;
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture_db::{Database, Target};
 use crate::stats::{Latencies, ms};
 
 const NAME: &str = "bench_capture";
@@ -32,9 +32,15 @@ pub struct Options {
     /// Rows changed by the one transaction of the burst run.
     #[arg(long, default_value_t = 100_000)]
     burst: u32,
+    /// Which capture: postgres or mariadb.
+    #[arg(long, value_enum, default_value = "postgres")]
+    database: Database,
     /// Postgres (needs wal_level = logical).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pg_url: String,
+    /// MariaDB (needs its binlog on, ROW format, full metadata).
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    mysql_url: String,
     /// Redis.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -42,14 +48,8 @@ pub struct Options {
 
 pub async fn run(options: Options) -> Result<()> {
     let rows = options.burst.max(options.rate * options.seconds);
-    let pg = PgPool::connect(&options.pg_url).await.context("Postgres; run: bash scripts/dev-services.sh")?;
-    cleanup(&pg).await;
-    sqlx::raw_sql(&format!(
-        "create schema {NAME}; create table {NAME}.item (id bigint primary key, name text, version bigint);
-         insert into {NAME}.item select g, 'row', 0 from generate_series(1, {rows}) g;"
-    ))
-    .execute(&pg)
-    .await?;
+    let db = Target::connect(options.database, &options.pg_url, &options.mysql_url).await?;
+    db.create(NAME, rows).await?;
     let redis = redis::Client::open(options.redis_url.as_str())?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
     let old_events: Vec<String> =
@@ -69,7 +69,7 @@ pub async fn run(options: Options) -> Result<()> {
         }
     });
 
-    let config = write_config(&options)?;
+    let config = write_config(&options, &db)?;
     let runtime = Runtime::build(Config::load(&config)?).await?;
     let shutdown = CancellationToken::new();
     let mut tasks = runtime.start(shutdown.clone()).await?;
@@ -79,14 +79,13 @@ pub async fn run(options: Options) -> Result<()> {
     let mut sent: HashMap<String, Instant> = HashMap::with_capacity(total);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(options.rate)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let update = format!("update {NAME}.item set version = version + 1 where id = $1");
     let started = Instant::now();
     for i in 0..total {
         ticker.tick().await;
         let id = i as i64 + 1;
         // Taken before the statement is sent, so the figure includes the commit itself.
         sent.insert(format!("{NAME}:item:{id}"), Instant::now());
-        sqlx::query(&update).bind(id).execute(&pg).await?;
+        db.update_one(NAME, id).await?;
     }
     let offered = total as f64 / started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(total);
@@ -104,10 +103,7 @@ pub async fn run(options: Options) -> Result<()> {
     // One transaction changing `burst` rows.
     let burst = options.burst as usize;
     let begin = Instant::now();
-    sqlx::query(&format!("update {NAME}.item set version = version + 1 where id <= $1"))
-        .bind(i64::from(options.burst))
-        .execute(&pg)
-        .await?;
+    db.update_many(NAME, options.burst).await?;
     let committed = Instant::now();
     let mut seen = 0usize;
     let mut last = committed;
@@ -127,12 +123,11 @@ pub async fn run(options: Options) -> Result<()> {
     if let [_, value] = old_events.as_slice() {
         redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(value).query_async::<()>(&mut conn).await?;
     }
-    cleanup(&pg).await;
+    db.cleanup(NAME).await;
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    redis::cmd("DEL").arg(format!("{NAME}:binlog")).query_async::<()>(&mut conn).await?;
 
-    println!(
-        "built-in capture (pgoutput) → testkit plugin → Redis, {} commits at {offered:.0}/s offered",
-        latencies.len()
-    );
+    println!("{} → testkit plugin → Redis, {} commits at {offered:.0}/s offered", db.label(), latencies.len());
     println!("| measure | value |");
     println!("|---|---|");
     println!("| commit→cache p50 | {} |", ms(latencies.percentile(50.0)));
@@ -145,7 +140,7 @@ pub async fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
-fn write_config(options: &Options) -> Result<PathBuf> {
+fn write_config(options: &Options, db: &Target) -> Result<PathBuf> {
     let root = evercache_test_kit::repo_root();
     let plugins = root.join("target/plugins");
     if !plugins.join("testkit.wasm").exists() {
@@ -154,30 +149,18 @@ fn write_config(options: &Options) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join("evercache-bench-capture");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("pipelines"))?;
-    let (pg, redis) = (&options.pg_url, &options.redis_url);
+    let redis = &options.redis_url;
+    let runtime = RuntimeToml::with_plugins_dir(&plugins).cache("main", redis);
     std::fs::write(
         dir.join("evercache.toml"),
-        RuntimeToml::with_plugins_dir(&plugins)
-            .database("db", pg)
-            .cache("main", redis)
-            .postgres_capture("capture", pg, &[format!("{NAME}.item")], NAME, redis)
-            .line("snapshot = \"never\"")
-            .build(),
+        db.runtime(runtime, NAME, &options.pg_url, &options.mysql_url, redis).build(),
     )?;
     std::fs::write(
         dir.join("pipelines/items.toml"),
         format!(
-            "source = \"capture\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"testkit\"\ntables = [\"{NAME}.item\"]\n[config]\nschema = \"{NAME}\"\nkey_prefix = \"{NAME}:item\"\n"
+            "source = \"capture\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"testkit\"\ntables = [\"{NAME}.item\"]\n[config]\nschema = \"{NAME}\"\nkey_prefix = \"{NAME}:item\"\n{}",
+            db.plugin_config()
         ),
     )?;
     Ok(dir.join("evercache.toml"))
-}
-
-async fn cleanup(pg: &PgPool) {
-    let _ = sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1")
-        .bind(NAME)
-        .execute(pg)
-        .await;
-    let _ = sqlx::query(&format!("drop publication if exists {NAME}")).execute(pg).await;
-    let _ = sqlx::query(&format!("drop schema if exists {NAME} cascade")).execute(pg).await;
 }

@@ -8,6 +8,7 @@
 //! plugin costs. `--tiny` keeps a workload's harness working in CI.
 
 mod capture;
+mod capture_db;
 mod compare;
 mod plugin_cost;
 mod stats;
@@ -23,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Workload {
-    /// Built-in Postgres capture: commit→cache latency and burst drain rate.
+    /// Built-in capture (Postgres or MariaDB): commit→cache latency and burst drain rate.
     Capture(capture::Options),
     /// evercache vs the naive worker vs native logic: distinct keys, hot keys, fan-out, steady-rate delay.
     Compare(compare::Options),
