@@ -16,7 +16,8 @@ pub enum Database {
     Mariadb,
 }
 
-/// A connected database holding the bench's table `<name>.item`.
+/// A connected database holding the bench's table `<name>.item`; clones share the pool.
+#[derive(Clone)]
 pub enum Target {
     Postgres(PgPool),
     MariaDb(mysql_async::Pool),

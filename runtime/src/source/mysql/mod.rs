@@ -45,6 +45,10 @@ const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// Most often the position of idle traffic (transactions on other tables) is stored.
 const IDLE_STORE_EVERY: Duration = Duration::from_secs(1);
 
+/// Most often an acknowledged position is stored while changes keep coming; a
+/// crash reads at most this much again. Stored at once when the stream goes quiet.
+const STORE_EVERY: Duration = Duration::from_millis(100);
+
 /// The transaction whose events are streaming.
 #[derive(Debug, Clone, Default)]
 struct Transaction {
@@ -94,13 +98,12 @@ impl MySqlCapture {
         if let Some(records) = self.snapshot_batch().await? {
             return Ok(records);
         }
-        let (records, last_commit) = self.stream_batch().await?;
+        let (records, gate_at) = self.stream_batch().await?;
         // A change read from the binlog may not be visible to a new transaction
         // yet (the engine commits after the binlog is written): wait until it is,
         // so a recompute never reads the value from before it.
-        if let Some(commit) = last_commit
-            && !records.is_empty()
-            && let Err(e) = self.visibility.wait(&commit).await
+        if let Some(position) = gate_at
+            && let Err(e) = self.visibility.wait(&position).await
         {
             self.forget_stream();
             self.session.release("the visibility check failed");
@@ -111,20 +114,29 @@ impl MySqlCapture {
 
     async fn stream_batch(&mut self) -> Result<(Vec<SourceRecord>, Option<BinlogPosition>), SourceError> {
         let mut records = Vec::new();
-        let mut last_commit = None;
+        // The end of the last event that gave this batch a record: once a
+        // consistent snapshot reaches it, every transaction in the batch is visible
+        // (snapshot positions fall between transactions).
+        let mut gate_at = None;
         let mut deadline: Option<Instant> = None;
         // Heartbeats and other databases' traffic keep arriving on an idle
-        // stream; an empty batch still ends after a second.
-        let idle_until = Instant::now() + Duration::from_secs(1);
+        // stream; an empty batch still ends after a second, and a batch takes
+        // what is already buffered past its deadline for at most another one.
+        let started = Instant::now();
+        let idle_until = started + Duration::from_secs(1);
         loop {
             let until = deadline.unwrap_or(idle_until);
-            if Instant::now() >= until {
+            if Instant::now() >= until + Duration::from_secs(1) {
                 break;
             }
             let wait = until.saturating_duration_since(Instant::now());
             let event = match self.session.recv(wait).await {
                 Ok(Some(event)) => event,
-                Ok(None) => break,
+                Ok(None) => {
+                    // Nothing buffered: a good moment to store what was acknowledged.
+                    self.store_due(STORE_EVERY).await;
+                    break;
+                }
                 Err(e) => {
                     // The server sends everything after the confirmed position again.
                     self.forget_stream();
@@ -145,9 +157,15 @@ impl MySqlCapture {
                     continue;
                 }
             };
+            let had = records.len();
             let committed = match data {
                 EventData::RotateEvent(rotate) => {
-                    self.session.rotated(binlog_file_name(&rotate.name()));
+                    // The rotate that opens a stream (log position 0) names the file
+                    // asked for, with checksum bytes the parser cannot strip yet
+                    // (they may even be digits): the session knows that file already.
+                    if header.log_pos() != 0 {
+                        self.session.rotated(binlog_file_name(&rotate.name()));
+                    }
                     false
                 }
                 EventData::GtidEvent(gtid) => {
@@ -180,6 +198,9 @@ impl MySqlCapture {
                 EventData::XidEvent(_) => true,
                 _ => false,
             };
+            if records.len() > had {
+                gate_at = Some(BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid: None });
+            }
             if committed {
                 let gtid = self.transaction.take().and_then(|t| t.gtid);
                 let position = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid };
@@ -188,10 +209,9 @@ impl MySqlCapture {
                     // A transaction with nothing for us: nothing to wait for.
                     self.confirmed = position.clone();
                     self.session.confirm(&position);
-                    self.store_idle().await;
+                    self.store_due(IDLE_STORE_EVERY).await;
                     continue;
                 }
-                last_commit = Some(position.clone());
                 self.unconfirmed = Some(position);
                 if records.len() >= self.batch_size {
                     break;
@@ -207,7 +227,7 @@ impl MySqlCapture {
                 break;
             }
         }
-        Ok((records, last_commit))
+        Ok((records, gate_at))
     }
 
     fn rows_records(&self, event: &Event, rows: &RowsEventData<'_>, records: &mut Vec<SourceRecord>) {
@@ -348,7 +368,9 @@ impl MySqlCapture {
         if let Some(position) = self.unconfirmed.take() {
             self.session.confirm(&position);
             self.confirmed = position;
-            self.store_now().await?;
+            if self.stored_at.elapsed() >= STORE_EVERY {
+                self.store_now().await?;
+            }
         }
         Ok(())
     }
@@ -369,11 +391,12 @@ impl MySqlCapture {
         Ok(())
     }
 
-    /// Idle traffic moves the position too; storing it now and then keeps a
-    /// restart from reading it all again.
-    async fn store_idle(&mut self) {
+    /// Stores the confirmed position when it moved and `every` has passed
+    /// since the last store: idle traffic moves it too, and storing it now and
+    /// then keeps a restart from reading it all again.
+    async fn store_due(&mut self, every: Duration) {
         if self.stored != self.confirmed
-            && self.stored_at.elapsed() >= IDLE_STORE_EVERY
+            && self.stored_at.elapsed() >= every
             && let Err(e) = self.store_now().await
         {
             tracing::debug!(source = %self.name, error = %e, "idle position not stored");

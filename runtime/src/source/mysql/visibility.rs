@@ -41,7 +41,8 @@ impl VisibilityGate {
         Self { source: source.to_owned(), opts, conn: None, check: None }
     }
 
-    /// Returns once the commit ending at `commit` is visible to new transactions.
+    /// Returns once every transaction ending at or before `commit` is visible
+    /// to new transactions.
     pub(super) async fn wait(&mut self, commit: &BinlogPosition) -> Result<(), SourceError> {
         let give_up = Instant::now() + VISIBLE_WITHIN;
         let result = tokio::time::timeout_at(give_up.into(), self.wait_inner(commit)).await;
@@ -81,9 +82,21 @@ impl VisibilityGate {
             Check::SnapshotPosition => {
                 let mut pause = Duration::from_micros(200);
                 loop {
-                    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
-                    let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
-                    conn.query_drop("COMMIT").await?;
+                    // One round trip: open a snapshot, read its position, close it.
+                    let mut result = conn
+                        .query_iter(
+                            "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY; \
+                             SHOW STATUS LIKE 'binlog_snapshot_%'; COMMIT",
+                        )
+                        .await?;
+                    let mut status: Vec<(String, String)> = Vec::new();
+                    while !result.is_empty() {
+                        let set: Vec<(String, String)> = result.collect().await?;
+                        if !set.is_empty() {
+                            status = set;
+                        }
+                    }
+                    drop(result);
                     if visible_at(&status).is_some_and(|seen| seen.ordinal() >= commit.ordinal()) {
                         return Ok(());
                     }
