@@ -13,8 +13,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, Params, Row, Value};
 use tokio::time::timeout;
 
+use super::change::Change;
 use super::position::BinlogPosition;
-use super::{Change, query_values};
+use super::query_values;
 use crate::contract::Op;
 use crate::event::position as version;
 use crate::source::{Origin, SourceError, SourceRecord};
