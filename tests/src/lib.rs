@@ -278,6 +278,26 @@ pub async fn drop_abandoned_slots(pg: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `key` holds JSON equal to `expected` (`None`: no key), for up to `timeout`.
+pub async fn wait_json(
+    redis: &MultiplexedConnection,
+    key: &str,
+    expected: Option<Value>,
+    timeout: Duration,
+) -> Result<()> {
+    wait_until(&format!("{key} == {expected:?}"), timeout, || {
+        let mut redis = redis.clone();
+        let key = key.to_owned();
+        let expected = expected.clone();
+        async move {
+            let text: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+            Ok(text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) == expected)
+        }
+    })
+    .await
+    .map(drop)
+}
+
 /// A runtime running in-process until [`Running::stop`].
 pub struct Running {
     shutdown: CancellationToken,

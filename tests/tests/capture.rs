@@ -34,17 +34,7 @@ fn runtime_toml(env: &TestEnv, tables: &[&str]) -> String {
 }
 
 async fn wait_json(env: &TestEnv, key: &str, expected: Option<Value>) -> Result<()> {
-    wait_until(&format!("{key} == {expected:?}"), WAIT, || {
-        let mut redis = env.redis.clone();
-        let key = key.to_owned();
-        let expected = expected.clone();
-        async move {
-            let text: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
-            Ok(text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) == expected)
-        }
-    })
-    .await
-    .map(drop)
+    evercache_e2e::wait_json(&env.redis, key, expected, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,17 +31,7 @@ fn pipeline(env: &TestEnv) -> String {
 }
 
 async fn wait_json(env: &TestEnv, key: &str, expected: Option<Value>) -> Result<()> {
-    wait_until(&format!("{key} == {expected:?}"), WAIT, || {
-        let mut redis = env.redis.clone();
-        let key = key.to_owned();
-        let expected = expected.clone();
-        async move {
-            let text: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
-            Ok(text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) == expected)
-        }
-    })
-    .await
-    .map(drop)
+    evercache_e2e::wait_json(&env.redis, key, expected, WAIT).await
 }
 
 async fn stored(env: &TestEnv) -> Result<Option<StoredState>> {

@@ -210,16 +210,9 @@ impl LagProbe {
                 .fetch_optional(conn)
                 .await
                 .map_err(|e| unavailable("pg_replication_slots", e.to_string()))?;
-                let mut total = 0;
-                for dlq in dead_letters {
-                    let mut conn = redis.clone();
-                    let len: u64 = redis::cmd("XLEN")
-                        .arg(dlq)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| unavailable("XLEN", e.to_string()))?;
-                    total += len;
-                }
+                let total = dead_letter_total(&mut redis.clone(), dead_letters)
+                    .await
+                    .map_err(|e| unavailable("XLEN", e.to_string()))?;
                 Ok(vec![SourceLag {
                     stream: format!("slot {slot}"),
                     lag_entries: None,
@@ -239,15 +232,8 @@ impl LagProbe {
                 let (bytes, seconds) = super::mysql::lag::binlog_lag(url, stored.as_deref())
                     .await
                     .map_err(|e| unavailable("SHOW BINARY LOGS", e))?;
-                let mut total = 0;
-                for dlq in dead_letters {
-                    let len: u64 = redis::cmd("XLEN")
-                        .arg(dlq)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| unavailable("XLEN", e.to_string()))?;
-                    total += len;
-                }
+                let total =
+                    dead_letter_total(&mut conn, dead_letters).await.map_err(|e| unavailable("XLEN", e.to_string()))?;
                 Ok(vec![SourceLag {
                     stream: "binlog".to_owned(),
                     lag_entries: None,
@@ -259,6 +245,15 @@ impl LagProbe {
             }
         }
     }
+}
+
+/// Entries in all of a source's dead-letter streams.
+async fn dead_letter_total(redis: &mut MultiplexedConnection, streams: &[String]) -> redis::RedisResult<u64> {
+    let mut total = 0;
+    for stream in streams {
+        total += redis::cmd("XLEN").arg(stream).query_async::<u64>(redis).await?;
+    }
+    Ok(total)
 }
 
 fn as_u64(value: &redis::Value) -> Option<u64> {
