@@ -54,10 +54,26 @@ pub async fn run(options: Options) -> Result<()> {
     let mut conn = redis.get_multiplexed_async_connection().await?;
     // Keys and versions of an earlier run (perhaps of the other database, whose
     // positions do not compare with this one's) would make every write stale.
+    // SCAN in small steps: one KEYS reply of 200,000 names can outlast the
+    // connection's response timeout.
     for pattern in [format!("{NAME}:*"), format!("{{{NAME}:*")] {
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await?;
-        for chunk in keys.chunks(1000) {
-            redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
     }
     let old_events: Vec<String> =
