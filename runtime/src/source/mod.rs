@@ -12,6 +12,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod record;
 pub mod redis_stream;
+mod snapshot_mode;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub use mysql::{MySqlCapture, MySqlCaptureConfig};
 pub use postgres::{PostgresCapture, PostgresCaptureConfig};
 pub use record::{RecordBody, SourceRecord};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource, StreamAcker};
+pub use snapshot_mode::SnapshotMode;
 
 /// `[sources.<name>]` in the runtime file; the kind is chosen by `type`.
 #[derive(Debug, Clone, Deserialize)]

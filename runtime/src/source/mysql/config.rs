@@ -14,9 +14,9 @@ use super::position::{BinlogPosition, PositionStore, StoredState};
 use super::session::BinlogSession;
 use super::snapshot::Snapshot;
 use super::visibility::VisibilityGate;
+use crate::source::SnapshotMode;
 use crate::source::SourceError;
 use crate::source::dead_letter::DeadLetterWriter;
-use crate::source::postgres::SnapshotMode;
 
 /// `[sources.<name>]` with `type = "mysql"` (MySQL 8 or MariaDB 10.6+).
 #[derive(Debug, Clone, Deserialize)]

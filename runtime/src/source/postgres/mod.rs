@@ -21,10 +21,10 @@ use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{CapturedChange, Origin, RecordBody, SourceError, SourceRecord};
 use crate::contract::{ChangeEvent, Op};
 use crate::event::position;
+use crate::source::SnapshotMode;
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
 use snapshot::Snapshot;
-pub use snapshot::SnapshotMode;
 use visibility::VisibilityGate;
 
 /// How long a handed-out batch may stay unsettled before the replication

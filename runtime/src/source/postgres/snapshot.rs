@@ -17,17 +17,6 @@ use super::pgoutput::RowChange;
 use super::values::debezium_value;
 use crate::source::SourceError;
 
-/// Whether to read existing rows on first start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SnapshotMode {
-    /// Read every existing row once, when the slot is new (or the last snapshot did not finish).
-    #[default]
-    Initial,
-    /// Only stream changes made after the slot was created.
-    Never,
-}
-
 /// Longest one snapshot statement may take before the connection counts as lost.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
