@@ -27,7 +27,7 @@ use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{Origin, RecordBody, SourceError, SourceRecord};
 use crate::contract::Op;
 use crate::event::position as version;
-use change::{Change, binlog_file_name, mariadb_gtid, truncated_table};
+use change::{Change, mariadb_gtid, truncated_table};
 pub use config::MySqlCaptureConfig;
 use position::PositionStore;
 pub use position::{BinlogPosition, StoredState};
@@ -159,15 +159,6 @@ impl MySqlCapture {
             };
             let had = records.len();
             let committed = match data {
-                EventData::RotateEvent(rotate) => {
-                    // The rotate that opens a stream (log position 0) names the file
-                    // asked for, with checksum bytes the parser cannot strip yet
-                    // (they may even be digits): the session knows that file already.
-                    if header.log_pos() != 0 {
-                        self.session.rotated(binlog_file_name(&rotate.name()));
-                    }
-                    false
-                }
                 EventData::GtidEvent(gtid) => {
                     let sid = gtid.sid().iter().map(|b| format!("{b:02x}")).collect::<String>();
                     let uuid =

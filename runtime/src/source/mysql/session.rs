@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mysql_async::binlog::events::{Event, TableMapEvent};
+use mysql_async::binlog::events::{Event, EventData, TableMapEvent};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 
@@ -15,6 +15,8 @@ use crate::source::SourceError;
 
 /// The server could not send from the requested position (ER_MASTER_FATAL_ERROR_READING_BINLOG).
 const BINLOG_GONE: u16 = 1236;
+const ROTATE_EVENT: u8 = 4;
+const FORMAT_DESCRIPTION_EVENT: u8 = 15;
 
 /// A binlog stream that reconnects on demand.
 pub(super) struct BinlogSession {
@@ -27,6 +29,9 @@ pub(super) struct BinlogSession {
     resume: BinlogPosition,
     /// The file the events being read are in; follows rotations.
     file: String,
+    /// This connection has sent its format description, so the parser knows
+    /// whether events carry checksums.
+    described: bool,
     last_heard: Instant,
     /// When the connection was lost, until it is back.
     lost_at: Option<Instant>,
@@ -40,6 +45,7 @@ impl BinlogSession {
             server_id,
             heartbeat,
             stream: None,
+            described: false,
             file: resume.file.clone(),
             resume,
             last_heard: Instant::now(),
@@ -76,6 +82,7 @@ impl BinlogSession {
             Ok(Ok(stream)) => {
                 self.stream = Some(stream);
                 self.file = self.resume.file.clone();
+                self.described = false;
                 self.last_heard = Instant::now();
                 if let Some(lost_at) = self.lost_at.take() {
                     metrics::counter!(crate::metrics::CAPTURE_RECONNECTS_TOTAL, "source" => self.source.clone())
@@ -101,6 +108,7 @@ impl BinlogSession {
         match tokio::time::timeout(wait, stream.next()).await {
             Ok(Some(Ok(event))) => {
                 self.last_heard = Instant::now();
+                self.follow(&event);
                 Ok(Some(event))
             }
             Ok(Some(Err(mysql_async::Error::Server(e)))) if e.code == BINLOG_GONE => {
@@ -126,9 +134,21 @@ impl BinlogSession {
         }
     }
 
-    /// Follows a rotation to `file`.
-    pub(super) fn rotated(&mut self, file: String) {
-        self.file = file;
+    /// Keeps `file` on the binlog file the events come from. The rotate that
+    /// opens a connection comes before the format description, so the parser
+    /// leaves the checksum on its name (those bytes may even be digits): that
+    /// one names the file asked for, which is known. Every later rotate, real or
+    /// sent when the server moved to a new file after a restart, names the next file.
+    fn follow(&mut self, event: &Event) {
+        match event.header().event_type_raw() {
+            FORMAT_DESCRIPTION_EVENT => self.described = true,
+            ROTATE_EVENT if self.described => {
+                if let Ok(Some(EventData::RotateEvent(rotate))) = event.read_data() {
+                    self.file = super::change::binlog_file_name(&rotate.name());
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Everything up to `position` was written: a new connection starts there.
