@@ -54,28 +54,7 @@ pub async fn run(options: Options) -> Result<()> {
     let mut conn = redis.get_multiplexed_async_connection().await?;
     // Keys and versions of an earlier run (perhaps of the other database, whose
     // positions do not compare with this one's) would make every write stale.
-    // SCAN in small steps: one KEYS reply of 200,000 names can outlast the
-    // connection's response timeout.
-    for pattern in [format!("{NAME}:*"), format!("{{{NAME}:*")] {
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-    }
+    crate::keys::delete_prefix(&mut conn, NAME).await?;
     let old_events: Vec<String> =
         redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut conn).await?;
     redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("K$").query_async::<()>(&mut conn).await?;

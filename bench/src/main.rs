@@ -10,6 +10,7 @@
 mod capture;
 mod capture_db;
 mod compare;
+mod keys;
 mod plugin_cost;
 mod stats;
 

@@ -104,26 +104,7 @@ async fn fill(
 /// Deletes the stream and every key (and metadata hash) under `prefix`.
 async fn cleanup(conn: &mut MultiplexedConnection, stream: &str, prefix: &str) -> Result<()> {
     redis::cmd("DEL").arg(stream).query_async::<()>(conn).await?;
-    for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(5000)
-                .query_async(conn)
-                .await?;
-            if !keys.is_empty() {
-                redis::cmd("UNLINK").arg(keys).query_async::<()>(conn).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-    }
+    crate::keys::delete_prefix(conn, prefix).await?;
     Ok(())
 }
 
