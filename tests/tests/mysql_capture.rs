@@ -1,8 +1,10 @@
 //! The built-in MySQL/MariaDB binlog capture against the local MariaDB:
 //! committed writes reach the cache with no Debezium in between, the resume
-//! position is stored only after the writes, a snapshot warms the cache, DDL
-//! mid-stream keeps columns named, the records read as Debezium MySQL events,
-//! and no key keeps a value older than its position under concurrent writes.
+//! position is stored only after the writes, a snapshot warms the cache and
+//! misses nothing committed while it opens (with and without the global read
+//! lock MySQL needs), DDL mid-stream keeps columns named, the records read as
+//! Debezium MySQL events, and no key keeps a value older than its position
+//! under concurrent writes.
 
 use std::time::Duration;
 
@@ -200,6 +202,66 @@ async fn no_key_keeps_a_value_older_than_its_position_under_concurrent_writes() 
     let rows = maria.items("item").await?;
     for (id, name, version) in rows {
         wait_json(&env, &key(id), Some(json!({"id": id, "name": name, "version": version}))).await?;
+    }
+    running.stop().await?;
+    maria.drop_database().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_misses_nothing_committed_while_it_opens() -> Result<()> {
+    snapshot_under_inserts("my_snapinserts", "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_under_the_brief_global_read_lock_misses_nothing_committed_while_it_opens() -> Result<()> {
+    // The MySQL way of finding the snapshot's position, taken here on MariaDB.
+    snapshot_under_inserts("my_locked", "snapshot_lock = \"global-read-lock\"").await
+}
+
+async fn snapshot_under_inserts(name: &str, extra: &str) -> Result<()> {
+    let env = TestEnv::new(name).await?;
+    let maria = MariaDb::new(&env.prefix).await?;
+    maria.sql("create table item (id bigint primary key, name text, version bigint); insert into item select seq, 'v0', 0 from seq_1_to_300").await?;
+    let toml = runtime_toml(&env, &maria, extra);
+    let config = env.config(&toml, &[("items", &pipeline(&env))])?;
+
+    // Writers insert rows before, while and after the snapshot opens: a row
+    // committed between the snapshot and its position would be missed for good.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..3i64 {
+        let mut conn = maria.conn().await?;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = 1_000 + writer * 1_000_000 + n;
+                conn.exec_drop("insert into item values (?, concat('w', ?), ?)", (id, writer, n)).await?;
+                n += 1;
+            }
+            Ok::<_, mysql_async::Error>(n)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = Running::start(config).await?;
+    wait_until("the finished snapshot is stored", WAIT, || async {
+        Ok(stored(&env).await?.is_some_and(|s| s.snapshot_done))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut commits = 0;
+    for writer in writers {
+        commits += writer.await??;
+    }
+    assert!(commits > 30, "the writers kept committing while the snapshot opened ({commits})");
+    for (id, name, version) in maria.items("item").await? {
+        wait_json(
+            &env,
+            &format!("{}:item:{id}", env.prefix),
+            Some(json!({"id": id, "name": name, "version": version})),
+        )
+        .await?;
     }
     running.stop().await?;
     maria.drop_database().await

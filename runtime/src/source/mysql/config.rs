@@ -23,7 +23,8 @@ use crate::source::dead_letter::DeadLetterWriter;
 #[serde(deny_unknown_fields)]
 pub struct MySqlCaptureConfig {
     /// MySQL URL of a user with REPLICATION SLAVE, BINLOG MONITOR (MariaDB) or
-    /// REPLICATION CLIENT (MySQL) and SELECT on the tables, e.g.
+    /// REPLICATION CLIENT (MySQL), SELECT on the tables and, for a snapshot
+    /// on MySQL, RELOAD, e.g.
     /// "mysql://evercache_repl:secret@127.0.0.1:3306". The server needs
     /// `log_bin`, `binlog_format = ROW`, `binlog_row_image = FULL` and
     /// `binlog_row_metadata = FULL`.
@@ -38,6 +39,13 @@ pub struct MySqlCaptureConfig {
     /// "never": stream from the binlog's current end.
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// How the snapshot learns where in the binlog it stands. "auto" (default):
+    /// MariaDB reports it without locking; on MySQL, a global read lock is held
+    /// for the milliseconds it takes to open the snapshot and read the position
+    /// (needs RELOAD). "global-read-lock": always take that lock. "none": never
+    /// lock (the snapshot is refused where the server does not report it).
+    #[serde(default)]
+    pub snapshot_lock: SnapshotLock,
     /// Debezium's `topic.prefix`: the events' `source.name` and the stream names
     /// `<prefix>.<database>.<table>` (default: the URL's database, else the source name).
     #[serde(default)]
@@ -60,6 +68,19 @@ pub struct MySqlCaptureConfig {
     /// (default "{stream}:dlq").
     #[serde(default = "default_dead_letter_stream")]
     pub dead_letter_stream: String,
+}
+
+/// How a snapshot finds its binlog position (see `snapshot_lock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotLock {
+    /// No lock where the server reports the snapshot's position, else a brief global read lock.
+    #[default]
+    Auto,
+    /// A brief global read lock around opening the snapshot.
+    GlobalReadLock,
+    /// Never lock.
+    None,
 }
 
 fn default_heartbeat() -> Duration {
@@ -130,7 +151,8 @@ impl MySqlCaptureConfig {
         let wants_snapshot =
             self.snapshot == SnapshotMode::Initial && !stored.as_ref().is_some_and(|s| s.snapshot_done);
         let (position, snapshot) = if wants_snapshot {
-            let mut snapshot = Snapshot::new(name, &prefix, opts.clone(), tables.clone(), self.server_id);
+            let mut snapshot =
+                Snapshot::new(name, &prefix, opts.clone(), tables.clone(), self.server_id, self.snapshot_lock);
             let position = snapshot.position().await?;
             tracing::info!(source = %name, tables = ?self.tables, %position, "initial snapshot starting");
             (position, Some(snapshot))
@@ -213,20 +235,30 @@ async fn binlog_end(name: &str, opts: &Opts) -> Result<BinlogPosition, SourceErr
         message,
     };
     let mut conn = Conn::new(opts.clone()).await.map_err(|e| unavailable(e.to_string()))?;
-    // MySQL 8.4 renamed the statement; MariaDB and older MySQL know the first.
-    let mut row: Option<mysql_async::Row> = None;
+    let status = master_status(&mut conn).await;
+    let _ = conn.disconnect().await;
+    let (file, pos) = status
+        .map_err(|e| unavailable(e.to_string()))?
+        .ok_or_else(|| unavailable("the server reports no binlog position (is log_bin on?)".to_owned()))?;
+    let pos = pos.parse().map_err(|_| unavailable(format!("odd binlog position {pos}")))?;
+    Ok(BinlogPosition { file, pos, gtid: None })
+}
+
+/// The binlog's current file and offset, from `SHOW MASTER STATUS` (or
+/// `SHOW BINARY LOG STATUS`, its name since MySQL 8.4); `None` when the binlog is off.
+pub(super) async fn master_status(conn: &mut Conn) -> Result<Option<(String, String)>, mysql_async::Error> {
+    let mut refused = None;
     for statement in ["SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"] {
-        if let Ok(found) = conn.query_first(statement).await {
-            row = found;
-            break;
+        match conn.query_first::<mysql_async::Row, _>(statement).await {
+            Ok(row) => {
+                return Ok(row.and_then(|row| {
+                    let file: Option<String> = row.get(0);
+                    let pos: Option<String> = row.get(1);
+                    file.zip(pos)
+                }));
+            }
+            Err(e) => refused = Some(e),
         }
     }
-    let _ = conn.disconnect().await;
-    let row = row.ok_or_else(|| unavailable("the server reports no binlog position (is log_bin on?)".to_owned()))?;
-    let file: Option<String> = row.get(0);
-    let pos: Option<u64> = row.get(1);
-    match (file, pos) {
-        (Some(file), Some(pos)) => Ok(BinlogPosition { file, pos, gtid: None }),
-        _ => Err(unavailable("SHOW MASTER STATUS gave no file and position".to_owned())),
-    }
+    Err(refused.expect("tried"))
 }

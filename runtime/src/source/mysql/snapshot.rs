@@ -1,8 +1,9 @@
 //! The initial snapshot: every existing row of the captured tables, emitted as
 //! `r` (snapshot read) changes so the cache is warm before streaming starts.
 //! It reads inside one consistent snapshot whose binlog position MariaDB
-//! reports (`binlog_snapshot_file`/`_position`), and streaming starts there, so
-//! no change falls between the two. A snapshot whose connection is lost goes
+//! reports (`binlog_snapshot_file`/`_position`), or, on MySQL, which opens
+//! under a brief global read lock while the position is read; streaming starts
+//! there, so no change falls between the two. A snapshot whose connection is lost goes
 //! on from the table it was reading in a new snapshot; streaming still starts
 //! from the first one's position, so nothing committed in between is missed
 //! (what is read twice carries its position and is applied once).
@@ -14,6 +15,7 @@ use mysql_async::{Conn, Opts, Params, Row, Value};
 use tokio::time::timeout;
 
 use super::change::Change;
+use super::config::SnapshotLock;
 use super::position::BinlogPosition;
 use super::query_values;
 use crate::contract::Op;
@@ -35,6 +37,7 @@ pub(super) struct Snapshot {
     /// Where streaming starts: the first snapshot's position.
     position: Option<BinlogPosition>,
     server_id: u32,
+    lock: SnapshotLock,
 }
 
 /// One consistent snapshot being read, table by table, page by page.
@@ -50,8 +53,16 @@ struct Reader {
 }
 
 impl Snapshot {
-    pub(super) fn new(source: &str, prefix: &str, opts: Opts, tables: Vec<(String, String)>, server_id: u32) -> Self {
+    pub(super) fn new(
+        source: &str,
+        prefix: &str,
+        opts: Opts,
+        tables: Vec<(String, String)>,
+        server_id: u32,
+        lock: SnapshotLock,
+    ) -> Self {
         Self {
+            lock,
             source: source.to_owned(),
             prefix: prefix.to_owned(),
             opts,
@@ -108,27 +119,39 @@ impl Snapshot {
     }
 
     async fn open(&mut self) -> Result<Reader, SourceError> {
-        let attempt = async {
-            let mut conn = Conn::new(self.opts.clone()).await?;
+        let (lock, opts) = (self.lock, self.opts.clone());
+        let attempt = async move {
+            let mut conn = Conn::new(opts).await?;
             conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
+            if lock == SnapshotLock::GlobalReadLock {
+                return locked_snapshot(conn).await;
+            }
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
             let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
-            Ok::<_, mysql_async::Error>((conn, status))
+            let value = |name: &str| status.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            match (value("Binlog_snapshot_file"), value("Binlog_snapshot_position")) {
+                (Some(file), Some(pos)) => Ok((conn, Some((file, pos)))),
+                // MySQL does not say where its snapshot is in the binlog: hold writes for a moment instead.
+                _ if lock == SnapshotLock::Auto => {
+                    conn.query_drop("ROLLBACK").await?;
+                    locked_snapshot(conn).await
+                }
+                _ => Ok((conn, None)),
+            }
         };
-        let (conn, status) = timeout(STATEMENT_TIMEOUT, attempt)
+        let (conn, found) = timeout(STATEMENT_TIMEOUT, attempt)
             .await
             .map_err(|_| self.unavailable("no answer while opening the snapshot".to_owned()))?
-            .map_err(|e| self.unavailable(e.to_string()))?;
-        let value = |name: &str| status.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-        let (Some(file), Some(pos)) = (value("Binlog_snapshot_file"), value("Binlog_snapshot_position")) else {
+            .map_err(|e| self.unavailable(snapshot_error(e)))?;
+        let Some((file, pos)) = found else {
             return Err(SourceError::BadConfig {
                 source_name: self.source.clone(),
-                message: "the server does not report binlog_snapshot_file/position (MariaDB does; on MySQL use \
-                          snapshot = \"never\" and warm the cache another way)"
+                message: "the server does not report binlog_snapshot_file/position and snapshot_lock = \"none\" \
+                          forbids the brief global read lock that would tell it"
                     .to_owned(),
             });
         };
-        let pos: u64 = pos.parse().map_err(|_| self.unavailable(format!("odd binlog_snapshot_position {pos}")))?;
+        let pos: u64 = pos.parse().map_err(|_| self.unavailable(format!("odd binlog snapshot position {pos}")))?;
         if file.is_empty() {
             return Err(SourceError::BadConfig {
                 source_name: self.source.clone(),
@@ -136,7 +159,7 @@ impl Snapshot {
             });
         }
         let here = BinlogPosition { file, pos, gtid: None };
-        tracing::info!(source = %self.source, position = %here, tables = self.tables.len() - self.done,
+        tracing::info!(source = %self.source, position = %here, tables = self.tables.len() - self.done, ?lock,
             "consistent snapshot opened");
         self.position.get_or_insert(here);
         Ok(Reader { conn, table: self.done, columns: Vec::new(), key_columns: Vec::new(), after: None, offset: 0 })
@@ -261,6 +284,30 @@ impl Snapshot {
 
     fn unavailable(&self, message: String) -> SourceError {
         SourceError::Unavailable { source_name: self.source.clone(), operation: "snapshot", message }
+    }
+}
+
+/// Opens a consistent snapshot under a global read lock held only while the
+/// binlog position is read, so no commit falls between the snapshot and the
+/// position (what MySQL needs; MariaDB reports its snapshot's position). The
+/// lock waits at most `lock_wait_timeout` for running statements; if anything
+/// fails, dropping the connection releases it.
+async fn locked_snapshot(mut conn: Conn) -> Result<(Conn, Option<(String, String)>), mysql_async::Error> {
+    conn.query_drop("SET SESSION lock_wait_timeout = 10").await?;
+    conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
+    let status = super::config::master_status(&mut conn).await;
+    conn.query_drop("UNLOCK TABLES").await?;
+    Ok((conn, status?))
+}
+
+/// A refused lock names the privilege it needs.
+fn snapshot_error(e: mysql_async::Error) -> String {
+    match &e {
+        mysql_async::Error::Server(server) if server.code == 1227 => format!(
+            "{e}: the brief global read lock of the snapshot needs the RELOAD privilege (or use snapshot = \"never\")"
+        ),
+        _ => e.to_string(),
     }
 }
 
