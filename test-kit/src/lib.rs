@@ -1,7 +1,8 @@
 //! What every test crate and the bench share: where the repository and the
 //! built plugins are, the runtime file built section by section, waiting for a
-//! condition, free loopback ports, and a private Kafka-protocol broker. It does not depend on the runtime, so
-//! the runtime's own integration tests can use it too.
+//! condition, free loopback ports, a private Kafka-protocol broker and a private
+//! MariaDB server. It does not depend on the runtime, so the runtime's own
+//! integration tests can use it too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+pub mod mariadb_server;
 pub mod tansu;
 
 /// The local Redis every suite uses (started by `scripts/dev-services.sh`).

@@ -10,21 +10,27 @@ use evercache_test_kit::{MYSQL_URL, SETUP_HINT};
 pub struct MariaDb {
     /// The database (and Redis prefix) name.
     pub database: String,
+    server_url: String,
     pool: Pool,
 }
 
 impl MariaDb {
-    /// Creates database `name`, dropping any left from an earlier run.
+    /// Creates database `name` on the shared MariaDB, dropping any left from an earlier run.
     pub async fn new(name: &str) -> Result<Self> {
-        let pool = Pool::new(Opts::from_url(MYSQL_URL)?);
-        let mut conn = pool.get_conn().await.with_context(|| format!("MariaDB at {MYSQL_URL}; {SETUP_HINT}"))?;
+        Self::on(MYSQL_URL, name).await
+    }
+
+    /// Creates database `name` on the server at `server_url` (no database in it).
+    pub async fn on(server_url: &str, name: &str) -> Result<Self> {
+        let pool = Pool::new(Opts::from_url(server_url)?);
+        let mut conn = pool.get_conn().await.with_context(|| format!("MariaDB at {server_url}; {SETUP_HINT}"))?;
         conn.query_drop(format!("drop database if exists `{name}`; create database `{name}`")).await?;
-        Ok(Self { database: name.to_owned(), pool })
+        Ok(Self { database: name.to_owned(), server_url: server_url.to_owned(), pool })
     }
 
     /// The URL of the test's database, for `[databases.*]`.
     pub fn url(&self) -> String {
-        format!("{MYSQL_URL}/{}", self.database)
+        format!("{}/{}", self.server_url, self.database)
     }
 
     /// Runs statements in the test's database, each committed on its own.

@@ -10,7 +10,6 @@ mod harness;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod mariadb_restarts;
-mod mariadb_server;
 mod poison;
 mod postgres_restarts;
 mod proxy;

@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::mariadb_server::MariaDbServer;
+use evercache_test_kit::mariadb_server::MariaDbServer;
 
 /// Keys whose cached JSON differs from the database's row (a row never
 /// updated, version 0, must have no key).

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::MySqlCapture;
 use super::position::{BinlogPosition, PositionStore, StoredState};
+use super::schema::Catalogue;
 use super::session::BinlogSession;
 use super::snapshot::Snapshot;
 use super::visibility::VisibilityGate;
@@ -26,8 +27,9 @@ pub struct MySqlCaptureConfig {
     /// REPLICATION CLIENT (MySQL), SELECT on the tables and, for a snapshot
     /// on MySQL, RELOAD, e.g.
     /// "mysql://evercache_repl:secret@127.0.0.1:3306". The server needs
-    /// `log_bin`, `binlog_format = ROW`, `binlog_row_image = FULL` and
-    /// `binlog_row_metadata = FULL`.
+    /// `log_bin`, `binlog_format = ROW` and `binlog_row_image = FULL`;
+    /// `binlog_row_metadata = FULL` puts column names in the binlog, otherwise
+    /// they are read from `information_schema`.
     pub url: String,
     /// Tables to capture, as "database.table", e.g. ["shop.product"].
     pub tables: Vec<String>,
@@ -145,11 +147,12 @@ impl MySqlCaptureConfig {
             .map_err(|e| unavailable("connect dead-letter Redis", e.to_string()))?;
         let mut store = PositionStore::new(self.position_key(name), redis.clone());
         let stored = store.load().await.map_err(|e| unavailable("read the binlog position", e))?;
-        check_server(name, &opts).await?;
+        let names_columns = check_server(name, &opts).await?;
 
         let prefix = self.prefix(name);
         let wants_snapshot =
             self.snapshot == SnapshotMode::Initial && !stored.as_ref().is_some_and(|s| s.snapshot_done);
+        let stored_schemas = stored.as_ref().map(StoredState::schemas).unwrap_or_default();
         let (position, snapshot) = if wants_snapshot {
             let mut snapshot =
                 Snapshot::new(name, &prefix, opts.clone(), tables.clone(), self.server_id, self.snapshot_lock);
@@ -161,8 +164,18 @@ impl MySqlCaptureConfig {
         } else {
             (binlog_end(name, &opts).await?, None)
         };
+        let captured: HashSet<_> = tables.iter().cloned().collect();
+        let mut catalogue = Catalogue::new(opts.clone(), captured, stored_schemas);
+        if !names_columns {
+            catalogue.read_missing().await.map_err(|e| unavailable("read the tables' columns", e.to_string()))?;
+        }
         // Stored at once, so a restart before the first change starts here, not at a later end.
-        let state = StoredState { position: position.clone(), snapshot_done: snapshot.is_none(), committed_at_ms: 0 };
+        let state = StoredState {
+            position: position.clone(),
+            snapshot_done: snapshot.is_none(),
+            committed_at_ms: 0,
+            tables: super::position::stored_tables(catalogue.confirmed()),
+        };
         store.store(&state).await.map_err(|e| unavailable("store the binlog position", e))?;
         tracing::info!(source = %name, %position, key = %store.key(), "binlog capture started");
         Ok(MySqlCapture {
@@ -176,18 +189,20 @@ impl MySqlCaptureConfig {
             confirmed: position.clone(),
             stored: position,
             stored_at: Instant::now(),
-            visibility: VisibilityGate::new(name, opts),
+            visibility: VisibilityGate::new(name, opts.clone()),
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, redis, &self.dead_letter_stream),
             snapshot,
             last_commit_ms: 0,
+            catalogue,
         })
     }
 }
 
-/// Refuses a server whose binlog cannot feed a capture, saying which setting to change.
-async fn check_server(name: &str, opts: &Opts) -> Result<(), SourceError> {
+/// Refuses a server whose binlog cannot feed a capture, saying which setting
+/// to change; says whether its table maps name the columns.
+async fn check_server(name: &str, opts: &Opts) -> Result<bool, SourceError> {
     let unavailable = |message: String| SourceError::Unavailable {
         source_name: name.to_owned(),
         operation: "check the binlog settings",
@@ -211,14 +226,14 @@ async fn check_server(name: &str, opts: &Opts) -> Result<(), SourceError> {
     if !image.eq_ignore_ascii_case("FULL") {
         wrong.push(format!("binlog_row_image is {image} (set FULL)"));
     }
-    if !metadata.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("FULL")) {
-        wrong.push(format!(
-            "binlog_row_metadata is {} (set FULL, so row events carry column names)",
-            metadata.as_deref().unwrap_or("unsupported")
-        ));
+    let names_columns = metadata.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("FULL"));
+    if !names_columns {
+        tracing::info!(source = %name, binlog_row_metadata = metadata.as_deref().unwrap_or("unsupported"),
+            "the binlog's table maps name no columns: they are read from information_schema and follow the \
+             DDL read from the binlog");
     }
     if wrong.is_empty() {
-        Ok(())
+        Ok(names_columns)
     } else {
         Err(SourceError::BadConfig {
             source_name: name.to_owned(),

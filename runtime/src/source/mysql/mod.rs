@@ -6,10 +6,12 @@
 
 mod change;
 mod config;
+mod ddl;
 mod debezium_json;
 pub mod lag;
 mod position;
 mod query_values;
+mod schema;
 mod session;
 mod snapshot;
 mod values;
@@ -19,6 +21,7 @@ mod visibility;
 mod live_tests;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -31,6 +34,7 @@ use change::{Change, mariadb_gtid, truncated_table};
 pub use config::MySqlCaptureConfig;
 use position::PositionStore;
 pub use position::{BinlogPosition, StoredState};
+use schema::{Catalogue, TableSchema};
 use session::BinlogSession;
 use snapshot::Snapshot;
 use visibility::VisibilityGate;
@@ -77,7 +81,13 @@ pub struct MySqlCapture {
     snapshot: Option<Snapshot>,
     /// Commit time of the last event handed out, for the lag in seconds.
     last_commit_ms: u64,
+    /// Column names for table maps that carry none.
+    catalogue: Catalogue,
 }
+
+/// The catalogue's description of a rows event's table, when its table map
+/// names no columns: `Err` when it does not match the table map.
+type CatalogueSchema = Option<Result<Arc<TableSchema>, String>>;
 
 impl MySqlCapture {
     /// The `[sources.<name>]` name.
@@ -174,6 +184,8 @@ impl MySqlCapture {
                         false
                     } else {
                         // COMMIT (non-transactional tables) or a DDL statement, which commits on its own.
+                        let at = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid: None };
+                        self.catalogue.statement(statement, &query.schema(), at.ordinal());
                         if let Some(table) = truncated_table(statement, &query.schema())
                             && self.tables.contains(&table)
                         {
@@ -183,7 +195,15 @@ impl MySqlCapture {
                     }
                 }
                 EventData::RowsEvent(rows) => {
-                    self.rows_records(&event, &rows, &mut records);
+                    let schema = match self.catalogue_schema(rows.table_id(), end).await {
+                        Ok(schema) => schema,
+                        Err(e) => {
+                            self.forget_stream();
+                            self.session.release("the catalogue could not be read");
+                            return Err(e);
+                        }
+                    };
+                    self.rows_records(&event, &rows, schema, &mut records);
                     false
                 }
                 EventData::XidEvent(_) => true,
@@ -198,6 +218,7 @@ impl MySqlCapture {
                 self.last_commit_ms = u64::from(header.timestamp()) * 1000;
                 if records.is_empty() {
                     // A transaction with nothing for us: nothing to wait for.
+                    self.catalogue.confirm(position.ordinal());
                     self.confirmed = position.clone();
                     self.session.confirm(&position);
                     self.store_due(IDLE_STORE_EVERY).await;
@@ -221,7 +242,28 @@ impl MySqlCapture {
         Ok((records, gate_at))
     }
 
-    fn rows_records(&self, event: &Event, rows: &RowsEventData<'_>, records: &mut Vec<SourceRecord>) {
+    /// For a captured table whose table map names no columns, the catalogue's schema.
+    async fn catalogue_schema(&mut self, table_id: u64, at: u64) -> Result<CatalogueSchema, SourceError> {
+        let Some(tme) = self.session.table(table_id) else { return Ok(None) };
+        let name = (tme.database_name().into_owned(), tme.table_name().into_owned());
+        if !self.tables.contains(&name) || schema::names_columns(tme) {
+            return Ok(None);
+        }
+        let at = BinlogPosition { file: self.session.file().to_owned(), pos: at, gtid: None }.ordinal();
+        self.catalogue.schema(&name, tme, at).await.map(Some).map_err(|e| SourceError::Unavailable {
+            source_name: self.name.clone(),
+            operation: "read the table's columns from the catalogue",
+            message: e.to_string(),
+        })
+    }
+
+    fn rows_records(
+        &self,
+        event: &Event,
+        rows: &RowsEventData<'_>,
+        schema: CatalogueSchema,
+        records: &mut Vec<SourceRecord>,
+    ) {
         let Some(table) = self.session.table(rows.table_id()) else {
             records.push(self.undecodable(event, &format!("rows event for unknown table id {}", rows.table_id())));
             return;
@@ -242,8 +284,19 @@ impl MySqlCapture {
         } else {
             Op::Update
         };
+        let schema = match schema.transpose() {
+            Ok(schema) => schema,
+            Err(e) => {
+                let what =
+                    format!("rows of {}.{} at a table map that does not match the catalogue: {e}", name.0, name.1);
+                records.push(self.undecodable(event, &what));
+                return;
+            }
+        };
         for (index, row) in rows.rows(table).enumerate() {
-            let row = row.map_err(|e| e.to_string()).and_then(|(before, after)| self.change(table, before, after));
+            let row = row
+                .map_err(|e| e.to_string())
+                .and_then(|(before, after)| self.change(table, schema.as_deref(), before, after));
             match row {
                 Ok((key, before, after)) => {
                     records.push(self.record(event, &name, op, index as u32, key, before, after));
@@ -257,11 +310,12 @@ impl MySqlCapture {
     fn change(
         &self,
         table: &TableMapEvent<'_>,
+        schema: Option<&TableSchema>,
         before: Option<mysql_async::binlog::row::BinlogRow>,
         after: Option<mysql_async::binlog::row::BinlogRow>,
     ) -> Result<(String, Option<String>, Option<String>), String> {
-        let before = before.map(|row| values::render_row(row, table)).transpose()?;
-        let after = after.map(|row| values::render_row(row, table)).transpose()?;
+        let before = before.map(|row| values::render_row(row, table, schema)).transpose()?;
+        let after = after.map(|row| values::render_row(row, table, schema)).transpose()?;
         let key = after.as_ref().or(before.as_ref()).map(|r| &r.key).filter(|k| !k.is_empty());
         let key = key.map_or_else(|| "null".to_owned(), |k| serde_json::Value::Object(k.clone()).to_string());
         let text = |row: Option<values::RenderedRow>| row.map(|r| serde_json::Value::Object(r.image).to_string());
@@ -351,6 +405,7 @@ impl MySqlCapture {
     fn forget_stream(&mut self) {
         self.transaction = None;
         self.unconfirmed = None;
+        self.catalogue.rewind();
     }
 
     /// Stores everything up to the last commit handed out: call only after
@@ -358,6 +413,7 @@ impl MySqlCapture {
     pub async fn confirm(&mut self) -> Result<(), SourceError> {
         if let Some(position) = self.unconfirmed.take() {
             self.session.confirm(&position);
+            self.catalogue.confirm(position.ordinal());
             self.confirmed = position;
             if self.stored_at.elapsed() >= STORE_EVERY {
                 self.store_now().await?;
@@ -371,6 +427,7 @@ impl MySqlCapture {
             position: self.confirmed.clone(),
             snapshot_done: self.snapshot.is_none(),
             committed_at_ms: self.last_commit_ms,
+            tables: position::stored_tables(self.catalogue.confirmed()),
         };
         self.store.store(&state).await.map_err(|message| SourceError::Unavailable {
             source_name: self.name.clone(),

@@ -4,7 +4,12 @@
 //! is read again; the version guard drops what was already applied).
 
 use redis::aio::ConnectionManager;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use super::ddl::Schemas;
+use super::schema::TableSchema;
 
 use crate::event::position;
 
@@ -49,6 +54,41 @@ pub struct StoredState {
     /// epoch), so the lag can be told in seconds.
     #[serde(default)]
     pub committed_at_ms: u64,
+    /// The captured tables' columns as of `position`, kept when the binlog
+    /// names no columns (`binlog_row_metadata` MINIMAL or NO_LOG).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<StoredTable>,
+}
+
+/// A captured table's columns as of the stored position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTable {
+    pub database: String,
+    pub table: String,
+    #[serde(flatten)]
+    pub schema: TableSchema,
+}
+
+impl StoredState {
+    /// The stored tables' schemas, by table.
+    pub(super) fn schemas(&self) -> Schemas {
+        let entry = |t: &StoredTable| ((t.database.clone(), t.table.clone()), Arc::new(t.schema.clone()));
+        self.tables.iter().map(entry).collect()
+    }
+}
+
+/// `schemas` as stored, in a stable order.
+pub(super) fn stored_tables(schemas: &Schemas) -> Vec<StoredTable> {
+    let mut tables: Vec<StoredTable> = schemas
+        .iter()
+        .map(|((database, table), schema)| StoredTable {
+            database: database.clone(),
+            table: table.clone(),
+            schema: (**schema).clone(),
+        })
+        .collect();
+    tables.sort_by(|a, b| (&a.database, &a.table).cmp(&(&b.database, &b.table)));
+    tables
 }
 
 /// Reads and writes the stored state.
@@ -93,7 +133,12 @@ mod tests {
         let at = |file: &str, pos| BinlogPosition { file: file.into(), pos, gtid: None };
         assert!(at("mariadb-bin.000002", 9_000).ordinal() < at("mariadb-bin.000010", 4).ordinal());
         assert!(at("mariadb-bin.000002", 4).ordinal() < at("mariadb-bin.000002", 5).ordinal());
-        let state = StoredState { position: at("mariadb-bin.000002", 385), snapshot_done: true, committed_at_ms: 7 };
+        let state = StoredState {
+            position: at("mariadb-bin.000002", 385),
+            snapshot_done: true,
+            committed_at_ms: 7,
+            tables: Vec::new(),
+        };
         let text = serde_json::to_string(&state).unwrap();
         assert_eq!(
             text,

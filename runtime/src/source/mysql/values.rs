@@ -16,6 +16,7 @@ use serde_json::{Map, Number, Value as Json};
 use super::debezium_json::{
     BINARY_CHARSET, base64, bits, date, datetime, float, single, text, time, timestamp, utf8, wall_clock,
 };
+use super::schema::{self, TableSchema};
 
 /// One row image of a binlog rows event rendered as Debezium MySQL JSON,
 /// plus the primary-key columns' values as a JSON object (Debezium's key).
@@ -32,21 +33,33 @@ pub struct RenderedRow {
 /// Renders one before or after image of a rows event.
 ///
 /// `tme` is the table map event the row belongs to (from
-/// `BinlogStream::get_tme(table_id)`). Fails, naming the column, on values the
-/// table map cannot explain, and on a server with `binlog_row_metadata=MINIMAL`,
-/// whose table maps carry no column names.
-pub fn render_row(mut row: BinlogRow, tme: &TableMapEvent<'_>) -> Result<RenderedRow, String> {
-    let table = TableColumns::read(tme)?;
+/// `BinlogStream::get_tme(table_id)`); `schema` the catalogue's description of
+/// the table, for servers whose table maps carry no column names
+/// (`binlog_row_metadata` MINIMAL or NO_LOG), already checked against `tme`.
+/// Fails, naming the column, on values the table map cannot explain, and on a
+/// table map without names when there is no `schema`.
+pub fn render_row(
+    mut row: BinlogRow,
+    tme: &TableMapEvent<'_>,
+    schema: Option<&TableSchema>,
+) -> Result<RenderedRow, String> {
+    let table = TableColumns::read(tme, schema)?;
     let row_columns = row.columns();
     let mut rendered = RenderedRow::default();
     let mut next = 0;
     for (position, column) in row_columns.iter().enumerate() {
-        let name = column.name_str();
+        let raw_name = column.name_str();
+        // Without names in the table map, mysql_common names a column `@<index>`.
+        let unnamed = raw_name.strip_prefix('@').and_then(|i| i.parse::<usize>().ok()).filter(|_| table.from_catalogue);
         // A row holds only the image's columns, in table order: walk forward to this one.
-        let index = (next..table.names.len())
-            .find(|&i| table.names[i] == name)
-            .ok_or_else(|| format!("{}: row column `{name}` is not in the table map", table.name))?;
+        let index = match unnamed {
+            Some(index) if index < table.names.len() => index,
+            _ => (next..table.names.len())
+                .find(|&i| table.names[i] == raw_name)
+                .ok_or_else(|| format!("{}: row column `{raw_name}` is not in the table map", table.name))?,
+        };
         next = index + 1;
+        let name = table.names[index].as_str();
         let kind = tme
             .get_column_type(index)
             .ok()
@@ -56,7 +69,11 @@ pub fn render_row(mut row: BinlogRow, tme: &TableMapEvent<'_>) -> Result<Rendere
             kind,
             meta: tme.get_column_metadata(index).unwrap_or(&[]),
             unsigned: table.unsigned[index],
-            charset: column.character_set(),
+            charset: match column.character_set() {
+                // The table map's own (MINIMAL has it), else the catalogue's (NO_LOG).
+                0 => table.charsets.get(index).copied().flatten().unwrap_or(0),
+                own => own,
+            },
             labels: table.labels[index].as_deref(),
         };
         let value = match row.take(position) {
@@ -68,7 +85,7 @@ pub fn render_row(mut row: BinlogRow, tme: &TableMapEvent<'_>) -> Result<Rendere
         if table.primary_key.contains(&index) {
             rendered.key.insert(name.to_string(), value.clone());
         }
-        rendered.image.insert(name.into_owned(), value);
+        rendered.image.insert(name.to_owned(), value);
     }
     Ok(rendered)
 }
@@ -81,14 +98,31 @@ struct TableColumns {
     unsigned: Vec<bool>,
     labels: Vec<Option<Vec<String>>>,
     primary_key: Vec<usize>,
+    /// Character sets from the catalogue, for table maps without them (NO_LOG).
+    charsets: Vec<Option<u16>>,
+    /// Names, signedness, labels and key came from the catalogue.
+    from_catalogue: bool,
 }
 
 impl TableColumns {
     /// Reads the metadata itself, because mysql_common's row decoder drops
     /// ENUM/SET labels and misses primary-key columns not listed in ascending
     /// order (`PRIMARY KEY (b, a)`).
-    fn read(tme: &TableMapEvent<'_>) -> Result<Self, String> {
+    fn read(tme: &TableMapEvent<'_>, schema: Option<&TableSchema>) -> Result<Self, String> {
         let name = format!("{}.{}", tme.database_name(), tme.table_name());
+        if !schema::names_columns(tme)
+            && let Some(schema) = schema
+        {
+            return Ok(Self {
+                name,
+                names: schema.columns.iter().map(|c| c.name.clone()).collect(),
+                unsigned: schema.columns.iter().map(|c| c.unsigned).collect(),
+                labels: schema.columns.iter().map(|c| c.labels.clone()).collect(),
+                primary_key: schema.primary_key.clone(),
+                charsets: schema.columns.iter().map(|c| Some(c.charset)).collect(),
+                from_catalogue: true,
+            });
+        }
         let bad = |e: std::io::Error| format!("{name}: unreadable table map metadata: {e}");
         let (mut names, mut signedness, mut enums, mut sets, mut primary_key) = (None, vec![], vec![], vec![], vec![]);
         for field in tme.iter_optional_meta() {
@@ -134,7 +168,7 @@ impl TableColumns {
                 _ => None,
             });
         }
-        Ok(Self { name, names, unsigned, labels, primary_key })
+        Ok(Self { name, names, unsigned, labels, primary_key, charsets: Vec::new(), from_catalogue: false })
     }
 }
 

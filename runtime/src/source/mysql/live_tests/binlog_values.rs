@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::source::mysql::schema::Catalogue;
 use crate::source::mysql::values::{RenderedRow, render_row};
 use futures::StreamExt;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -81,17 +82,25 @@ fn without_optional_metadata(event: &Event) -> Event {
     Event::read(event.fde(), &bytes[..]).unwrap()
 }
 
-async fn read_changes(file: String, pos: u64, database: &str, server_id: u32) -> (Vec<Change>, String) {
+/// What was read: the changes rendered from FULL table maps, the error
+/// rendering one without names gives, and the changes rendered from table
+/// maps without metadata plus the catalogue's schema.
+type Read = (Vec<Change>, String, Vec<Change>);
+
+async fn read_changes(file: String, pos: u64, database: &str, server_id: u32) -> Read {
     let conn = Conn::new(Opts::from_url(URL).unwrap()).await.unwrap();
     let request = BinlogStreamRequest::new(server_id).with_filename(file.as_bytes()).with_pos(pos);
     let mut stream = conn.get_binlog_stream(request).await.unwrap();
     let (mut changes, mut minimal_error, mut table_map) = (Vec::<Change>::new(), String::new(), None);
+    let mut from_catalogue = Vec::<Change>::new();
+    let captured = [(database.to_owned(), "t".to_owned())].into_iter().collect();
+    let mut catalogue = Catalogue::new(Opts::from_url(URL).unwrap(), captured, Default::default());
     while !changes.iter().any(|(kind, ..)| *kind == "delete") {
         let event = stream.next().await.expect("binlog stream ended").unwrap();
         let rows_event = match event.read_data().unwrap() {
             Some(EventData::RowsEvent(rows_event)) => rows_event,
             Some(EventData::TableMapEvent(tme)) if tme.database_name() == database => {
-                table_map = Some(without_optional_metadata(&event));
+                table_map.get_or_insert_with(|| without_optional_metadata(&event));
                 continue;
             }
             _ => continue,
@@ -100,11 +109,13 @@ async fn read_changes(file: String, pos: u64, database: &str, server_id: u32) ->
         if tme.database_name() != database {
             continue;
         }
-        if let Some(minimal) = table_map.take().filter(|_| minimal_error.is_empty()) {
-            let minimal: TableMapEvent<'_> = minimal.read_event().unwrap();
+        let minimal: TableMapEvent<'_> = table_map.as_ref().expect("a table map").read_event().unwrap();
+        if minimal_error.is_empty() {
             let (before, after) = rows_event.rows(&minimal).next().unwrap().unwrap();
-            minimal_error = render_row(before.or(after).unwrap(), &minimal).unwrap_err();
+            minimal_error = render_row(before.or(after).unwrap(), &minimal, None).unwrap_err();
         }
+        let table = (database.to_owned(), "t".to_owned());
+        let schema = catalogue.schema(&table, &minimal, (0, 0)).await.unwrap().expect("the catalogue matches");
         let kind = match rows_event {
             RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => "insert",
             RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => "update",
@@ -113,12 +124,17 @@ async fn read_changes(file: String, pos: u64, database: &str, server_id: u32) ->
         };
         for row in rows_event.rows(tme) {
             let (before, after) = row.unwrap();
-            let render = |image| render_row(image, tme).unwrap();
+            let render = |image| render_row(image, tme, None).unwrap();
             changes.push((kind, before.map(render), after.map(render)));
+        }
+        for row in rows_event.rows(&minimal) {
+            let (before, after) = row.unwrap();
+            let render = |image| render_row(image, &minimal, Some(&schema)).unwrap();
+            from_catalogue.push((kind, before.map(render), after.map(render)));
         }
     }
     stream.close().await.unwrap();
-    (changes, minimal_error)
+    (changes, minimal_error, from_catalogue)
 }
 
 #[tokio::test]
@@ -149,7 +165,7 @@ async fn renders_every_column_type_from_mariadb_binlog() {
     reader.abort();
     conn.query_drop(format!("DROP DATABASE {database}")).await.unwrap();
     conn.disconnect().await.unwrap();
-    let (changes, minimal_error) = outcome.expect("rows events within 30s").expect("binlog reader");
+    let (changes, minimal_error, from_catalogue) = outcome.expect("rows events within 30s").expect("binlog reader");
     assert_eq!(
         minimal_error,
         format!("{database}.t: the binlog carries no column names; set binlog_row_metadata=FULL on the server")
@@ -170,4 +186,7 @@ async fn renders_every_column_type_from_mariadb_binlog() {
     for (got, want) in changes.iter().zip(&expected) {
         assert_eq!(got, want);
     }
+    // A server with binlog_row_metadata NO_LOG names nothing, not even signedness
+    // or character sets: the catalogue makes the same events of its rows.
+    assert_eq!(from_catalogue, changes);
 }

@@ -58,7 +58,7 @@ async fn read_inserts(file: String, pos: u64, database: String, server_id: u32, 
         );
         for row in rows_event.rows(tme) {
             let (_, after) = row.unwrap();
-            inserted.push(render_row(after.expect("an insert has an after image"), tme).unwrap());
+            inserted.push(render_row(after.expect("an insert has an after image"), tme, None).unwrap());
         }
     }
     stream.close().await.unwrap();

@@ -6,17 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::free_port;
+use crate::free_port;
 
 pub struct MariaDbServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Server options beyond the defaults below, which they override.
+    options: Vec<String>,
 }
 
 impl MariaDbServer {
+    /// A new server in `dir/mariadb`, binlog on with full row images and metadata.
     pub fn start(dir: &Path) -> Self {
-        let server = Self { port: free_port(), dir: dir.join("mariadb"), child: None };
+        Self::start_with(dir, &[])
+    }
+
+    /// A new server with extra options, e.g. `--binlog-row-metadata=MINIMAL`.
+    pub fn start_with(dir: &Path, options: &[&str]) -> Self {
+        let options = options.iter().map(|o| (*o).to_owned()).collect();
+        let server = Self { port: free_port(), dir: dir.join("mariadb"), child: None, options };
         let data = server.dir.join("data");
         std::fs::create_dir_all(&data).unwrap();
         let _ = Command::new("chown").args(["-R", "mysql:mysql", server.dir.to_str().unwrap()]).status();
@@ -49,6 +58,7 @@ impl MariaDbServer {
             .arg(format!("--log-bin={}", self.dir.join("data/mariadb-bin").display()))
             .args(["--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL"])
             .args(["--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0"])
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
