@@ -4,7 +4,8 @@
 //! starts, follow the DDL read from the binlog (columns added in the middle,
 //! renamed, dropped), are stored with the position so a restart behind DDL
 //! names old rows right, and a row that cannot be named is reported instead of
-//! misnamed. A MariaDB of the test's own, since the setting is global.
+//! misnamed; the stored position is not used on another server. A MariaDB
+//! of the test's own, since the setting is global.
 
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ async fn column_names_come_from_the_catalogue_through_ddl_restarts_and_a_change_
     let env = TestEnv::new("my_catalogue").await?;
     let dir = std::env::temp_dir().join("evercache-e2e").join(&env.prefix);
     let _ = std::fs::remove_dir_all(&dir);
-    let server = MariaDbServer::start_with(&dir, &["--binlog-row-metadata=MINIMAL"]);
+    let server = MariaDbServer::start_with(&dir, &["--binlog-row-metadata=MINIMAL", "--server-id=2"]);
     let maria = MariaDb::on(&server.url(), &env.prefix).await?;
     maria
         .sql("create table item (id bigint primary key, kind enum('small','large'), qty int unsigned, name text)")
@@ -168,6 +169,19 @@ async fn column_names_come_from_the_catalogue_through_ddl_restarts_and_a_change_
     let got = images(&stream, &entries(&env, &stream, 8).await?)?;
     assert_eq!(got[7], json!({"id": 3, "kind": "small", "qty": 12, "title": "three"}));
     forwarding.stop().await?;
+
+    // The same position key with another server behind the URL (a failover):
+    // its binlog positions mean nothing there, so the capture halts and says why.
+    let elsewhere = runtime.replace(&server.url(), evercache_test_kit::MYSQL_URL);
+    let config = env.config(&elsewhere, &[])?;
+    let Err(refused) = config.runtime.sources["events"].build("events").await else {
+        panic!("built on another server")
+    };
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("halted") && refused.contains("server_id 2, but this server's server_id is 1"),
+        "{refused}"
+    );
 
     redis::cmd("DEL").arg(&stream).arg(format!("{}.binlog", env.prefix)).query_async::<()>(&mut redis).await?;
     drop(server);

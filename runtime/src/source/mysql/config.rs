@@ -147,7 +147,12 @@ impl MySqlCaptureConfig {
             .map_err(|e| unavailable("connect dead-letter Redis", e.to_string()))?;
         let mut store = PositionStore::new(self.position_key(name), redis.clone());
         let stored = store.load().await.map_err(|e| unavailable("read the binlog position", e))?;
-        let names_columns = check_server(name, &opts).await?;
+        let server = check_server(name, &opts).await?;
+        if let Some(stored) = &stored
+            && let Some(stored_id) = stored.server_id.filter(|&id| id != server.server_id)
+        {
+            return Err(other_server(name, &stored.position, stored_id, server.server_id, &self.position_key(name)));
+        }
 
         let prefix = self.prefix(name);
         let wants_snapshot =
@@ -166,7 +171,7 @@ impl MySqlCaptureConfig {
         };
         let captured: HashSet<_> = tables.iter().cloned().collect();
         let mut catalogue = Catalogue::new(opts.clone(), captured, stored_schemas);
-        if !names_columns {
+        if !server.names_columns {
             catalogue.read_missing().await.map_err(|e| unavailable("read the tables' columns", e.to_string()))?;
         }
         // Stored at once, so a restart before the first change starts here, not at a later end.
@@ -175,6 +180,7 @@ impl MySqlCaptureConfig {
             snapshot_done: snapshot.is_none(),
             committed_at_ms: 0,
             tables: super::position::stored_tables(catalogue.confirmed()),
+            server_id: Some(server.server_id),
         };
         store.store(&state).await.map_err(|e| unavailable("store the binlog position", e))?;
         tracing::info!(source = %name, %position, key = %store.key(), "binlog capture started");
@@ -182,7 +188,8 @@ impl MySqlCaptureConfig {
             name: name.to_owned(),
             prefix,
             tables: tables.iter().cloned().collect::<HashSet<_>>(),
-            session: BinlogSession::new(name, opts.clone(), self.server_id, self.heartbeat, position.clone()),
+            session: BinlogSession::new(name, opts.clone(), self.server_id, self.heartbeat, position.clone())
+                .on_server(server.server_id, self.position_key(name)),
             store,
             transaction: None,
             unconfirmed: None,
@@ -200,9 +207,39 @@ impl MySqlCaptureConfig {
     }
 }
 
+/// What the capture needs to know of its server.
+struct ServerFacts {
+    /// Its table maps name the columns (`binlog_row_metadata = FULL`).
+    names_columns: bool,
+    /// `@@server_id`: binlog positions are this server's.
+    server_id: u32,
+}
+
+/// Binlog positions belong to one server, and the version guard orders
+/// changes by them: a position read from another server (after a failover, or
+/// with another server behind the URL) is not used.
+pub(super) fn other_server(
+    name: &str,
+    position: &BinlogPosition,
+    stored_id: u32,
+    server_id: u32,
+    position_key: &str,
+) -> SourceError {
+    SourceError::Halted {
+        source_name: name.to_owned(),
+        message: format!(
+            "the position {position} was read from the server with server_id {stored_id}, but this server's \
+             server_id is {server_id} (a failover, or another server behind the URL?). Binlog positions belong \
+             to one server and order the cache's versions, so the capture does not go on here. Rebuild the \
+             cache from a new snapshot: stop evercache, delete `{position_key}` in Redis, and start it again \
+             with snapshot = \"initial\""
+        ),
+    }
+}
+
 /// Refuses a server whose binlog cannot feed a capture, saying which setting
-/// to change; says whether its table maps name the columns.
-async fn check_server(name: &str, opts: &Opts) -> Result<bool, SourceError> {
+/// to change.
+async fn check_server(name: &str, opts: &Opts) -> Result<ServerFacts, SourceError> {
     let unavailable = |message: String| SourceError::Unavailable {
         source_name: name.to_owned(),
         operation: "check the binlog settings",
@@ -214,6 +251,8 @@ async fn check_server(name: &str, opts: &Opts) -> Result<bool, SourceError> {
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let metadata: Option<String> = conn.query_first("SELECT @@binlog_row_metadata").await.unwrap_or(None);
+    let server_id: Option<u32> =
+        conn.query_first("SELECT @@server_id").await.map_err(|e| unavailable(e.to_string()))?;
     let _ = conn.disconnect().await;
     let Some((log_bin, format, image)) = settings else { return Err(unavailable("no answer".to_owned())) };
     let mut wrong = Vec::new();
@@ -233,7 +272,7 @@ async fn check_server(name: &str, opts: &Opts) -> Result<bool, SourceError> {
              DDL read from the binlog");
     }
     if wrong.is_empty() {
-        Ok(names_columns)
+        Ok(ServerFacts { names_columns, server_id: server_id.unwrap_or(0) })
     } else {
         Err(SourceError::BadConfig {
             source_name: name.to_owned(),

@@ -428,6 +428,7 @@ impl MySqlCapture {
             snapshot_done: self.snapshot.is_none(),
             committed_at_ms: self.last_commit_ms,
             tables: position::stored_tables(self.catalogue.confirmed()),
+            server_id: Some(self.session.server_id()),
         };
         self.store.store(&state).await.map_err(|message| SourceError::Unavailable {
             source_name: self.name.clone(),

@@ -58,6 +58,9 @@ pub struct StoredState {
     /// names no columns (`binlog_row_metadata` MINIMAL or NO_LOG).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<StoredTable>,
+    /// `@@server_id` of the server whose binlog `position` is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<u32>,
 }
 
 /// A captured table's columns as of the stored position.
@@ -138,6 +141,7 @@ mod tests {
             snapshot_done: true,
             committed_at_ms: 7,
             tables: Vec::new(),
+            server_id: None,
         };
         let text = serde_json::to_string(&state).unwrap();
         assert_eq!(

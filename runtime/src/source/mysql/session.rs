@@ -35,6 +35,8 @@ pub(super) struct BinlogSession {
     last_heard: Instant,
     /// When the connection was lost, until it is back.
     lost_at: Option<Instant>,
+    /// `@@server_id` of the server the positions are from, and the key they are stored under.
+    server: (u32, String),
 }
 
 impl BinlogSession {
@@ -50,7 +52,19 @@ impl BinlogSession {
             resume,
             last_heard: Instant::now(),
             lost_at: None,
+            server: (0, String::new()),
         }
+    }
+
+    /// The server the positions belong to: a reconnect that finds another one behind the URL halts.
+    pub(super) fn on_server(mut self, server_id: u32, position_key: String) -> Self {
+        self.server = (server_id, position_key);
+        self
+    }
+
+    /// `@@server_id` of the server the positions belong to.
+    pub(super) fn server_id(&self) -> u32 {
+        self.server.0
     }
 
     /// The binlog file of the last event read.
@@ -66,8 +80,12 @@ impl BinlogSession {
     async fn connect(&mut self) -> Result<(), SourceError> {
         let attempt = async {
             let mut conn = Conn::new(self.opts.clone()).await?;
-            let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
-            if version.is_some_and(|v| v.to_ascii_lowercase().contains("mariadb")) {
+            let facts: Option<(String, u32)> = conn.query_first("SELECT VERSION(), @@server_id").await?;
+            let (version, server_id) = facts.unwrap_or_default();
+            if server_id != self.server.0 {
+                return Ok(Err(server_id));
+            }
+            if version.to_ascii_lowercase().contains("mariadb") {
                 // Without it MariaDB replaces its GTID events with BEGIN queries.
                 conn.query_drop("SET @mariadb_slave_capability = 4").await?;
             }
@@ -76,10 +94,14 @@ impl BinlogSession {
             let request = BinlogStreamRequest::new(self.server_id)
                 .with_filename(self.resume.file.as_bytes())
                 .with_pos(self.resume.pos);
-            conn.get_binlog_stream(request).await
+            conn.get_binlog_stream(request).await.map(Ok)
         };
         match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-            Ok(Ok(stream)) => {
+            Ok(Ok(Err(other))) => {
+                let (ours, key) = &self.server;
+                Err(super::config::other_server(&self.source, &self.resume, *ours, other, key))
+            }
+            Ok(Ok(Ok(stream))) => {
                 self.stream = Some(stream);
                 self.file = self.resume.file.clone();
                 self.described = false;
