@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod query;
 pub mod runtime;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -240,7 +240,7 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
                 "source '{name}': only Redis Streams dead letters can be replayed (a capture cannot re-read its log); fix the cause and touch the rows, or `dlq list` them"
             );
         }
-        let client = redis::Client::open(url.as_str()).with_context(|| format!("source '{name}': Redis url"))?;
+        let client = redis::Client::open(url.expose()).with_context(|| format!("source '{name}': Redis url"))?;
         let mut conn =
             client.get_connection_manager().await.with_context(|| format!("source '{name}': connecting to Redis"))?;
         for dlq in streams {

@@ -108,7 +108,7 @@ impl Probes {
             .collect::<Result<_, _>>()?;
         let mut caches = Vec::new();
         for (name, cache) in &config.runtime.caches {
-            let client = redis::Client::open(cache.url.as_str()).map_err(|e| SourceError::BadConfig {
+            let client = redis::Client::open(cache.url.expose()).map_err(|e| SourceError::BadConfig {
                 source_name: name.clone(),
                 message: format!("invalid cache url: {e}"),
             })?;

@@ -4,6 +4,8 @@
 //! byte caps enforced while the rows stream in, and nothing left on the pooled
 //! connection afterwards.
 
+use crate::secret::SecretUrl;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,10 @@ pub struct DatabaseConfig {
     /// "postgres://evercache_ro@127.0.0.1:5432/shop" (placeholders `$1`, `$2`…);
     /// MySQL 8 or MariaDB 10.6+: "mysql://evercache_ro@127.0.0.1:3306/shop"
     /// (placeholders `?`).
-    pub url: String,
+    pub url: SecretUrl,
+    /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Connections in the pool (default 8).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
@@ -89,8 +94,8 @@ impl DatabaseConfig {
     /// Builds a lazily connecting pool, so a database that is briefly down at
     /// startup delays queries instead of failing the runtime.
     pub fn build(&self, name: &str) -> Result<QueryRunner, QueryError> {
-        let password = error::password_of(&self.url);
-        let backend = match Dialect::of_url(&self.url) {
+        let password = error::password_of(self.url.expose());
+        let backend = match Dialect::of_url(self.url.expose()) {
             Some(Dialect::Postgres) => Backend::Postgres(postgres::PgDatabase::new(name, password.as_deref(), self)?),
             Some(Dialect::MySql) => Backend::MySql(mysql::MySqlDatabase::new(name, password.as_deref(), self)?),
             None => {

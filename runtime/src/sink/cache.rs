@@ -1,6 +1,8 @@
 //! A connected cache: the Redis connection (reconnecting by itself), the
 //! guard script, and the write health check.
 
+use crate::secret::SecretUrl;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -16,8 +18,11 @@ const HEALTH_KEY: &str = "evercache:health";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Redis URL, e.g. "redis://127.0.0.1:6379".
-    pub url: String,
+    /// Redis URL, e.g. "redis://127.0.0.1:6379" (`rediss://` for TLS).
+    pub url: SecretUrl,
+    /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// How long a deleted key's version is remembered so a late, older write
     /// cannot resurrect it (default "10m").
     #[serde(default = "default_tombstone_ttl", with = "humantime_serde")]
@@ -46,7 +51,7 @@ pub struct RedisCache {
 impl CacheConfig {
     /// Connects (the connection reconnects by itself afterwards) and loads the guard script.
     pub async fn build(&self, name: &str) -> Result<RedisCache, SinkError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(SinkError::redis)?;
+        let client = redis::Client::open(self.url.expose()).map_err(SinkError::redis)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
             .set_max_delay(Duration::from_secs(2));

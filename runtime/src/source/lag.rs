@@ -3,6 +3,7 @@
 //! `SHOW BINARY LOGS` against the stored position), so the
 //! runtime and `evercache status` share them; a new source kind adds a variant.
 
+use crate::secret::SecretUrl;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -47,12 +48,12 @@ enum ProbeKind {
         dead_letters: Vec<String>,
     },
     Postgres {
-        url: String,
+        url: SecretUrl,
         slot: String,
         dead_letters: Vec<String>,
     },
     MySql {
-        url: String,
+        url: SecretUrl,
         position_key: String,
         dead_letters: Vec<String>,
     },
@@ -69,7 +70,7 @@ impl LagProbe {
             SourceConfig::RedisStream(c) => {
                 let dead_letters = c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
                 let kind = ProbeKind::RedisStream { streams: c.streams.clone(), group: c.group.clone(), dead_letters };
-                (kind, c.url.as_str())
+                (kind, c.url.expose())
             }
             #[cfg(feature = "kafka")]
             SourceConfig::Kafka(c) => {
@@ -77,20 +78,20 @@ impl LagProbe {
                 return Ok(Self { source: name.to_owned(), kind, redis: None, postgres: None });
             }
             SourceConfig::Postgres(c) => {
-                let prefix = c.topic_prefix.clone().unwrap_or_else(|| database_name(&c.url));
+                let prefix = c.topic_prefix.clone().unwrap_or_else(|| database_name(c.url.expose()));
                 let dead_letters = c
                     .tables
                     .iter()
                     .map(|t| c.dead_letter_stream.replace("{stream}", &format!("{prefix}.{t}")))
                     .collect();
                 let kind = ProbeKind::Postgres { url: c.url.clone(), slot: c.slot.clone(), dead_letters };
-                (kind, c.dead_letter_url.as_str())
+                (kind, c.dead_letter_url.expose())
             }
             SourceConfig::MySql(c) => {
                 let dead_letters =
                     c.stream_names(name).iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
                 let kind = ProbeKind::MySql { url: c.url.clone(), position_key: c.position_key(name), dead_letters };
-                (kind, c.dead_letter_url.as_str())
+                (kind, c.dead_letter_url.expose())
             }
         };
         let client = redis::Client::open(redis_url).map_err(|e| bad(format!("invalid redis url: {e}")))?;
@@ -197,8 +198,9 @@ impl LagProbe {
                     Some(conn) => conn,
                     None => {
                         // sqlx errors never carry the URL, so no password reaches the log.
-                        let connected =
-                            PgConnection::connect(url).await.map_err(|e| unavailable("connect", e.to_string()))?;
+                        let connected = PgConnection::connect(url.expose())
+                            .await
+                            .map_err(|e| unavailable("connect", e.to_string()))?;
                         self.postgres.insert(connected)
                     }
                 };
@@ -229,7 +231,7 @@ impl LagProbe {
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| unavailable("GET", e.to_string()))?;
-                let (bytes, seconds) = super::mysql::lag::binlog_lag(url, stored.as_deref())
+                let (bytes, seconds) = super::mysql::lag::binlog_lag(url.expose(), stored.as_deref())
                     .await
                     .map_err(|e| unavailable("SHOW BINARY LOGS", e))?;
                 let total =

@@ -62,7 +62,7 @@ impl SourceConfig {
 
 impl SourceConfig {
     /// Where this source writes dead letters: the Redis URL and the stream names.
-    pub fn dead_letter_streams(&self, name: &str) -> Result<(String, Vec<String>), String> {
+    pub fn dead_letter_streams(&self, name: &str) -> Result<(crate::secret::SecretUrl, Vec<String>), String> {
         match self {
             SourceConfig::RedisStream(c) => {
                 Ok((c.url.clone(), c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect()))

@@ -6,7 +6,9 @@ mod acker;
 mod reply;
 mod trim;
 
+use crate::secret::SecretUrl;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -23,7 +25,10 @@ use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
 #[serde(deny_unknown_fields)]
 pub struct RedisStreamConfig {
     /// Redis URL holding the streams, e.g. "redis://127.0.0.1:6379".
-    pub url: String,
+    pub url: SecretUrl,
+    /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Streams to consume, e.g. ["shop.public.product"] (Debezium: `<prefix>.<schema>.<table>`).
     pub streams: Vec<String>,
     /// Consumer group, created (with MKSTREAM) when missing, e.g. "evercache".
@@ -138,7 +143,7 @@ impl RedisStreamConfig {
             operation,
             message: e.to_string(),
         };
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| SourceError::BadConfig {
+        let client = redis::Client::open(self.url.expose()).map_err(|e| SourceError::BadConfig {
             source_name: name.to_owned(),
             message: format!("invalid url: {e}"),
         })?;

@@ -430,6 +430,7 @@ async fn a_late_stale_recompute_never_resurrects_a_deleted_key() {
     let keys = 500;
     let cache = CacheConfig {
         url: SHARED_REDIS.into(),
+        password_file: None,
         tombstone_ttl: Duration::from_secs(600),
         response_timeout: Duration::from_secs(10),
     }

@@ -56,7 +56,7 @@ impl MySqlDatabase {
     /// A lazily connecting pool.
     pub(super) fn new(name: &str, password: Option<&str>, config: &DatabaseConfig) -> Result<Self, QueryError> {
         let bad = |message: String| QueryError::BadConfig { database: name.to_owned(), message };
-        let url = config.url.replacen("mariadb://", "mysql://", 1);
+        let url = config.url.expose().replacen("mariadb://", "mysql://", 1);
         let opts = Opts::from_url(&url).map_err(|e| bad(redact(&e.to_string(), password)))?;
         let constraints = PoolConstraints::new(0, config.max_connections.max(1) as usize)
             .ok_or_else(|| bad("max_connections must be at least 1".to_owned()))?;

@@ -13,6 +13,7 @@ const URL: &str = "mysql://root@127.0.0.1:3306/test";
 fn config(url: &str) -> DatabaseConfig {
     DatabaseConfig {
         url: url.into(),
+        password_file: None,
         max_connections: 2,
         statement_timeout: Duration::from_secs(2),
         max_rows: 100,

@@ -47,9 +47,8 @@ impl PgDatabase {
     /// A lazily connecting pool, so a database that is briefly down at startup
     /// delays queries instead of failing the runtime.
     pub(super) fn new(name: &str, password: Option<&str>, config: &DatabaseConfig) -> Result<Self, QueryError> {
-        let options: PgConnectOptions = config.url.parse().map_err(|e: sqlx::Error| QueryError::BadConfig {
-            database: name.to_owned(),
-            message: redact(&e.to_string(), password),
+        let options: PgConnectOptions = config.url.expose().parse().map_err(|e: sqlx::Error| {
+            QueryError::BadConfig { database: name.to_owned(), message: redact(&e.to_string(), password) }
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)

@@ -12,6 +12,7 @@ const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 fn config(url: &str) -> DatabaseConfig {
     DatabaseConfig {
         url: url.into(),
+        password_file: None,
         max_connections: 2,
         statement_timeout: Duration::from_secs(2),
         max_rows: 100,

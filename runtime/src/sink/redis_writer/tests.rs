@@ -11,6 +11,7 @@ use crate::sink::{CacheConfig, RedisCache};
 async fn cache(tombstone: Duration) -> RedisCache {
     let config = CacheConfig {
         url: "redis://127.0.0.1:6379".into(),
+        password_file: None,
         tombstone_ttl: tombstone,
         response_timeout: Duration::from_secs(10),
     };
@@ -187,6 +188,7 @@ async fn bad_keys_are_permanent_and_connection_errors_transient() {
     assert!(!err.is_transient(), "{err}");
     let refused = CacheConfig {
         url: "redis://127.0.0.1:1".into(),
+        password_file: None,
         tombstone_ttl: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),
     };

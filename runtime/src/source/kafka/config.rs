@@ -39,7 +39,22 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties for consumer and producer, e.g.
     /// `{ "session.timeout.ms" = "10000" }` (TLS and SASL are not compiled in).
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: KafkaProperties,
+}
+
+/// librdkafka properties; `Debug` masks the values of secret ones
+/// (`sasl.password`, `ssl.key.password`, anything naming a password or secret).
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |key: &str| key.contains("password") || key.contains("secret") || key.ends_with(".pem");
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, if secret(k) { crate::secret::MASK } else { v.as_str() })))
+            .finish()
+    }
 }
 
 /// Where a new consumer group starts reading.
@@ -119,7 +134,7 @@ impl KafkaConfig {
     }
 
     fn apply_properties(&self, config: &mut ClientConfig) {
-        for (key, value) in &self.properties {
+        for (key, value) in &self.properties.0 {
             config.set(key, value);
         }
     }

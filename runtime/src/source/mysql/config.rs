@@ -2,7 +2,9 @@
 //! the server's binlog settings are checked, the stored resume position is
 //! read, and an initial snapshot runs when there is none.
 
+use crate::secret::SecretUrl;
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -30,7 +32,10 @@ pub struct MySqlCaptureConfig {
     /// `log_bin`, `binlog_format = ROW` and `binlog_row_image = FULL`;
     /// `binlog_row_metadata = FULL` puts column names in the binlog, otherwise
     /// they are read from `information_schema`.
-    pub url: String,
+    pub url: SecretUrl,
+    /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Tables to capture, as "database.table", e.g. ["shop.product"].
     pub tables: Vec<String>,
     /// The server id this capture registers with, as a replica does; unique
@@ -65,7 +70,7 @@ pub struct MySqlCaptureConfig {
     #[serde(default = "default_batch_delay", with = "humantime_serde")]
     pub max_batch_delay: Duration,
     /// Redis URL for dead letters and the resume position, e.g. "redis://127.0.0.1:6379".
-    pub dead_letter_url: String,
+    pub dead_letter_url: SecretUrl,
     /// Dead-letter stream; `{stream}` is the record's `<prefix>.<database>.<table>`
     /// (default "{stream}:dlq").
     #[serde(default = "default_dead_letter_stream")]
@@ -108,7 +113,7 @@ impl MySqlCaptureConfig {
     /// The events' `source.name` and the streams' prefix.
     pub fn prefix(&self, source: &str) -> String {
         self.topic_prefix.clone().unwrap_or_else(|| {
-            Opts::from_url(&self.url)
+            Opts::from_url(self.url.expose())
                 .ok()
                 .and_then(|o| o.db_name().map(str::to_owned))
                 .unwrap_or_else(|| source.to_owned())
@@ -126,7 +131,7 @@ impl MySqlCaptureConfig {
         let bad = |message: String| SourceError::BadConfig { source_name: name.to_owned(), message };
         let unavailable =
             |operation, message: String| SourceError::Unavailable { source_name: name.to_owned(), operation, message };
-        let opts = Opts::from_url(&self.url).map_err(|e| bad(format!("url: {e}")))?;
+        let opts = Opts::from_url(self.url.expose()).map_err(|e| bad(format!("url: {e}")))?;
         let mut tables = Vec::new();
         for table in &self.tables {
             let Some((database, table)) = table.split_once('.') else {
@@ -138,7 +143,7 @@ impl MySqlCaptureConfig {
             return Err(bad("`tables` is empty".to_owned()));
         }
         let redis_client =
-            redis::Client::open(self.dead_letter_url.as_str()).map_err(|e| bad(format!("dead_letter_url: {e}")))?;
+            redis::Client::open(self.dead_letter_url.expose()).map_err(|e| bad(format!("dead_letter_url: {e}")))?;
         let redis_config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_max_delay(Duration::from_secs(2));

@@ -11,6 +11,8 @@ mod snapshot;
 mod values;
 mod visibility;
 
+use crate::secret::SecretUrl;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationConfig, ReplicationEvent};
@@ -40,7 +42,10 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 pub struct PostgresCaptureConfig {
     /// Postgres URL of a role with REPLICATION and SELECT on the tables, e.g.
     /// "postgres://evercache_capture@127.0.0.1:5432/shop". Needs `wal_level = logical`.
-    pub url: String,
+    pub url: SecretUrl,
+    /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Tables to capture, as "schema.table", e.g. ["public.product"].
     pub tables: Vec<String>,
     /// Publication, created for `tables` when missing (default "evercache").
@@ -64,7 +69,7 @@ pub struct PostgresCaptureConfig {
     #[serde(default = "default_batch_delay", with = "humantime_serde")]
     pub max_batch_delay: Duration,
     /// Redis URL for dead letters, e.g. "redis://127.0.0.1:6379".
-    pub dead_letter_url: String,
+    pub dead_letter_url: SecretUrl,
     /// Dead-letter stream; `{stream}` is the record's `<prefix>.<schema>.<table>`
     /// (default "{stream}:dlq").
     #[serde(default = "default_dead_letter_stream")]
@@ -76,7 +81,7 @@ impl PostgresCaptureConfig {
     pub fn stream_names(&self) -> Result<Vec<String>, String> {
         let prefix = match &self.topic_prefix {
             Some(prefix) => prefix.clone(),
-            None => setup::Target::parse(&self.url)?.database,
+            None => setup::Target::parse(self.url.expose())?.database,
         };
         Ok(self.tables.iter().map(|t| format!("{prefix}.{t}")).collect())
     }
@@ -133,10 +138,10 @@ impl PostgresCaptureConfig {
     pub async fn build(&self, name: &str) -> Result<PostgresCapture, SourceError> {
         let unavailable =
             |operation, message: String| SourceError::Unavailable { source_name: name.to_owned(), operation, message };
-        let target = setup::Target::parse(&self.url)
+        let target = setup::Target::parse(self.url.expose())
             .map_err(|message| SourceError::BadConfig { source_name: name.to_owned(), message })?;
         let slot = setup::prepare(name, self).await?;
-        let dead_letter_client = redis::Client::open(self.dead_letter_url.as_str()).map_err(|e| {
+        let dead_letter_client = redis::Client::open(self.dead_letter_url.expose()).map_err(|e| {
             SourceError::BadConfig { source_name: name.to_owned(), message: format!("dead_letter_url: {e}") }
         })?;
         let redis_config = redis::aio::ConnectionManagerConfig::new()
@@ -177,12 +182,12 @@ impl PostgresCaptureConfig {
                 None
             } else {
                 tracing::info!(source = %name, tables = ?self.tables, "initial snapshot starting");
-                Some(Snapshot::new(name, &self.url, &self.tables, slot.lsn))
+                Some(Snapshot::new(name, self.url.expose(), &self.tables, slot.lsn))
             }
         } else {
             None
         };
-        let visibility = VisibilityGate::new(name, &self.url)?;
+        let visibility = VisibilityGate::new(name, self.url.expose())?;
         let session = Session::open(name, &self.slot, config, &visibility).await?;
         tracing::info!(source = %name, slot = %self.slot, publication = %self.publication, "capture started");
         Ok(PostgresCapture {

@@ -74,7 +74,7 @@ pub(super) async fn prepare(name: &str, config: &PostgresCaptureConfig) -> Resul
             _ => Err(bad(format!("table {t:?} is not \"schema.table\""))),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut conn = PgConnection::connect(&config.url).await.map_err(failed("connect"))?;
+    let mut conn = PgConnection::connect(config.url.expose()).await.map_err(failed("connect"))?;
 
     let wal_level: String =
         sqlx::query_scalar("show wal_level").fetch_one(&mut conn).await.map_err(failed("show wal_level"))?;

@@ -1,5 +1,8 @@
 //! Runtime and pipeline configuration: one runtime file naming the shared
-//! resources, and one TOML file per pipeline in `pipelines_dir`.
+//! resources, and one TOML file per pipeline in `pipelines_dir`. `${NAME}` in
+//! their strings is replaced by the environment variable NAME.
+
+mod interpolate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +13,7 @@ use crate::pipeline::config::PipelineConfig;
 use crate::pipeline::reload::ReloadConfig;
 use crate::plugin::SandboxConfig;
 use crate::query::DatabaseConfig;
+use crate::secret::SecretUrl;
 use crate::sink::CacheConfig;
 use crate::source::SourceConfig;
 
@@ -71,6 +75,16 @@ pub enum ConfigError {
         /// The parser's message, with line, column and field.
         message: String,
     },
+    /// A `${NAME}` names an environment variable that is not set.
+    #[error("{path}:{line}: environment variable `{name}` is not set (used as ${{{name}}})")]
+    UnsetVariable {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The variable.
+        name: String,
+    },
     /// Values that parse but do not fit together.
     #[error("{path}: field `{field}`: {message}")]
     Invalid {
@@ -95,6 +109,7 @@ impl Config {
             None => runtime.plugins_dir.join(".compiled"),
         };
         runtime.sandbox.compile_cache = runtime.sandbox.cache_compiled.then_some(compile_cache);
+        read_password_files(&mut runtime, path, base)?;
         let mut pipelines = BTreeMap::new();
         for file in toml_files(&runtime.pipelines_dir)? {
             let (name, pipeline) = load_pipeline(&runtime, &file)?;
@@ -102,6 +117,39 @@ impl Config {
         }
         Ok(Self { path: path.to_owned(), runtime, pipelines })
     }
+}
+
+/// Puts each `password_file`'s contents into its URL, so the password never
+/// has to be written in the file itself.
+fn read_password_files(runtime: &mut RuntimeConfig, path: &Path, base: &Path) -> Result<(), ConfigError> {
+    let apply = |field: String, url: &mut SecretUrl, file: &Option<PathBuf>| match file {
+        Some(file) => {
+            *url = url.with_password_file(&base.join(file)).map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            })?;
+            Ok::<_, ConfigError>(())
+        }
+        None => Ok(()),
+    };
+    for (name, database) in &mut runtime.databases {
+        apply(format!("databases.{name}.password_file"), &mut database.url, &database.password_file)?;
+    }
+    for (name, cache) in &mut runtime.caches {
+        apply(format!("caches.{name}.password_file"), &mut cache.url, &cache.password_file)?;
+    }
+    for (name, source) in &mut runtime.sources {
+        let field = format!("sources.{name}.password_file");
+        match source {
+            SourceConfig::RedisStream(c) => apply(field, &mut c.url, &c.password_file)?,
+            SourceConfig::Postgres(c) => apply(field, &mut c.url, &c.password_file)?,
+            SourceConfig::MySql(c) => apply(field, &mut c.url, &c.password_file)?,
+            #[cfg(feature = "kafka")]
+            SourceConfig::Kafka(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reads and checks one pipeline file against the runtime file; the pipeline
@@ -116,6 +164,8 @@ pub fn load_pipeline(runtime: &RuntimeConfig, file: &Path) -> Result<(String, Pi
 /// Parses one TOML file into `T`, naming the file in errors.
 pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    let text = interpolate::interpolate(&text, |name| std::env::var(name).ok())
+        .map_err(|unset| ConfigError::UnsetVariable { path: path.to_owned(), line: unset.line, name: unset.name })?;
     toml::from_str(&text)
         .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })
 }
