@@ -1,6 +1,7 @@
 //! A connected cache: the Redis connection (reconnecting by itself), the
 //! guard script, and the write health check.
 
+use super::eviction::UnsafeEviction;
 use crate::secret::SecretUrl;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +31,11 @@ pub struct CacheConfig {
     /// How long one batch write may take before it counts as failed (default "10s").
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// When Redis's `maxmemory-policy` is `allkeys-*`, which may evict a key's
+    /// version metadata and keep its value: "warn" (default) logs it at
+    /// startup, "refuse" refuses to start. `noeviction` and `volatile-*` are safe.
+    #[serde(default)]
+    pub unsafe_eviction: UnsafeEviction,
 }
 
 fn default_tombstone_ttl() -> Duration {
@@ -56,6 +62,7 @@ impl CacheConfig {
             .set_response_timeout(Some(self.response_timeout))
             .set_max_delay(Duration::from_secs(2));
         let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(SinkError::redis)?;
+        super::eviction::check(&mut conn, name, self.unsafe_eviction).await?;
         let script = Script::new(include_str!("guard.lua"));
         script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
         Ok(RedisCache { name: name.to_owned(), conn, script, tombstone_ttl_ms: self.tombstone_ttl.as_millis() as u64 })

@@ -10,6 +10,18 @@ pub enum SinkError {
     /// Redis refused or could not be reached.
     #[error("redis: {0}")]
     Redis(String, #[source] RedisError),
+    /// The cache's eviction policy may evict the guard's metadata, and the
+    /// configuration says to refuse it.
+    #[error(
+        "cache '{cache}': maxmemory-policy {policy} may evict a key's version metadata and keep its value; \
+         use noeviction or a volatile-* policy"
+    )]
+    UnsafeEviction {
+        /// The `[caches.<name>]` name.
+        cache: String,
+        /// The policy.
+        policy: String,
+    },
     /// A key the plugin returned cannot be written.
     #[error("key '{key}' {reason}")]
     BadKey {
@@ -32,7 +44,7 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         match self {
             SinkError::Redis(_, e) => redis_transient(e),
-            SinkError::BadKey { .. } => false,
+            SinkError::BadKey { .. } | SinkError::UnsafeEviction { .. } => false,
         }
     }
 }

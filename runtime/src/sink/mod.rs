@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod eviction;
 pub mod meta;
 pub mod redis_writer;
 

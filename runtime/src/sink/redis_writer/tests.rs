@@ -12,6 +12,7 @@ async fn cache(tombstone: Duration) -> RedisCache {
     let config = CacheConfig {
         url: "redis://127.0.0.1:6379".into(),
         password_file: None,
+        unsafe_eviction: Default::default(),
         tombstone_ttl: tombstone,
         response_timeout: Duration::from_secs(10),
     };
@@ -189,6 +190,7 @@ async fn bad_keys_are_permanent_and_connection_errors_transient() {
     let refused = CacheConfig {
         url: "redis://127.0.0.1:1".into(),
         password_file: None,
+        unsafe_eviction: Default::default(),
         tombstone_ttl: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),
     };
