@@ -19,8 +19,8 @@ fn write_config(name: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     let runtime = RuntimeToml::new()
         .database("db", PG_URL)
-        .cache("main", REDIS_URL)
-        .postgres_capture("capture", PG_URL, &[format!("{name}.item")], name, REDIS_URL)
+        .cache("main", REDIS_URL.as_str())
+        .postgres_capture("capture", PG_URL, &[format!("{name}.item")], name, REDIS_URL.as_str())
         .build();
     std::fs::write(dir.join("evercache.toml"), runtime).unwrap();
     let pipeline = format!(
@@ -129,7 +129,7 @@ async fn sigkill_during_a_burst_loses_nothing() {
     writer.await.unwrap();
     assert!(kills >= 5, "the burst outlived only {kills} kills; make it longer");
 
-    let redis = redis::Client::open(REDIS_URL).unwrap();
+    let redis = redis::Client::open(REDIS_URL.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

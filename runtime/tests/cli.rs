@@ -22,8 +22,8 @@ fn write_config(name: &str, pipeline_extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     let runtime = RuntimeToml::new()
         .database("db", PG_URL)
-        .cache("main", REDIS_URL)
-        .redis_stream("events", REDIS_URL, &[format!("{name}.stream")], name)
+        .cache("main", REDIS_URL.as_str())
+        .redis_stream("events", REDIS_URL.as_str(), &[format!("{name}.stream")], name)
         .line("batch_size = 50")
         .line("max_batch_entries = 50  # no read-ahead past one batch: SIGTERM lands with entries still unread")
         .build();
@@ -112,7 +112,7 @@ fn run_drains_on_sigterm_and_resumes_on_restart() {
          create table {name}.item (id bigint primary key, name text, version bigint);
          insert into {name}.item select g, 'n' || g, 1 from generate_series(1, 500) g;"
     ));
-    let redis = redis::Client::open(REDIS_URL).unwrap();
+    let redis = redis::Client::open(REDIS_URL.as_str()).unwrap();
     let mut conn = redis.get_connection().unwrap();
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
     for id in 1..=500u64 {
@@ -213,7 +213,7 @@ fn capture_to_redis_stream_runs_until_sigterm() {
             "--to",
             "redis-stream",
             "--redis-url",
-            REDIS_URL,
+            REDIS_URL.as_str(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -221,7 +221,7 @@ fn capture_to_redis_stream_runs_until_sigterm() {
         .unwrap();
     let _guard = KillOnDrop(child.id());
     let stream = format!("{name}.{name}.item");
-    let mut conn = redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let mut conn = redis::Client::open(REDIS_URL.as_str()).unwrap().get_connection().unwrap();
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
     // The slot exists once the command runs; wait for it, then write.
     let start = Instant::now();
@@ -293,7 +293,7 @@ fn dlq_list_shows_dead_letters_and_replay_reinjects_them_after_a_fix() {
          create table {name}.item (id bigint primary key, name text, version bigint);
          insert into {name}.item select g, 'n' || g, 1 from generate_series(1, 3) g;"
     ));
-    let mut conn = redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let mut conn = redis::Client::open(REDIS_URL.as_str()).unwrap().get_connection().unwrap();
     let dlq = format!("{stream}:dlq");
     let _: () = redis::cmd("DEL").arg(&stream).arg(&dlq).query(&mut conn).unwrap();
     for id in 1..=3u64 {

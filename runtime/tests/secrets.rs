@@ -23,7 +23,7 @@ const USER: &str = "evercache_secrets_test";
 
 /// Creates (or resets) the Redis user, so connections really authenticate with the secrets.
 fn redis_user() {
-    let client = redis::Client::open(REDIS_URL).unwrap();
+    let client = redis::Client::open(REDIS_URL.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
     redis::cmd("ACL")
         .arg("SETUSER")
@@ -85,7 +85,7 @@ fn write_config(dir: &Path, cache_url: &str, http_port: u16, binlog: bool) -> Pa
         );
     if binlog {
         runtime = runtime
-            .mysql_capture("binlog", &[format!("{name}.item")], 31_337, &name, REDIS_URL)
+            .mysql_capture("binlog", &[format!("{name}.item")], 31_337, &name, REDIS_URL.as_str())
             .line("password_file = \"mysql.secret\"\nsnapshot = \"never\"");
         std::fs::write(dir.join("pipelines/captured.toml"), pipeline("binlog", &name)).unwrap();
     }
@@ -135,7 +135,7 @@ fn no_secret_is_shown_anywhere() {
         // SAFETY: set before any thread of this test reads the environment.
         unsafe { std::env::set_var(name, value) };
     }
-    let with_binlog = write_config(&scratch("secrets_binlog"), REDIS_URL, free_port(), true);
+    let with_binlog = write_config(&scratch("secrets_binlog"), REDIS_URL.as_str(), free_port(), true);
     let loaded = Config::load(&with_binlog).unwrap();
     assert_eq!(loaded.runtime.databases["db"].url.password().as_deref(), Some(PG_SECRET));
     let evercache::source::SourceConfig::MySql(binlog) = &loaded.runtime.sources["binlog"] else { panic!() };
@@ -156,7 +156,7 @@ fn no_secret_is_shown_anywhere() {
         .spawn()
         .unwrap();
     // Until the source, authenticated with its password, has made its group.
-    let client = redis::Client::open(REDIS_URL).unwrap();
+    let client = redis::Client::open(REDIS_URL.as_str()).unwrap();
     let mut redis = client.get_connection().unwrap();
     let start = Instant::now();
     loop {

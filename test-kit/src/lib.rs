@@ -14,8 +14,41 @@ use anyhow::{Result, bail};
 pub mod mariadb_server;
 pub mod tansu;
 
-/// The local Redis every suite uses (started by `scripts/dev-services.sh`).
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The Redis (or Valkey) every suite uses: the local Redis started by
+/// `scripts/dev-services.sh`, or `EVERCACHE_TEST_REDIS_URL` when set (the test
+/// script runs the end-to-end suites once more against Valkey that way).
+pub static REDIS_URL: EnvUrl = EnvUrl::new("EVERCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+
+/// A URL taken from an environment variable, with a default; reads as a `&str`.
+pub struct EnvUrl {
+    variable: &'static str,
+    default: &'static str,
+    value: OnceLock<String>,
+}
+
+impl EnvUrl {
+    const fn new(variable: &'static str, default: &'static str) -> Self {
+        Self { variable, default, value: OnceLock::new() }
+    }
+
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        self.value.get_or_init(|| std::env::var(self.variable).unwrap_or_else(|_| self.default.to_owned()))
+    }
+}
+
+impl std::ops::Deref for EnvUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for EnvUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 /// The local Postgres every suite uses (started by `scripts/dev-services.sh`).
 pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The local MariaDB every suite uses, without a database (started, with its
@@ -177,8 +210,8 @@ mod tests {
     fn sections_and_their_keys_come_out_in_order() {
         let toml = RuntimeToml::with_plugins_dir(Path::new("/p"))
             .database("db", PG_URL)
-            .cache("main", REDIS_URL)
-            .redis_stream("events", REDIS_URL, &["a.b.c".to_owned()], "c1")
+            .cache("main", REDIS_URL.as_str())
+            .redis_stream("events", REDIS_URL.as_str(), &["a.b.c".to_owned()], "c1")
             .line("batch_size = 50")
             .build();
         assert!(toml.starts_with("plugins_dir = \"/p\"\npipelines_dir = \"pipelines\"\n[databases.db]\nurl = "));

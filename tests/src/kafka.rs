@@ -147,7 +147,7 @@ pub fn kafka_runtime_toml(env: &TestEnv, broker: &Broker, topics: &[String], ext
     let topics = serde_json::to_string(topics).unwrap_or_default();
     RuntimeToml::new()
         .database("db", PG_URL)
-        .cache("main", REDIS_URL)
+        .cache("main", REDIS_URL.as_str())
         .section("sources.events")
         .line(&format!("type = \"kafka\"\nbrokers = \"{}\"\ntopics = {topics}", broker.address()))
         .line(&format!("group = \"{}\"\nblock = \"200ms\"", env.prefix))

@@ -50,7 +50,7 @@ impl TestEnv {
     pub async fn new(name: &str) -> Result<Self> {
         init_logging();
         let prefix = format!("t{}_{}", std::process::id(), name);
-        let client = redis::Client::open(REDIS_URL)?;
+        let client = redis::Client::open(REDIS_URL.as_str())?;
         let redis = client
             .get_multiplexed_async_connection()
             .await
@@ -139,8 +139,8 @@ impl TestEnv {
     pub fn runtime_toml(&self, streams: &[String], extra: &str) -> String {
         RuntimeToml::new()
             .database("db", PG_URL)
-            .cache("main", REDIS_URL)
-            .redis_stream("events", REDIS_URL, streams, &self.prefix)
+            .cache("main", REDIS_URL.as_str())
+            .redis_stream("events", REDIS_URL.as_str(), streams, &self.prefix)
             .line(extra)
             .build()
     }

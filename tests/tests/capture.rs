@@ -30,7 +30,11 @@ dead_letter_url = "{REDIS_URL}"
 }
 
 fn runtime_toml(env: &TestEnv, tables: &[&str]) -> String {
-    RuntimeToml::new().database("db", PG_URL).cache("main", REDIS_URL).line(&capture_source(env, tables)).build()
+    RuntimeToml::new()
+        .database("db", PG_URL)
+        .cache("main", REDIS_URL.as_str())
+        .line(&capture_source(env, tables))
+        .build()
 }
 
 async fn wait_json(env: &TestEnv, key: &str, expected: Option<Value>) -> Result<()> {
@@ -155,7 +159,7 @@ async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result
         runtime_toml(&env, &["item"]).replace("type = \"postgres\"", "type = \"postgres\"\nsnapshot = \"never\"");
     let config = env.config(&runtime, &[])?;
     let mut capture = config.runtime.sources["events"].build("events").await?;
-    let mut writer = DebeziumStreamWriter::connect(REDIS_URL, true).await?;
+    let mut writer = DebeziumStreamWriter::connect(REDIS_URL.as_str(), true).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move { forward(&mut capture, &mut writer, &stop).await });

@@ -22,8 +22,14 @@ const WAIT: Duration = Duration::from_secs(30);
 fn runtime_toml(env: &TestEnv, maria: &MariaDb, extra: &str) -> String {
     RuntimeToml::new()
         .database("db", &maria.url())
-        .cache("main", REDIS_URL)
-        .mysql_capture("events", &[format!("{}.item", env.prefix)], server_id(&env.prefix), &env.prefix, REDIS_URL)
+        .cache("main", REDIS_URL.as_str())
+        .mysql_capture(
+            "events",
+            &[format!("{}.item", env.prefix)],
+            server_id(&env.prefix),
+            &env.prefix,
+            REDIS_URL.as_str(),
+        )
         .line(extra)
         .build()
 }
@@ -119,7 +125,7 @@ async fn records_read_as_debezium_mysql_events_through_ddl_and_truncate() -> Res
     maria.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     let config = env.config(&runtime_toml(&env, &maria, ""), &[])?;
     let mut capture = config.runtime.sources["events"].build("events").await?;
-    let mut writer = DebeziumStreamWriter::connect(REDIS_URL, false).await?;
+    let mut writer = DebeziumStreamWriter::connect(REDIS_URL.as_str(), false).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move { forward(&mut capture, &mut writer, &stop).await });

@@ -30,7 +30,7 @@ struct Forwarding {
 impl Forwarding {
     async fn start(config: &Config) -> Result<Self> {
         let mut capture = config.runtime.sources["events"].build("events").await?;
-        let mut writer = DebeziumStreamWriter::connect(REDIS_URL, false).await?;
+        let mut writer = DebeziumStreamWriter::connect(REDIS_URL.as_str(), false).await?;
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move { forward(&mut capture, &mut writer, &token).await });
@@ -84,7 +84,7 @@ async fn column_names_come_from_the_catalogue_through_ddl_restarts_and_a_change_
         .sql("create table item (id bigint primary key, kind enum('small','large'), qty int unsigned, name text)")
         .await?;
     let runtime = RuntimeToml::new()
-        .cache("main", REDIS_URL)
+        .cache("main", REDIS_URL.as_str())
         .section("sources.events")
         .line(&format!(
             "type = \"mysql\"\nurl = \"{}\"\ntables = [\"{}.item\"]\nserver_id = 77\nsnapshot = \"never\"\n\

@@ -284,8 +284,8 @@ async fn capture_pipeline_exports_slot_lag_and_real_commit_delay() -> Result<()>
     let p = env.prefix.clone();
     let runtime = RuntimeToml::new()
         .database("db", PG_URL)
-        .cache("main", REDIS_URL)
-        .postgres_capture("events", PG_URL, &[format!("{p}.item")], &p, REDIS_URL)
+        .cache("main", REDIS_URL.as_str())
+        .postgres_capture("events", PG_URL, &[format!("{p}.item")], &p, REDIS_URL.as_str())
         .line(&format!("topic_prefix = \"{p}\"\nsnapshot = \"never\""))
         .http(0)
         .line("probe_interval = \"100ms\"")

@@ -66,7 +66,7 @@ async fn hostile_plugins_fail_their_own_batch_and_nothing_else() -> Result<()> {
     let mut env = TestEnv::new("sandbox").await?;
     env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
     env.sql("insert into item values (1, 'kept', 1)").await?;
-    let mut runtime = RuntimeToml::new().http(0).database("db", PG_URL).cache("main", REDIS_URL).build();
+    let mut runtime = RuntimeToml::new().http(0).database("db", PG_URL).cache("main", REDIS_URL.as_str()).build();
     let mut pipelines = Vec::new();
     for (mode, _) in MODES {
         runtime.push_str(&source(&env, mode));
