@@ -34,3 +34,4 @@ pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod tls;

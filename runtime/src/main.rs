@@ -163,6 +163,7 @@ enum DlqAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    evercache::tls::init();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
@@ -233,14 +234,13 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
         if only.as_ref().is_some_and(|s| s != name) {
             continue;
         }
-        let (url, streams) =
+        let (client, streams) =
             source.dead_letter_streams(name).map_err(anyhow::Error::msg).with_context(|| format!("source '{name}'"))?;
         if replay && !matches!(source, SourceConfig::RedisStream(_)) {
             anyhow::bail!(
                 "source '{name}': only Redis Streams dead letters can be replayed (a capture cannot re-read its log); fix the cause and touch the rows, or `dlq list` them"
             );
         }
-        let client = redis::Client::open(url.expose()).with_context(|| format!("source '{name}': Redis url"))?;
         let mut conn =
             client.get_connection_manager().await.with_context(|| format!("source '{name}': connecting to Redis"))?;
         for dlq in streams {

@@ -126,6 +126,7 @@ impl Runtime {
     /// Connects every source (creating consumer groups) and starts its runner;
     /// the tasks end after `shutdown` is cancelled and their batches drained.
     pub async fn start(mut self, shutdown: CancellationToken) -> Result<JoinSet<()>, StartError> {
+        crate::tls::init();
         let mut tasks = JoinSet::new();
         let mut health = Vec::new();
         for (source_name, source) in &self.config.runtime.sources {

@@ -108,10 +108,8 @@ impl Probes {
             .collect::<Result<_, _>>()?;
         let mut caches = Vec::new();
         for (name, cache) in &config.runtime.caches {
-            let client = redis::Client::open(cache.url.expose()).map_err(|e| SourceError::BadConfig {
-                source_name: name.clone(),
-                message: format!("invalid cache url: {e}"),
-            })?;
+            let client = crate::tls::redis_client(&cache.url, cache.tls.as_ref())
+                .map_err(|message| SourceError::BadConfig { source_name: name.clone(), message })?;
             caches.push((name.clone(), client, None));
         }
         Ok(Self { sources, caches })

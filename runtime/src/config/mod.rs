@@ -138,11 +138,19 @@ fn read_password_files(runtime: &mut RuntimeConfig, path: &Path, base: &Path) ->
     }
     for (name, cache) in &mut runtime.caches {
         apply(format!("caches.{name}.password_file"), &mut cache.url, &cache.password_file)?;
+        if let Some(tls) = &mut cache.tls {
+            tls.relative_to(base);
+        }
     }
     for (name, source) in &mut runtime.sources {
         let field = format!("sources.{name}.password_file");
         match source {
-            SourceConfig::RedisStream(c) => apply(field, &mut c.url, &c.password_file)?,
+            SourceConfig::RedisStream(c) => {
+                apply(field, &mut c.url, &c.password_file)?;
+                if let Some(tls) = &mut c.tls {
+                    tls.relative_to(base);
+                }
+            }
             SourceConfig::Postgres(c) => apply(field, &mut c.url, &c.password_file)?,
             SourceConfig::MySql(c) => apply(field, &mut c.url, &c.password_file)?,
             #[cfg(feature = "kafka")]

@@ -94,6 +94,7 @@ impl DatabaseConfig {
     /// Builds a lazily connecting pool, so a database that is briefly down at
     /// startup delays queries instead of failing the runtime.
     pub fn build(&self, name: &str) -> Result<QueryRunner, QueryError> {
+        crate::tls::init();
         let password = error::password_of(self.url.expose());
         let backend = match Dialect::of_url(self.url.expose()) {
             Some(Dialect::Postgres) => Backend::Postgres(postgres::PgDatabase::new(name, password.as_deref(), self)?),

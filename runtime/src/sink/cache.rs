@@ -21,6 +21,9 @@ const HEALTH_KEY: &str = "evercache:health";
 pub struct CacheConfig {
     /// Redis URL, e.g. "redis://127.0.0.1:6379" (`rediss://` for TLS).
     pub url: SecretUrl,
+    /// TLS files for a `rediss://` url: `{ ca_file, client_cert, client_key }`.
+    #[serde(default)]
+    pub tls: Option<crate::tls::RedisTls>,
     /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -57,7 +60,10 @@ pub struct RedisCache {
 impl CacheConfig {
     /// Connects (the connection reconnects by itself afterwards) and loads the guard script.
     pub async fn build(&self, name: &str) -> Result<RedisCache, SinkError> {
-        let client = redis::Client::open(self.url.expose()).map_err(SinkError::redis)?;
+        crate::tls::init();
+        let client = crate::tls::redis_client(&self.url, self.tls.as_ref()).map_err(|message| {
+            SinkError::redis(RedisError::from((redis::ErrorKind::InvalidClientConfig, "cache", message)))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
             .set_max_delay(Duration::from_secs(2));

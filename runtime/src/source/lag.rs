@@ -70,7 +70,7 @@ impl LagProbe {
             SourceConfig::RedisStream(c) => {
                 let dead_letters = c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
                 let kind = ProbeKind::RedisStream { streams: c.streams.clone(), group: c.group.clone(), dead_letters };
-                (kind, c.url.expose())
+                (kind, (&c.url, c.tls.as_ref()))
             }
             #[cfg(feature = "kafka")]
             SourceConfig::Kafka(c) => {
@@ -85,16 +85,16 @@ impl LagProbe {
                     .map(|t| c.dead_letter_stream.replace("{stream}", &format!("{prefix}.{t}")))
                     .collect();
                 let kind = ProbeKind::Postgres { url: c.url.clone(), slot: c.slot.clone(), dead_letters };
-                (kind, c.dead_letter_url.expose())
+                (kind, (&c.dead_letter_url, None))
             }
             SourceConfig::MySql(c) => {
                 let dead_letters =
                     c.stream_names(name).iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
                 let kind = ProbeKind::MySql { url: c.url.clone(), position_key: c.position_key(name), dead_letters };
-                (kind, c.dead_letter_url.expose())
+                (kind, (&c.dead_letter_url, None))
             }
         };
-        let client = redis::Client::open(redis_url).map_err(|e| bad(format!("invalid redis url: {e}")))?;
+        let client = crate::tls::redis_client(redis_url.0, redis_url.1).map_err(|e| bad(format!("redis: {e}")))?;
         Ok(Self { source: name.to_owned(), kind, redis: Some((client, None)), postgres: None })
     }
 

@@ -50,6 +50,7 @@ pub enum SourceConfig {
 impl SourceConfig {
     /// Connects the source.
     pub async fn build(&self, name: &str) -> Result<Source, SourceError> {
+        crate::tls::init();
         Ok(match self {
             SourceConfig::RedisStream(config) => Source::RedisStream(Box::new(config.build(name).await?)),
             SourceConfig::Postgres(config) => Source::Postgres(Box::new(config.build(name).await?)),
@@ -62,17 +63,18 @@ impl SourceConfig {
 
 impl SourceConfig {
     /// Where this source writes dead letters: the Redis URL and the stream names.
-    pub fn dead_letter_streams(&self, name: &str) -> Result<(crate::secret::SecretUrl, Vec<String>), String> {
+    pub fn dead_letter_streams(&self, name: &str) -> Result<(redis::Client, Vec<String>), String> {
         match self {
-            SourceConfig::RedisStream(c) => {
-                Ok((c.url.clone(), c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect()))
-            }
+            SourceConfig::RedisStream(c) => Ok((
+                crate::tls::redis_client(&c.url, c.tls.as_ref())?,
+                c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
+            )),
             SourceConfig::Postgres(c) => Ok((
-                c.dead_letter_url.clone(),
+                crate::tls::redis_client(&c.dead_letter_url, None)?,
                 c.stream_names()?.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
             )),
             SourceConfig::MySql(c) => Ok((
-                c.dead_letter_url.clone(),
+                crate::tls::redis_client(&c.dead_letter_url, None)?,
                 c.stream_names(name).iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
             )),
             #[cfg(feature = "kafka")]

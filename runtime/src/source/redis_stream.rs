@@ -26,6 +26,9 @@ use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
 pub struct RedisStreamConfig {
     /// Redis URL holding the streams, e.g. "redis://127.0.0.1:6379".
     pub url: SecretUrl,
+    /// TLS files for a `rediss://` url: `{ ca_file, client_cert, client_key }`.
+    #[serde(default)]
+    pub tls: Option<crate::tls::RedisTls>,
     /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -143,10 +146,8 @@ impl RedisStreamConfig {
             operation,
             message: e.to_string(),
         };
-        let client = redis::Client::open(self.url.expose()).map_err(|e| SourceError::BadConfig {
-            source_name: name.to_owned(),
-            message: format!("invalid url: {e}"),
-        })?;
+        let client = crate::tls::redis_client(&self.url, self.tls.as_ref())
+            .map_err(|message| SourceError::BadConfig { source_name: name.to_owned(), message })?;
         let read_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.block + Duration::from_secs(10)))
             .set_max_delay(Duration::from_secs(2));

@@ -432,6 +432,7 @@ async fn a_late_stale_recompute_never_resurrects_a_deleted_key() {
         url: SHARED_REDIS.into(),
         password_file: None,
         unsafe_eviction: Default::default(),
+        tls: None,
         tombstone_ttl: Duration::from_secs(600),
         response_timeout: Duration::from_secs(10),
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Conn, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts};
 
 use super::error::{SqlCode, redact};
 use super::rows::RowCollector;
@@ -56,8 +56,7 @@ impl MySqlDatabase {
     /// A lazily connecting pool.
     pub(super) fn new(name: &str, password: Option<&str>, config: &DatabaseConfig) -> Result<Self, QueryError> {
         let bad = |message: String| QueryError::BadConfig { database: name.to_owned(), message };
-        let url = config.url.expose().replacen("mariadb://", "mysql://", 1);
-        let opts = Opts::from_url(&url).map_err(|e| bad(redact(&e.to_string(), password)))?;
+        let opts = crate::tls::mysql_opts(config.url.expose()).map_err(|e| bad(redact(&e, password)))?;
         let constraints = PoolConstraints::new(0, config.max_connections.max(1) as usize)
             .ok_or_else(|| bad("max_connections must be at least 1".to_owned()))?;
         // Each query resets what it relies on, so the pool need not reset

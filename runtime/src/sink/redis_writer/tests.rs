@@ -13,6 +13,7 @@ async fn cache(tombstone: Duration) -> RedisCache {
         url: "redis://127.0.0.1:6379".into(),
         password_file: None,
         unsafe_eviction: Default::default(),
+        tls: None,
         tombstone_ttl: tombstone,
         response_timeout: Duration::from_secs(10),
     };
@@ -191,6 +192,7 @@ async fn bad_keys_are_permanent_and_connection_errors_transient() {
         url: "redis://127.0.0.1:1".into(),
         password_file: None,
         unsafe_eviction: Default::default(),
+        tls: None,
         tombstone_ttl: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),
     };

@@ -113,7 +113,7 @@ impl MySqlCaptureConfig {
     /// The events' `source.name` and the streams' prefix.
     pub fn prefix(&self, source: &str) -> String {
         self.topic_prefix.clone().unwrap_or_else(|| {
-            Opts::from_url(self.url.expose())
+            crate::tls::mysql_opts(self.url.expose())
                 .ok()
                 .and_then(|o| o.db_name().map(str::to_owned))
                 .unwrap_or_else(|| source.to_owned())
@@ -131,7 +131,7 @@ impl MySqlCaptureConfig {
         let bad = |message: String| SourceError::BadConfig { source_name: name.to_owned(), message };
         let unavailable =
             |operation, message: String| SourceError::Unavailable { source_name: name.to_owned(), operation, message };
-        let opts = Opts::from_url(self.url.expose()).map_err(|e| bad(format!("url: {e}")))?;
+        let opts = crate::tls::mysql_opts(self.url.expose()).map_err(|e| bad(format!("url: {e}")))?;
         let mut tables = Vec::new();
         for table in &self.tables {
             let Some((database, table)) = table.split_once('.') else {

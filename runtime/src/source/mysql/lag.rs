@@ -1,8 +1,8 @@
 //! How far a MySQL capture is behind the binlog's head, read from the server
 //! and the stored position, so `evercache status` works while `run` is down.
 
+use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts};
 
 use super::position::{BinlogPosition, StoredState};
 
@@ -13,7 +13,7 @@ pub async fn binlog_lag(url: &str, stored: Option<&str>) -> Result<(u64, f64), S
         Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("stored position: {e}"))?),
         None => None,
     };
-    let opts = Opts::from_url(url).map_err(|e| e.to_string())?;
+    let opts = crate::tls::mysql_opts(url)?;
     let mut conn = Conn::new(opts).await.map_err(|e| e.to_string())?;
     let logs: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await.map_err(|e| e.to_string())?;
     let _ = conn.disconnect().await;

@@ -159,6 +159,7 @@ impl PostgresCaptureConfig {
             self.publication.as_str(),
         )
         .with_port(target.port)
+        .with_tls(target.tls.clone())
         .with_application_name(format!("evercache-{name}"))
         // Pin how values print so the text format decodes the same everywhere.
         .with_options("-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3")

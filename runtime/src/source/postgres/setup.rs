@@ -1,6 +1,7 @@
 //! Getting a database ready for capture: `wal_level`, the publication, the
 //! replication slot, and a replica identity check per table.
 
+use pgwire_replication::{SslMode, TlsConfig};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::PostgresCaptureConfig;
@@ -13,16 +14,19 @@ pub(super) struct Target {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// From `sslmode` (libpq's default, `prefer`), `sslrootcert`, `sslcert` and `sslkey`.
+    pub tls: TlsConfig,
 }
 
 impl Target {
-    /// Parses `postgres://user[:password]@host[:port]/database`.
+    /// Parses `postgres://user[:password]@host[:port]/database[?sslmode=…&sslrootcert=…]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
             .ok_or("url must start with postgres://")?;
-        let rest = rest.split('?').next().unwrap_or(rest);
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let tls = tls_config(query)?;
         let (userinfo, hostpart) = rest.rsplit_once('@').ok_or("url needs a user: postgres://user@host/db")?;
         let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
         let (address, database) = hostpart.split_once('/').ok_or("url needs a database: postgres://user@host/db")?;
@@ -33,14 +37,48 @@ impl Target {
         if user.is_empty() || host.is_empty() || database.is_empty() {
             return Err("url needs user, host and database: postgres://user@host:5432/db".to_owned());
         }
+        let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
         Ok(Self {
             host: host.to_owned(),
             port,
-            user: user.to_owned(),
-            password: password.to_owned(),
-            database: database.to_owned(),
+            user: decode(user),
+            password: decode(password),
+            database: decode(database),
+            tls,
         })
     }
+}
+
+/// The replication connection's TLS from the URL's libpq parameters.
+fn tls_config(query: &str) -> Result<TlsConfig, String> {
+    let mut mode = SslMode::Prefer;
+    let mut tls = TlsConfig::disabled();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
+        match key {
+            "sslmode" => {
+                mode = match value.as_str() {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                        ));
+                    }
+                }
+            }
+            "sslrootcert" => tls.ca_pem_path = Some(value.into()),
+            "sslcert" => tls.client_cert_pem_path = Some(value.into()),
+            "sslkey" => tls.client_key_pem_path = Some(value.into()),
+            _ => {}
+        }
+    }
+    tls.mode = mode;
+    Ok(tls)
 }
 
 /// The replication slot as `prepare` found or made it.

@@ -1,0 +1,102 @@
+//! One TLS stack for the whole binary: rustls with the ring provider, trusting
+//! the system's roots (and `SSL_CERT_FILE`) unless a connection names its own CA.
+//! Two providers are compiled in (a dependency brings aws-lc-rs), so rustls
+//! cannot pick one by itself: [`init`] installs ring for the process before any
+//! connection is made.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use serde::Deserialize;
+
+use crate::secret::SecretUrl;
+
+/// Installs the process-wide TLS provider; cheap and idempotent.
+pub fn init() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // Err means another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// `tls` of a Redis connection (`rediss://`): a CA to trust instead of the
+/// system's roots, and a client certificate for servers that ask for one. To
+/// skip verification, opt in explicitly with `rediss://host:port/#insecure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTls {
+    /// PEM file of the CA(s) that signed the server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// Paths relative to `base` (the runtime file's directory).
+    pub fn relative_to(&mut self, base: &Path) {
+        for path in [&mut self.ca_file, &mut self.client_cert, &mut self.client_key].into_iter().flatten() {
+            *path = base.join(&*path);
+        }
+    }
+}
+
+/// A Redis client for `url`, with the files of `tls` when given.
+pub fn redis_client(url: &SecretUrl, tls: Option<&RedisTls>) -> Result<redis::Client, String> {
+    init();
+    let Some(tls) = tls.filter(|t| **t != RedisTls::default()) else {
+        return redis::Client::open(url.expose()).map_err(|e| e.to_string());
+    };
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    let client_tls = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
+        (None, None) => None,
+        _ => return Err("tls: client_cert and client_key go together".to_owned()),
+    };
+    let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+    redis::Client::build_with_tls(url.expose(), redis::TlsCertificates { client_tls, root_cert })
+        .map_err(|e| e.to_string())
+}
+
+/// MySQL/MariaDB connection options from a URL. Beside mysql_async's own
+/// `require_ssl`, `verify_ca` and `verify_identity`, the URL may name a CA to
+/// trust, `ssl_ca=/path/ca.pem` (implies `require_ssl`), and a client
+/// certificate, `ssl_cert=…&ssl_key=…`, as the `mysql` client's options do.
+pub fn mysql_opts(url: &str) -> Result<mysql_async::Opts, String> {
+    init();
+    let url = url.replacen("mariadb://", "mysql://", 1);
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (mut ca, mut cert, mut key, mut rest) = (None, None, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = || PathBuf::from(percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned());
+        match name {
+            "ssl_ca" => ca = Some(value()),
+            "ssl_cert" => cert = Some(value()),
+            "ssl_key" => key = Some(value()),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    let opts = mysql_async::Opts::from_url(&url).map_err(|e| e.to_string())?;
+    if ca.is_none() && cert.is_none() {
+        return Ok(opts);
+    }
+    let mut ssl = opts.ssl_opts().cloned().unwrap_or_default();
+    if let Some(ca) = ca {
+        ssl = ssl.with_root_certs(vec![ca.into()]);
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            ssl = ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(cert.into(), key.into())));
+        }
+        (None, None) => {}
+        _ => return Err("ssl_cert and ssl_key go together".to_owned()),
+    }
+    Ok(mysql_async::OptsBuilder::from_opts(opts).ssl_opts(Some(ssl)).into())
+}

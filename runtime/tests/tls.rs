@@ -1,0 +1,231 @@
+//! TLS for real: a throwaway CA made with `openssl`, a Redis serving only TLS
+//! (Debian's build has `--tls-port`), and the local Postgres (`ssl = on`).
+//! A cache trusts the CA it is given and refuses a server signed by another;
+//! skipping verification takes an explicit `#insecure`; a Redis that asks for
+//! client certificates gets one. Postgres host queries and the replication
+//! connection speak TLS with `sslmode` and refuse a server their `sslrootcert`
+//! did not sign; MariaDB host queries and the binlog capture do the same with
+//! `ssl_ca` (a MariaDB of the test's own, serving the test CA's certificate).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use evercache::query::DatabaseConfig;
+use evercache::sink::CacheConfig;
+use evercache::source::SourceConfig;
+use evercache_test_kit::{PG_URL, free_port};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`<name>-ca.pem`) and, signed by it, a certificate for 127.0.0.1 and
+/// localhost (`<name>-server.pem`/`.key`) and a client certificate (`<name>-client.pem`/`.key`).
+fn make_ca(dir: &Path, name: &str) {
+    let ca = format!("{name}-ca");
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    let subject = format!("/CN={ca}");
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject, "-keyout", &ca_key,
+            "-out", &ca_pem,
+        ],
+    );
+    std::fs::write(dir.join("server.cnf"), "subjectAltName = IP:127.0.0.1, DNS:localhost\n").unwrap();
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage = clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        let base = format!("{name}-{who}");
+        let (key, csr, pem, subject) =
+            (format!("{base}.key"), format!("{base}.csr"), format!("{base}.pem"), format!("/CN={base}"));
+        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr]);
+        let mut sign = vec!["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial"];
+        let extensions = format!("{who}.cnf");
+        sign.extend(["-days", "2", "-out", &pem, "-extfile", &extensions]);
+        openssl(dir, &sign);
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Redis serving only TLS with `good`'s certificate; `clients`: "no" or "yes".
+fn tls_redis(dir: &Path, clients: &str) -> (Server, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--tls-cert-file", "good-server.pem", "--tls-key-file", "good-server.key"])
+        .args(["--tls-ca-cert-file", "good-ca.pem", "--tls-auth-clients", clients])
+        .args(["--save", "", "--appendonly", "no"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server runs");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not listen for TLS");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Server(child), port)
+}
+
+fn cache(url: &str, tls: &str) -> CacheConfig {
+    toml::from_str(&format!("url = \"{url}\"\nresponse_timeout = \"3s\"\n{tls}")).unwrap()
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("evercache-tls").join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca(&dir, "good");
+    make_ca(&dir, "wrong");
+    dir
+}
+
+#[tokio::test]
+async fn redis_over_tls_trusts_its_ca_and_refuses_others() {
+    let dir = scratch("redis");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let (_server, port) = tls_redis(&dir, "no");
+    let url = format!("rediss://127.0.0.1:{port}");
+    let trusted = cache(&url, &format!("tls = {{ ca_file = \"{}\" }}", file("good-ca.pem")));
+    let cache_ok = trusted.build("main").await.expect("a cache trusting the server's CA connects");
+    cache_ok.check_writable(Duration::from_secs(3)).await.expect("and writes over TLS");
+
+    let wrong = cache(&url, &format!("tls = {{ ca_file = \"{}\" }}", file("wrong-ca.pem")));
+    let refused = wrong.build("main").await.err().expect("a server signed by another CA is refused").to_string();
+    assert!(refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"), "{refused}");
+    let system_roots = cache(&url, "").build("main").await;
+    assert!(system_roots.is_err(), "the system's roots do not know the test CA");
+    let insecure = cache(&format!("{url}/#insecure"), "").build("main").await;
+    assert!(insecure.is_ok(), "verification is skipped only when asked: {:?}", insecure.err());
+
+    let (_server, port) = tls_redis(&dir, "yes");
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = format!("ca_file = \"{}\"", file("good-ca.pem"));
+    let without = cache(&url, &format!("tls = {{ {ca} }}")).build("main").await;
+    assert!(without.is_err(), "a Redis that asks for a client certificate refuses a client without one");
+    let with = format!(
+        "tls = {{ {ca}, client_cert = \"{}\", client_key = \"{}\" }}",
+        file("good-client.pem"),
+        file("good-client.key")
+    );
+    cache(&url, &with).build("main").await.expect("a client certificate signed by the CA is accepted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether a host query through `url` runs on a TLS connection.
+async fn ssl_in_use(url: &str) -> Result<bool, String> {
+    let config: DatabaseConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
+    let runner = config.build("db").map_err(|e| e.to_string())?;
+    let rows = runner
+        .query("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{rows:?}").contains("Boolean(true)"))
+}
+
+#[tokio::test]
+async fn postgres_queries_and_replication_speak_tls_and_check_the_server() {
+    let dir = scratch("postgres");
+    let require = format!("{PG_URL}?sslmode=require");
+    assert_eq!(ssl_in_use(&require).await, Ok(true), "sslmode=require encrypts host queries");
+    assert_eq!(ssl_in_use(&format!("{PG_URL}?sslmode=disable")).await, Ok(false));
+    let wrong_ca = format!("{PG_URL}?sslmode=verify-full&sslrootcert={}", dir.join("wrong-ca.pem").display());
+    let refused = ssl_in_use(&wrong_ca).await.expect_err("a server the root certificate did not sign is refused");
+    assert!(refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"), "{refused}");
+
+    // The replication connection, through the capture's own connect path.
+    let name = format!("tls_{}", std::process::id());
+    let capture = |url: &str| -> SourceConfig {
+        toml::from_str(&format!(
+            "type = \"postgres\"\nurl = \"{url}\"\ntables = [\"public.evercache_tls_probe\"]\npublication = \"{name}\"\n\
+             slot = \"{name}\"\nsnapshot = \"never\"\ndead_letter_url = \"redis://127.0.0.1:6379\""
+        ))
+        .unwrap()
+    };
+    let setup = std::process::Command::new("psql")
+        .args([PG_URL, "-qc", "create table if not exists public.evercache_tls_probe (id int primary key)"])
+        .status()
+        .unwrap();
+    assert!(setup.success());
+    let refused = capture(&wrong_ca).build("tls").await.err().expect("the replication connection checks the CA");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+    let source = capture(&require).build("tls").await.expect("the replication connection speaks TLS");
+    let out = std::process::Command::new("psql")
+        .args([
+            PG_URL,
+            "-tAc",
+            "select s.ssl from pg_stat_replication r join pg_stat_ssl s using (pid) \
+             where r.application_name = 'evercache-tls'",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the walsender's connection is encrypted");
+    drop(source);
+    let _ = std::process::Command::new("psql")
+        .stdout(Stdio::null())
+        .args([PG_URL, "-qc", &format!(
+            "select pg_sleep(0.5); select pg_drop_replication_slot('{name}') from pg_replication_slots where slot_name = '{name}' and not active; drop publication if exists {name}"
+        )])
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host query's `Ssl_cipher` through `url` (empty: not encrypted).
+async fn mysql_cipher(url: &str) -> Result<String, String> {
+    let config: DatabaseConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
+    let runner = config.build("db").map_err(|e| e.to_string())?;
+    let rows = runner
+        .query("select variable_value from information_schema.session_status where variable_name = 'SSL_CIPHER'", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{rows:?}"))
+}
+
+#[tokio::test]
+async fn mariadb_queries_and_the_binlog_capture_speak_tls_and_check_the_server() {
+    let dir = scratch("mariadb");
+    for file in ["good-server.key", "good-server.pem", "good-ca.pem"] {
+        let _ = Command::new("chmod").args(["644", dir.join(file).to_str().unwrap()]).status();
+    }
+    let file = |name: &str| dir.join(name).display().to_string();
+    let server = evercache_test_kit::mariadb_server::MariaDbServer::start_with(
+        &dir,
+        &[
+            &format!("--ssl-cert={}", file("good-server.pem")),
+            &format!("--ssl-key={}", file("good-server.key")),
+            &format!("--ssl-ca={}", file("good-ca.pem")),
+        ],
+    );
+    let trusted = format!("{}/mysql?ssl_ca={}", server.url(), file("good-ca.pem"));
+    let cipher = mysql_cipher(&trusted).await.expect("a client trusting the server's CA connects");
+    assert!(cipher.contains("Text(\"TLS_"), "a TLS 1.3 cipher: {cipher}");
+    let plain = mysql_cipher(&format!("{}/mysql", server.url())).await.unwrap();
+    assert!(plain.contains("Text(\"\")"), "no TLS unless asked: {plain}");
+    let wrong = format!("{}/mysql?ssl_ca={}", server.url(), file("wrong-ca.pem"));
+    let refused = mysql_cipher(&wrong).await.expect_err("a server the CA did not sign is refused");
+    assert!(refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"), "{refused}");
+
+    let capture = |url: &str| -> SourceConfig {
+        toml::from_str(&format!(
+            "type = \"mysql\"\nurl = \"{url}\"\ntables = [\"mysql.user\"]\nserver_id = 99\nsnapshot = \"never\"\n\
+             position_key = \"evercache-tls-test:{}\"\ndead_letter_url = \"redis://127.0.0.1:6379\"",
+            std::process::id()
+        ))
+        .unwrap()
+    };
+    let refused = capture(&wrong).build("tls").await.err().expect("the binlog capture checks the CA");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+    capture(&trusted).build("tls").await.expect("the binlog capture connects over TLS");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
