@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +15,8 @@ use crate::pipeline::{Pipeline, SourceRunner};
 use crate::plugin::{LoadError, LoadedPlugin, NativeFactory, PluginEngine, load_dir};
 use crate::query::{QueryError, QueryRunner};
 use crate::sink::{RedisCache, SinkError};
-use crate::source::SourceError;
 use crate::source::health::SourceHealth;
+use crate::source::{Source, SourceConfig, SourceError};
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -140,10 +141,30 @@ impl Runtime {
                 tracing::warn!(source = %source_name, "no pipeline uses this source; not started");
                 continue;
             }
-            let source = source.build(source_name).await?;
             let source_health = Arc::new(SourceHealth::new(source_name));
             health.push(source_health.clone());
-            tasks.spawn(SourceRunner::new(source, pipelines, source_health).run(shutdown.clone()));
+            // A source that is down at startup is waited for, like one that goes
+            // down later; only a configuration that cannot work stops the start.
+            let built = match source.build(source_name).await {
+                Ok(built) => Some(built),
+                Err(e @ SourceError::BadConfig { .. }) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(source = %source_name, error = %e, "source unavailable at startup; retrying");
+                    source_health.failed(&e);
+                    None
+                }
+            };
+            let (config, name, shutdown) = (source.clone(), source_name.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let source = match built {
+                    Some(source) => source,
+                    None => match connect_until_up(&config, &name, &source_health, &shutdown).await {
+                        Some(source) => source,
+                        None => return,
+                    },
+                };
+                SourceRunner::new(source, pipelines, source_health).run(shutdown).await
+            });
         }
         self.bind_http().await?;
         if let (Some(http), Some(listener)) = (self.config.runtime.http.clone(), self.http.take()) {
@@ -167,5 +188,34 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+/// Builds `config` until it connects (backing off up to 10 s between tries,
+/// each failure reported to `health`), or `None` once `shutdown` is cancelled.
+async fn connect_until_up(
+    config: &SourceConfig,
+    name: &str,
+    health: &SourceHealth,
+    shutdown: &CancellationToken,
+) -> Option<Source> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match config.build(name).await {
+            Ok(source) => {
+                tracing::info!(source = %name, "source connected");
+                health.ok();
+                return Some(source);
+            }
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "source still unavailable; retrying");
+                health.failed(&e);
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }

@@ -402,3 +402,58 @@ async fn ready_and_status_say_why_a_pipeline_is_stuck() -> Result<()> {
     stop(shutdown, tasks).await?;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_down_at_startup_is_waited_for_reported_and_then_read() -> Result<()> {
+    let env = TestEnv::new("ops_late").await?;
+    env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
+    env.sql("insert into item values (1, 'one', 1)").await?;
+    let stream = env.stream("item");
+    // The stream source's Redis does not run yet when the runtime starts.
+    let port = evercache_test_kit::free_port();
+    let late = format!("redis://127.0.0.1:{port}");
+    let runtime = RuntimeToml::new()
+        .http(0)
+        .line("probe_interval = \"100ms\"\nstuck_after = \"1s\"")
+        .database("db", PG_URL)
+        .cache("main", REDIS_URL.as_str())
+        .redis_stream("events", &late, std::slice::from_ref(&stream), &env.prefix)
+        .build();
+    let config = env.config(&runtime, &[("items", &env.testkit_pipeline(""))])?;
+    let (addr, shutdown, tasks) = start(config).await?;
+    wait_until("/ready says the source is down", WAIT, || async move {
+        let (code, body) = get(addr, "/ready").await?;
+        Ok(code == 503 && body.contains("events") && body.contains("refused"))
+    })
+    .await?;
+
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let result = async {
+        let client = redis::Client::open(late.as_str())?;
+        let mut conn = loop {
+            match client.get_multiplexed_async_connection().await {
+                Ok(conn) => break conn,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(pg_key(1))
+            .arg(change_now(&env, "c", 1, "one"))
+            .query_async::<String>(&mut conn)
+            .await?;
+        let key = format!("{}:item:1", env.prefix);
+        evercache_e2e::wait_json(&env.redis, &key, Some(json!({"id": 1, "name": "one", "version": 1})), WAIT).await?;
+        wait_until("/ready turns true", WAIT, || async move { Ok(get(addr, "/ready").await?.0 == 200) }).await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    stop(shutdown, tasks).await?;
+    result
+}
