@@ -157,8 +157,10 @@ async fn postgres_queries_and_replication_speak_tls_and_check_the_server() {
         .status()
         .unwrap();
     assert!(setup.success());
-    let refused = capture(&wrong_ca).build("tls").await.err().expect("the replication connection checks the CA");
-    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+    let by_name = wrong_ca.replacen("@127.0.0.1:", "@localhost:", 1) + "&hostaddr=127.0.0.1";
+    let refused = capture(&by_name).build("tls").await.err().expect("the replication connection checks the CA");
+    let refused = refused.to_string();
+    assert!(refused.contains("certificate") && !refused.contains("IP address"), "{refused}");
     let source = capture(&require).build("tls").await.expect("the replication connection speaks TLS");
     let out = std::process::Command::new("psql")
         .args([
@@ -227,5 +229,52 @@ async fn mariadb_queries_and_the_binlog_capture_speak_tls_and_check_the_server()
     assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
     capture(&trusted).build("tls").await.expect("the binlog capture connects over TLS");
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn postgres_verify_full_accepts_a_server_its_ca_signed() {
+    let dir = scratch("pgverify");
+    let pg_dir = dir.join("pg");
+    let (cert, key) = (pg_dir.join("good-server.pem"), pg_dir.join("good-server.key"));
+    let options = [
+        "-c ssl=on".to_owned(),
+        format!("-c ssl_cert_file={}", cert.display()),
+        format!("-c ssl_key_file={}", key.display()),
+    ];
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let cluster = evercache_test_kit::pg_cluster::PgCluster::start_with(
+        &dir,
+        &options,
+        &[&dir.join("good-server.pem"), &dir.join("good-server.key")],
+    );
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.url(), dir.join("good-ca.pem").display());
+    assert_eq!(ssl_in_use(&verified).await, Ok(true), "verify-full against the CA that signed the server");
+
+    // The replication connection verifies a host name, so the URL names the
+    // certificate's `localhost` and connects to `hostaddr`, as libpq does.
+    let by_name = verified.replacen("@127.0.0.1:", "@localhost:", 1) + "&hostaddr=127.0.0.1";
+    assert_eq!(ssl_in_use(&by_name).await, Ok(true), "host queries take the same URL");
+    let capture: SourceConfig = toml::from_str(&format!(
+        "type = \"postgres\"\nurl = \"{by_name}\"\ntables = [\"public.probe\"]\npublication = \"tls_verify\"\n\
+         slot = \"tls_verify\"\nsnapshot = \"never\"\ndead_letter_url = \"redis://127.0.0.1:6379\""
+    ))
+    .unwrap();
+    let status =
+        Command::new("psql").args([&cluster.url(), "-qc", "create table public.probe (id int primary key)"]).status();
+    assert!(status.is_ok_and(|s| s.success()));
+    let source = capture.build("tls").await.expect("the replication connection verifies the server and connects");
+    let out = Command::new("psql")
+        .args([
+            &cluster.url(),
+            "-tAc",
+            "select s.ssl from pg_stat_replication r join pg_stat_ssl s using (pid) \
+             where r.application_name = 'evercache-tls'",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the walsender's connection is encrypted");
+    drop(source);
+    drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 pub mod mariadb_server;
+pub mod pg_cluster;
 pub mod tansu;
 
 /// The Redis (or Valkey) every suite uses: the local Redis started by

@@ -1,6 +1,7 @@
 //! Throwaway servers and runtime processes for the fault suite: a `redis-server`
-//! with AOF and a Postgres cluster on free loopback ports (so killing them never
-//! touches the machine's shared services), and `evercache run` as a child process.
+//! with AOF on a free loopback port (so killing it never touches the machine's
+//! shared services; the Postgres and MariaDB ones are in the test kit), and
+//! `evercache run` as a child process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +14,7 @@ use sqlx::PgPool;
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 pub const SHARED_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+pub use evercache_test_kit::pg_cluster::PgCluster;
 pub use evercache_test_kit::{RuntimeToml, free_port};
 
 /// A fresh scratch directory for one scenario.
@@ -124,93 +126,6 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A Postgres cluster of the test's own (`initdb` + `pg_ctl` from the installed binaries).
-pub struct PgCluster {
-    pub port: u16,
-    dir: PathBuf,
-    bin: PathBuf,
-}
-
-impl PgCluster {
-    pub fn start(dir: &Path) -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|versions| {
-                let mut found: Vec<PathBuf> = versions
-                    .filter_map(|v| v.ok())
-                    .map(|v| v.path().join("bin"))
-                    .filter(|b| b.join("initdb").exists())
-                    .collect();
-                found.sort_by_key(|b| b.to_string_lossy().split('/').nth(4).and_then(|v| v.parse::<u32>().ok()));
-                found.pop()
-            })
-            .expect("no initdb under /usr/lib/postgresql/*/bin; run bash scripts/dev-services.sh");
-        let cluster = Self { port: free_port(), dir: dir.join("pg"), bin };
-        std::fs::create_dir_all(&cluster.dir).unwrap();
-        // initdb refuses to run as root; the cluster then belongs to `postgres`.
-        let _ = Command::new("chown").args(["-R", "postgres:postgres", cluster.dir.to_str().unwrap()]).status();
-        let data = cluster.dir.join("data");
-        cluster.run("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"]);
-        cluster.start_server();
-        cluster
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let exe = self.bin.join(tool);
-        let status = if is_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).stdout(Stdio::null()).status()
-        } else {
-            Command::new(&exe).args(args).stdout(Stdio::null()).status()
-        };
-        assert!(matches!(status, Ok(s) if s.success()), "{tool} {args:?} failed: {status:?}");
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    pub fn start_server(&self) {
-        let data = self.dir.join("data");
-        // Logical WAL, so the built-in capture can stream from it.
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c wal_level=logical -c max_wal_senders=10 \
-             -c max_replication_slots=10",
-            self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("server.log");
-        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"]);
-    }
-
-    pub fn stop_server(&self) {
-        self.stop_server_mode("fast");
-    }
-
-    /// `pg_ctl stop -m <mode>`: "fast" (clean, connections closed) or "immediate" (a crash).
-    pub fn stop_server_mode(&self, mode: &str) {
-        let data = self.dir.join("data");
-        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", mode, "-w", "stop"]);
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let exe = self.bin.join("pg_ctl");
-        let args = ["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).stderr(Stdio::null()).status()
-        } else {
-            Command::new(&exe).args(args).stderr(Stdio::null()).status()
-        };
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// `evercache run` as a child process, killed (SIGKILL) when dropped.

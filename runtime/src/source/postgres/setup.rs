@@ -19,7 +19,7 @@ pub(super) struct Target {
 }
 
 impl Target {
-    /// Parses `postgres://user[:password]@host[:port]/database[?sslmode=…&sslrootcert=…]`.
+    /// Parses `postgres://user[:password]@host[:port]/database[?sslmode=…&sslrootcert=…&hostaddr=…]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url
             .strip_prefix("postgres://")
@@ -38,14 +38,17 @@ impl Target {
             return Err("url needs user, host and database: postgres://user@host:5432/db".to_owned());
         }
         let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-            user: decode(user),
-            password: decode(password),
-            database: decode(database),
-            tls,
-        })
+        // libpq's `hostaddr`: connect there, and verify the certificate against the URL's host name.
+        let mut tls = tls;
+        let hostaddr = query.split('&').find_map(|pair| pair.strip_prefix("hostaddr=")).map(decode);
+        let host = match hostaddr {
+            Some(address) => {
+                tls.sni_hostname = Some(host.to_owned());
+                address
+            }
+            None => host.to_owned(),
+        };
+        Ok(Self { host, port, user: decode(user), password: decode(password), database: decode(database), tls })
     }
 }
 
