@@ -172,14 +172,32 @@ async fn postgres_queries_and_replication_speak_tls_and_check_the_server() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the walsender's connection is encrypted");
-    drop(source);
-    let _ = std::process::Command::new("psql")
-        .stdout(Stdio::null())
-        .args([PG_URL, "-qc", &format!(
-            "select pg_sleep(0.5); select pg_drop_replication_slot('{name}') from pg_replication_slots where slot_name = '{name}' and not active; drop publication if exists {name}"
-        )])
-        .status();
+    let mut source = source;
+    source.close().await;
+    drop_slot(&name);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Drops the test's slot and publication on the shared Postgres once its
+/// walsender has gone (a moment after the connection closes), so no run leaks one.
+fn drop_slot(name: &str) {
+    let start = Instant::now();
+    loop {
+        let sql = format!(
+            "select pg_drop_replication_slot('{name}') from pg_replication_slots where slot_name = '{name}' and not active"
+        );
+        let _ = Command::new("psql").args([PG_URL, "-qtAc", &sql]).stdout(Stdio::null()).status();
+        let left = Command::new("psql")
+            .args([PG_URL, "-tAc", &format!("select count(*) from pg_replication_slots where slot_name = '{name}'")])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&left.stdout).trim() == "0" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "slot {name} still held after 30s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = Command::new("psql").args([PG_URL, "-qc", &format!("drop publication if exists {name}")]).status();
 }
 
 /// A host query's `Ssl_cipher` through `url` (empty: not encrypted).
