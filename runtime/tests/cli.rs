@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use evercache_test_kit::{PG_URL, REDIS_URL, RuntimeToml};
+use evercache_test_kit::{PG_URL, REDIS_URL, RuntimeToml, drop_released_slot};
 
 fn psql(sql: &str) {
     let out = Command::new("psql")
@@ -42,27 +42,6 @@ key_prefix = "{name}:item"
     );
     std::fs::write(dir.join("pipelines/items.toml"), pipeline).unwrap();
     dir.join("evercache.toml")
-}
-
-/// Drops a replication slot once the server has released it (a moment after
-/// its client exits).
-fn drop_slot(name: &str) {
-    let start = Instant::now();
-    loop {
-        let sql = format!(
-            "select pg_drop_replication_slot('{name}') from pg_replication_slots where slot_name = '{name}' and not active"
-        );
-        let _ = Command::new("psql").args([PG_URL, "-qtAc", &sql]).output();
-        let left = Command::new("psql")
-            .args([PG_URL, "-tAc", &format!("select count(*) from pg_replication_slots where slot_name = '{name}'")])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&left.stdout).trim() == "0" {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "slot {name} was never released");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Kills a spawned runtime if the test fails before it stops it.
@@ -262,7 +241,7 @@ fn capture_to_redis_stream_runs_until_sigterm() {
         "{decoded:?}"
     );
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
-    drop_slot(&name);
+    drop_released_slot(&name);
     psql(&format!("drop publication {name}; drop schema {name} cascade;"));
 }
 

@@ -122,15 +122,18 @@ async fn redis_over_tls_trusts_its_ca_and_refuses_others() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Whether a host query through `url` runs on a TLS connection.
-async fn ssl_in_use(url: &str) -> Result<bool, String> {
+/// The rows a host query through `url` returns, as their `Debug` text.
+async fn query_text(url: &str, sql: &str) -> Result<String, String> {
     let config: DatabaseConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
     let runner = config.build("db").map_err(|e| e.to_string())?;
-    let rows = runner
-        .query("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(format!("{rows:?}").contains("Boolean(true)"))
+    let rows = runner.query(sql, &[]).await.map_err(|e| e.to_string())?;
+    Ok(format!("{rows:?}"))
+}
+
+/// Whether a host query through `url` runs on a TLS connection.
+async fn ssl_in_use(url: &str) -> Result<bool, String> {
+    let rows = query_text(url, "select ssl from pg_stat_ssl where pid = pg_backend_pid()").await?;
+    Ok(rows.contains("Boolean(true)"))
 }
 
 #[tokio::test]
@@ -174,41 +177,15 @@ async fn postgres_queries_and_replication_speak_tls_and_check_the_server() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the walsender's connection is encrypted");
     let mut source = source;
     source.close().await;
-    drop_slot(&name);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Drops the test's slot and publication on the shared Postgres once its
-/// walsender has gone (a moment after the connection closes), so no run leaks one.
-fn drop_slot(name: &str) {
-    let start = Instant::now();
-    loop {
-        let sql = format!(
-            "select pg_drop_replication_slot('{name}') from pg_replication_slots where slot_name = '{name}' and not active"
-        );
-        let _ = Command::new("psql").args([PG_URL, "-qtAc", &sql]).stdout(Stdio::null()).status();
-        let left = Command::new("psql")
-            .args([PG_URL, "-tAc", &format!("select count(*) from pg_replication_slots where slot_name = '{name}'")])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&left.stdout).trim() == "0" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "slot {name} still held after 30s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    evercache_test_kit::drop_released_slot(&name);
     let _ = Command::new("psql").args([PG_URL, "-qc", &format!("drop publication if exists {name}")]).status();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A host query's `Ssl_cipher` through `url` (empty: not encrypted).
 async fn mysql_cipher(url: &str) -> Result<String, String> {
-    let config: DatabaseConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
-    let runner = config.build("db").map_err(|e| e.to_string())?;
-    let rows = runner
-        .query("select variable_value from information_schema.session_status where variable_name = 'SSL_CIPHER'", &[])
+    query_text(url, "select variable_value from information_schema.session_status where variable_name = 'SSL_CIPHER'")
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(format!("{rows:?}"))
 }
 
 #[tokio::test]

@@ -58,6 +58,27 @@ pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306";
 /// What to run when a service is missing.
 pub const SETUP_HINT: &str = "start the services with: bash scripts/dev-services.sh";
 
+/// Drops replication slot `name` on the shared Postgres once the server has
+/// released it (a moment after its client closes), so no test run leaks one.
+pub fn drop_released_slot(name: &str) {
+    let start = Instant::now();
+    loop {
+        let sql = format!(
+            "select pg_drop_replication_slot('{name}') from pg_replication_slots where slot_name = '{name}' and not active"
+        );
+        let _ = Command::new("psql").args([PG_URL, "-qtAc", &sql]).output();
+        let left = Command::new("psql")
+            .args([PG_URL, "-tAc", &format!("select count(*) from pg_replication_slots where slot_name = '{name}'")])
+            .output()
+            .expect("psql runs; start the services with: bash scripts/dev-services.sh");
+        if String::from_utf8_lossy(&left.stdout).trim() == "0" {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "slot {name} was never released");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
