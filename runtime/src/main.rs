@@ -234,15 +234,17 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
         if only.as_ref().is_some_and(|s| s != name) {
             continue;
         }
-        let (client, streams) =
+        let (target, streams) =
             source.dead_letter_streams(name).map_err(anyhow::Error::msg).with_context(|| format!("source '{name}'"))?;
         if replay && !matches!(source, SourceConfig::RedisStream(_)) {
             anyhow::bail!(
                 "source '{name}': only Redis Streams dead letters can be replayed (a capture cannot re-read its log); fix the cause and touch the rows, or `dlq list` them"
             );
         }
-        let mut conn =
-            client.get_connection_manager().await.with_context(|| format!("source '{name}': connecting to Redis"))?;
+        let mut conn = target
+            .connect(std::time::Duration::from_secs(10))
+            .await
+            .with_context(|| format!("source '{name}': connecting to Redis"))?;
         for dlq in streams {
             let (mut after, mut listed) = (None::<String>, 0);
             while listed < limit {

@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics as m;
 use crate::pipeline::stats::StatsSnapshot;
+use crate::redis_conn::{RedisConn, RedisTarget};
 use crate::source::SourceError;
-use crate::source::lag::{LagProbe, SourceLag};
+use crate::source::lag::{LagProbe, PROBE_TIMEOUT, SourceLag};
 
 /// Redis hash per pipeline, in its cache, where the runtime leaves its figures.
 pub fn status_key(pipeline: &str) -> String {
@@ -94,7 +94,7 @@ impl Facts {
 /// Probes every source and cache of a configuration.
 pub struct Probes {
     sources: Vec<LagProbe>,
-    caches: Vec<(String, redis::Client, Option<MultiplexedConnection>)>,
+    caches: Vec<(String, RedisTarget, Option<RedisConn>)>,
 }
 
 impl Probes {
@@ -108,9 +108,9 @@ impl Probes {
             .collect::<Result<_, _>>()?;
         let mut caches = Vec::new();
         for (name, cache) in &config.runtime.caches {
-            let client = crate::tls::redis_client(&cache.url, cache.tls.as_ref())
+            crate::tls::redis_certificates(cache.tls.as_ref())
                 .map_err(|message| SourceError::BadConfig { source_name: name.clone(), message })?;
-            caches.push((name.clone(), client, None));
+            caches.push((name.clone(), cache.target(), None));
         }
         Ok(Self { sources, caches })
     }
@@ -125,8 +125,8 @@ impl Probes {
                 Err(e) => SourceFacts { source, up: false, error: Some(e.to_string()), lags: Vec::new() },
             });
         }
-        for (cache, client, conn) in &mut self.caches {
-            let used = used_memory(client, conn).await;
+        for (cache, target, conn) in &mut self.caches {
+            let used = used_memory(target, conn).await;
             if used.is_err() {
                 *conn = None;
             }
@@ -140,32 +140,39 @@ impl Probes {
     }
 
     /// A connection to cache `name`, for the pipelines' status hashes.
-    pub async fn cache_conn(&mut self, name: &str) -> Option<MultiplexedConnection> {
-        let (_, client, conn) = self.caches.iter_mut().find(|(n, _, _)| n == name)?;
+    pub async fn cache_conn(&mut self, name: &str) -> Option<RedisConn> {
+        let (_, target, conn) = self.caches.iter_mut().find(|(n, _, _)| n == name)?;
         if conn.is_none() {
-            *conn = client.get_multiplexed_async_connection().await.ok();
+            *conn = target.connect(PROBE_TIMEOUT).await.ok();
         }
         conn.clone()
     }
 }
 
-async fn used_memory(client: &redis::Client, conn: &mut Option<MultiplexedConnection>) -> Result<u64, String> {
+/// Bytes used by the cache: by all its primaries, for a cluster.
+async fn used_memory(target: &RedisTarget, conn: &mut Option<RedisConn>) -> Result<u64, String> {
     let mut c = match conn {
         Some(c) => c.clone(),
-        None => conn.insert(client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?).clone(),
+        None => conn.insert(target.connect(PROBE_TIMEOUT).await.map_err(|e| e.to_string())?).clone(),
     };
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.map_err(|e| e.to_string())?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| "INFO memory has no used_memory".to_owned())
+    let infos: Vec<(String, String)> =
+        c.per_primary(redis::cmd("INFO").arg("memory")).await.map_err(|e| e.to_string())?;
+    let mut total = 0;
+    for (node, info) in infos {
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("INFO memory of {node} has no used_memory"))?;
+    }
+    Ok(total)
 }
 
 /// Writes a pipeline's figures to its status hash (kept a day after the runtime
 /// stops); `running` is false for the last write before shutdown; `trouble`
 /// says why the pipeline is not ready, when it is not.
 pub async fn save_pipeline(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     pipeline: &str,
     stats: &StatsSnapshot,
     running: bool,

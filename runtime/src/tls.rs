@@ -49,8 +49,16 @@ impl RedisTls {
 /// A Redis client for `url`, with the files of `tls` when given.
 pub fn redis_client(url: &SecretUrl, tls: Option<&RedisTls>) -> Result<redis::Client, String> {
     init();
+    match redis_certificates(tls)? {
+        None => redis::Client::open(url.expose()).map_err(|e| e.to_string()),
+        Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates).map_err(|e| e.to_string()),
+    }
+}
+
+/// The files of `tls` read, or `None` when it names none (the system's roots then).
+pub fn redis_certificates(tls: Option<&RedisTls>) -> Result<Option<redis::TlsCertificates>, String> {
     let Some(tls) = tls.filter(|t| **t != RedisTls::default()) else {
-        return redis::Client::open(url.expose()).map_err(|e| e.to_string());
+        return Ok(None);
     };
     let read = |path: &Path| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
     let client_tls = match (&tls.client_cert, &tls.client_key) {
@@ -59,8 +67,7 @@ pub fn redis_client(url: &SecretUrl, tls: Option<&RedisTls>) -> Result<redis::Cl
         _ => return Err("tls: client_cert and client_key go together".to_owned()),
     };
     let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
-    redis::Client::build_with_tls(url.expose(), redis::TlsCertificates { client_tls, root_cert })
-        .map_err(|e| e.to_string())
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
 }
 
 /// MySQL/MariaDB connection options from a URL. Beside mysql_async's own

@@ -13,6 +13,7 @@ use anyhow::{Result, bail};
 
 pub mod mariadb_server;
 pub mod pg_cluster;
+pub mod redis_cluster;
 pub mod tansu;
 
 /// The Redis (or Valkey) every suite uses: the local Redis started by

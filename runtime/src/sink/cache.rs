@@ -6,11 +6,11 @@ use crate::secret::SecretUrl;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use serde::Deserialize;
 
 use super::error::SinkError;
+use crate::redis_conn::{RedisConn, RedisTarget};
 
 /// The key a health check writes (with a short expiry).
 const HEALTH_KEY: &str = "evercache:health";
@@ -27,6 +27,11 @@ pub struct CacheConfig {
     /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// The url is one node of a Redis Cluster (default false): the other nodes
+    /// are discovered from it, writes follow `MOVED`/`ASK` through resharding
+    /// and failover, and each key's metadata shares its slot.
+    #[serde(default)]
+    pub cluster: bool,
     /// How long a deleted key's version is remembered so a late, older write
     /// cannot resurrect it (default "10m").
     #[serde(default = "default_tombstone_ttl", with = "humantime_serde")]
@@ -52,7 +57,7 @@ fn default_response_timeout() -> Duration {
 #[derive(Clone)]
 pub struct RedisCache {
     name: String,
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: RedisConn,
     pub(super) script: Script,
     pub(super) tombstone_ttl_ms: u64,
 }
@@ -60,18 +65,17 @@ pub struct RedisCache {
 impl CacheConfig {
     /// Connects (the connection reconnects by itself afterwards) and loads the guard script.
     pub async fn build(&self, name: &str) -> Result<RedisCache, SinkError> {
-        crate::tls::init();
-        let client = crate::tls::redis_client(&self.url, self.tls.as_ref()).map_err(|message| {
-            SinkError::redis(RedisError::from((redis::ErrorKind::InvalidClientConfig, "cache", message)))
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.response_timeout))
-            .set_max_delay(Duration::from_secs(2));
-        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(SinkError::redis)?;
+        let mut conn = self.target().connect(self.response_timeout).await.map_err(SinkError::redis)?;
         super::eviction::check(&mut conn, name, self.unsafe_eviction).await?;
         let script = Script::new(include_str!("guard.lua"));
+        // For a cluster this loads it on every node, replicas included.
         script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
         Ok(RedisCache { name: name.to_owned(), conn, script, tombstone_ttl_ms: self.tombstone_ttl.as_millis() as u64 })
+    }
+
+    /// Where the cache is.
+    pub fn target(&self) -> RedisTarget {
+        RedisTarget::new(&self.url, self.tls.as_ref(), self.cluster)
     }
 }
 
@@ -82,7 +86,7 @@ impl RedisCache {
     }
 
     /// A connection to the cache, e.g. for reading metadata.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 

@@ -6,7 +6,7 @@
 //! key's metadata stays (a delete's tombstone, which has a TTL, may go early).
 //! The policy is read at startup; an unsafe one is logged, or refused.
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use serde::Deserialize;
 
 use super::SinkError;
@@ -45,35 +45,35 @@ pub fn classify(policy: &str) -> PolicySafety {
 }
 
 /// Reads the policy (from `INFO memory`, which managed services allow where
-/// `CONFIG GET` is not) and applies `on_unsafe`.
-pub(super) async fn check(
-    conn: &mut ConnectionManager,
-    cache: &str,
-    on_unsafe: UnsafeEviction,
-) -> Result<(), SinkError> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await.map_err(SinkError::redis)?;
-    let field = |name: &str| {
-        info.lines().find_map(|line| line.strip_prefix(name).and_then(|l| l.strip_prefix(':'))).map(str::trim)
-    };
-    let Some(policy) = field("maxmemory_policy") else { return Ok(()) };
-    let maxmemory = field("maxmemory").unwrap_or("0");
-    match (classify(policy), on_unsafe) {
-        (PolicySafety::Unsafe, UnsafeEviction::Refuse) => {
-            Err(SinkError::UnsafeEviction { cache: cache.to_owned(), policy: policy.to_owned() })
+/// `CONFIG GET` is not; of every primary of a cluster) and applies `on_unsafe`.
+pub(super) async fn check(conn: &mut RedisConn, cache: &str, on_unsafe: UnsafeEviction) -> Result<(), SinkError> {
+    let infos: Vec<(String, String)> =
+        conn.per_primary(redis::cmd("INFO").arg("memory")).await.map_err(SinkError::redis)?;
+    for (node, info) in infos {
+        let field = |name: &str| {
+            info.lines().find_map(|line| line.strip_prefix(name).and_then(|l| l.strip_prefix(':'))).map(str::trim)
+        };
+        let Some(policy) = field("maxmemory_policy") else { continue };
+        let maxmemory = field("maxmemory").unwrap_or("0");
+        match (classify(policy), on_unsafe) {
+            (PolicySafety::Unsafe, UnsafeEviction::Refuse) => {
+                return Err(SinkError::UnsafeEviction { cache: cache.to_owned(), policy: policy.to_owned() });
+            }
+            (PolicySafety::Unsafe, UnsafeEviction::Warn) => {
+                tracing::warn!(
+                    cache,
+                    %node,
+                    policy,
+                    maxmemory,
+                    "this eviction policy may evict a key's version metadata and keep its value, after which an \
+                     older change can overwrite a newer value; use noeviction or a volatile-* policy (or set \
+                     unsafe_eviction = \"refuse\" to refuse to start)"
+                );
+            }
+            _ => {}
         }
-        (PolicySafety::Unsafe, UnsafeEviction::Warn) => {
-            tracing::warn!(
-                cache,
-                policy,
-                maxmemory,
-                "this eviction policy may evict a key's version metadata and keep its value, after which an older \
-                 change can overwrite a newer value; use noeviction or a volatile-* policy (or set \
-                 unsafe_eviction = \"refuse\" to refuse to start)"
-            );
-            Ok(())
-        }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use redis::Pipeline;
+use redis::{Pipeline, Script};
 
 use super::cache::RedisCache;
 use super::error::SinkError;
 use super::meta::meta_key;
 use crate::contract::{CacheValue, Entry};
+use crate::redis_conn::RedisConn;
 
 /// Per-pipeline write settings.
 #[derive(Debug, Clone)]
@@ -71,6 +72,16 @@ pub struct WriteReport {
 }
 
 impl WriteReport {
+    fn count(&mut self, codes: &[i64]) {
+        for code in codes {
+            match code {
+                1 => self.applied += 1,
+                2 => self.deleted += 1,
+                _ => self.stale += 1,
+            }
+        }
+    }
+
     /// Adds another write's figures to these.
     pub fn add(&mut self, other: &WriteReport) {
         self.applied += other.applied;
@@ -94,34 +105,21 @@ impl RedisWriter {
         self.cache.check_writable(timeout).await
     }
 
-    /// Writes all keys in as few pipeline round trips as the chunk size allows.
+    /// Writes all keys in as few pipeline round trips as the chunk size allows
+    /// (on a cluster a chunk goes as one pipeline per primary, all at once).
     /// Reloads the script once if Redis lost it (a restart or `SCRIPT FLUSH`).
     /// A failure part-way is retried whole: keys already written then count as
     /// stale, since the guard never applies the same position twice.
     pub async fn write(&self, plugin: &str, writes: &[KeyWrite]) -> Result<WriteReport, SinkError> {
         let mut report = WriteReport::default();
-        let mut conn = self.cache.conn.clone();
         for chunk in writes.chunks(KEYS_PER_ROUND_TRIP) {
-            let pipe = self.pipeline(plugin, chunk)?;
-            let codes: Vec<i64> = match pipe.query_async(&mut conn).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    self.cache.script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
-                    pipe.query_async(&mut conn).await.map_err(SinkError::redis)?
-                }
-                other => other.map_err(SinkError::redis)?,
-            };
-            for code in codes {
-                match code {
-                    1 => report.applied += 1,
-                    2 => report.deleted += 1,
-                    _ => report.stale += 1,
-                }
-            }
+            let pipe = self.pipeline(plugin, chunk.iter())?;
+            report.count(&run(self.cache.conn.clone(), &self.cache.script, pipe).await?);
         }
         Ok(report)
     }
 
-    fn pipeline(&self, plugin: &str, writes: &[KeyWrite]) -> Result<Pipeline, SinkError> {
+    fn pipeline<'a>(&self, plugin: &str, writes: impl Iterator<Item = &'a KeyWrite>) -> Result<Pipeline, SinkError> {
         let mut pipe = redis::pipe();
         let hash = self.cache.script.get_hash();
         let tombstone = self.cache.tombstone_ttl_ms.to_string();
@@ -170,6 +168,17 @@ impl RedisWriter {
             }
         }
         Ok(pipe)
+    }
+}
+
+/// Runs one pipeline of guard calls, loading the script first if Redis lost it.
+async fn run(mut conn: RedisConn, script: &Script, pipe: Pipeline) -> Result<Vec<i64>, SinkError> {
+    match pipe.query_async(&mut conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
+            pipe.query_async(&mut conn).await.map_err(SinkError::redis)
+        }
+        other => other.map_err(SinkError::redis),
     }
 }
 

@@ -2,7 +2,7 @@
 //! they can be inspected (`evercache dlq list`) and re-injected after a fix
 //! (`evercache dlq replay`).
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::{RedisConn, key_slot};
 use serde::Serialize;
 
 use super::{SourceError, SourceRecord};
@@ -25,13 +25,13 @@ pub struct DeadLetter {
 #[derive(Clone)]
 pub struct DeadLetterWriter {
     source: String,
-    conn: ConnectionManager,
+    conn: RedisConn,
     template: String,
 }
 
 impl DeadLetterWriter {
     /// Writes through `conn`; `template` is e.g. "{stream}:dlq".
-    pub fn new(source: &str, conn: ConnectionManager, template: &str) -> Self {
+    pub fn new(source: &str, conn: RedisConn, template: &str) -> Self {
         Self { source: source.to_owned(), conn, template: template.to_owned() }
     }
 
@@ -41,7 +41,7 @@ impl DeadLetterWriter {
     }
 
     /// Appends each record's original fields plus `__evercache.stream`, `.id`,
-    /// `.pipeline`, `.error` and `.attempts`, in one round trip.
+    /// `.pipeline`, `.error` and `.attempts`, in one round trip (per node, on a cluster).
     pub async fn write(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
         if letters.is_empty() {
             return Ok(());
@@ -94,7 +94,7 @@ pub struct StoredDeadLetter {
 /// Reads up to `count` dead letters of `dlq`, oldest first, after entry id
 /// `after` (all when `None`).
 pub async fn read_dead_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     dlq: &str,
     after: Option<&str>,
     count: usize,
@@ -132,7 +132,15 @@ pub async fn read_dead_letters(
 
 /// Re-injects a dead letter into its original stream with its original fields
 /// and removes it from the dead-letter stream, atomically. Returns the new entry id.
-pub async fn replay_dead_letter(conn: &mut ConnectionManager, letter: &StoredDeadLetter) -> redis::RedisResult<String> {
+pub async fn replay_dead_letter(conn: &mut RedisConn, letter: &StoredDeadLetter) -> redis::RedisResult<String> {
+    if conn.is_cluster() && key_slot(letter.stream.as_bytes()) != key_slot(letter.dlq.as_bytes()) {
+        // No transaction spans two slots: re-inject first, so a failure in
+        // between leaves a duplicate (harmless behind the version guard), never a loss.
+        let new_id: String =
+            redis::cmd("XADD").arg(&letter.stream).arg("*").arg(&letter.fields).query_async(conn).await?;
+        redis::cmd("XDEL").arg(&letter.dlq).arg(&letter.id).query_async::<u64>(conn).await?;
+        return Ok(new_id);
+    }
     let (new_id, _removed): (String, u64) = redis::pipe()
         .atomic()
         .xadd(&letter.stream, "*", &letter.fields)

@@ -7,14 +7,14 @@ use crate::secret::SecretUrl;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
 use super::{SourceConfig, SourceError};
+use crate::redis_conn::{RedisConn, RedisTarget};
 
 /// Longest a probe may take before the source counts as unreachable.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How far one stream (or slot) of a source is behind.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -37,7 +37,7 @@ pub struct SourceLag {
 pub struct LagProbe {
     source: String,
     kind: ProbeKind,
-    redis: Option<(redis::Client, Option<MultiplexedConnection>)>,
+    redis: Option<(RedisTarget, Option<RedisConn>)>,
     postgres: Option<PgConnection>,
 }
 
@@ -66,11 +66,11 @@ impl LagProbe {
     /// A probe for `[sources.<name>]`; it connects on first use.
     pub fn new(name: &str, config: &SourceConfig) -> Result<Self, SourceError> {
         let bad = |message: String| SourceError::BadConfig { source_name: name.to_owned(), message };
-        let (kind, redis_url) = match config {
+        let (kind, redis_target) = match config {
             SourceConfig::RedisStream(c) => {
                 let dead_letters = c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
                 let kind = ProbeKind::RedisStream { streams: c.streams.clone(), group: c.group.clone(), dead_letters };
-                (kind, (&c.url, c.tls.as_ref()))
+                (kind, c.target())
             }
             #[cfg(feature = "kafka")]
             SourceConfig::Kafka(c) => {
@@ -85,17 +85,17 @@ impl LagProbe {
                     .map(|t| c.dead_letter_stream.replace("{stream}", &format!("{prefix}.{t}")))
                     .collect();
                 let kind = ProbeKind::Postgres { url: c.url.clone(), slot: c.slot.clone(), dead_letters };
-                (kind, (&c.dead_letter_url, None))
+                (kind, RedisTarget::new(&c.dead_letter_url, None, false))
             }
             SourceConfig::MySql(c) => {
                 let dead_letters =
                     c.stream_names(name).iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect();
                 let kind = ProbeKind::MySql { url: c.url.clone(), position_key: c.position_key(name), dead_letters };
-                (kind, (&c.dead_letter_url, None))
+                (kind, RedisTarget::new(&c.dead_letter_url, None, false))
             }
         };
-        let client = crate::tls::redis_client(redis_url.0, redis_url.1).map_err(|e| bad(format!("redis: {e}")))?;
-        Ok(Self { source: name.to_owned(), kind, redis: Some((client, None)), postgres: None })
+        crate::tls::redis_certificates(redis_target.tls.as_ref()).map_err(|e| bad(format!("redis: {e}")))?;
+        Ok(Self { source: name.to_owned(), kind, redis: Some((redis_target, None)), postgres: None })
     }
 
     /// The `[sources.<name>]` name.
@@ -150,11 +150,9 @@ impl LagProbe {
             message,
         };
         let redis = match &mut self.redis {
-            Some((client, conn @ None)) => {
-                let connected = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| unavailable("connect", e.to_string()))?;
+            Some((target, conn @ None)) => {
+                let connected =
+                    target.connect(PROBE_TIMEOUT).await.map_err(|e| unavailable("connect", e.to_string()))?;
                 conn.insert(connected).clone()
             }
             Some((_, Some(conn))) => conn.clone(),
@@ -250,7 +248,7 @@ impl LagProbe {
 }
 
 /// Entries in all of a source's dead-letter streams.
-async fn dead_letter_total(redis: &mut MultiplexedConnection, streams: &[String]) -> redis::RedisResult<u64> {
+async fn dead_letter_total(redis: &mut RedisConn, streams: &[String]) -> redis::RedisResult<u64> {
     let mut total = 0;
     for stream in streams {
         total += redis::cmd("XLEN").arg(stream).query_async::<u64>(redis).await?;

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::redis_conn::RedisTarget;
+
 pub use change::{CapturedChange, Origin};
 pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
 #[cfg(feature = "kafka")]
@@ -63,18 +65,17 @@ impl SourceConfig {
 
 impl SourceConfig {
     /// Where this source writes dead letters: the Redis URL and the stream names.
-    pub fn dead_letter_streams(&self, name: &str) -> Result<(redis::Client, Vec<String>), String> {
+    pub fn dead_letter_streams(&self, name: &str) -> Result<(RedisTarget, Vec<String>), String> {
         match self {
-            SourceConfig::RedisStream(c) => Ok((
-                crate::tls::redis_client(&c.url, c.tls.as_ref())?,
-                c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
-            )),
+            SourceConfig::RedisStream(c) => {
+                Ok((c.target(), c.streams.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect()))
+            }
             SourceConfig::Postgres(c) => Ok((
-                crate::tls::redis_client(&c.dead_letter_url, None)?,
+                RedisTarget::new(&c.dead_letter_url, None, false),
                 c.stream_names()?.iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
             )),
             SourceConfig::MySql(c) => Ok((
-                crate::tls::redis_client(&c.dead_letter_url, None)?,
+                RedisTarget::new(&c.dead_letter_url, None, false),
                 c.stream_names(name).iter().map(|s| c.dead_letter_stream.replace("{stream}", s)).collect(),
             )),
             #[cfg(feature = "kafka")]

@@ -3,116 +3,21 @@
 //! `XACK` only after the batch's cache writes succeeded.
 
 mod acker;
+mod config;
 mod reply;
 mod trim;
 
-use crate::secret::SecretUrl;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Value, cmd};
-use serde::Deserialize;
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord};
+use crate::redis_conn::{RedisConn, key_slot};
 pub use acker::StreamAcker;
+pub use config::RedisStreamConfig;
 use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
-
-/// `[sources.<name>]` with `type = "redis-stream"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisStreamConfig {
-    /// Redis URL holding the streams, e.g. "redis://127.0.0.1:6379".
-    pub url: SecretUrl,
-    /// TLS files for a `rediss://` url: `{ ca_file, client_cert, client_key }`.
-    #[serde(default)]
-    pub tls: Option<crate::tls::RedisTls>,
-    /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Streams to consume, e.g. ["shop.public.product"] (Debezium: `<prefix>.<schema>.<table>`).
-    pub streams: Vec<String>,
-    /// Consumer group, created (with MKSTREAM) when missing, e.g. "evercache".
-    #[serde(default = "default_group")]
-    pub group: String,
-    /// Consumer name within the group; keep it stable across restarts so own
-    /// pending entries are re-read (default "evercache-<hostname>").
-    #[serde(default)]
-    pub consumer: Option<String>,
-    /// Most entries read per stream and batch (default 500).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    /// Most entries applied as one batch once a backlog builds up (default 5000).
-    /// Reads go on while a batch is applied and join the next batch up to this
-    /// many entries, so a backlog is worked off in bigger batches in which the
-    /// changes of a hot row are recomputed and written once; with no backlog a
-    /// batch is whatever one read returned. A batch's keys are held in memory,
-    /// so a fan-out pipeline (one change touching thousands of keys) may want it
-    /// lower, e.g. 500.
-    #[serde(default = "default_max_batch_entries")]
-    pub max_batch_entries: usize,
-    /// Most bytes of entries applied as one batch (default 33554432, 32 MiB):
-    /// a backlog of big entries (Debezium's schema wrapper makes each a few
-    /// KB) closes a batch before `max_batch_entries`. Up to four batches are
-    /// held at once (one being read, the others being written or acknowledged).
-    #[serde(default = "default_max_batch_bytes")]
-    pub max_batch_bytes: usize,
-    /// How long one read blocks waiting for new entries (default "1s").
-    #[serde(default = "default_block", with = "humantime_serde")]
-    pub block: Duration,
-    /// Where permanently failing records go; `{stream}` is replaced by the
-    /// record's stream (default "{stream}:dlq").
-    #[serde(default = "default_dead_letter_stream")]
-    pub dead_letter_stream: String,
-    /// Entries pending on any consumer of the group for longer than this (a
-    /// crashed or stuck instance) are taken over with `XAUTOCLAIM` (default "60s").
-    /// Keep it above the longest time a healthy batch takes.
-    #[serde(default = "default_claim_idle", with = "humantime_serde")]
-    pub claim_idle: Duration,
-    /// An entry delivered more often than this without being acknowledged (its
-    /// consumers keep crashing or stalling on it) is dead-lettered instead of
-    /// delivered again; counted by the group's pending entries list (default 10).
-    #[serde(default = "default_max_deliveries")]
-    pub max_deliveries: u64,
-    /// Remove entries every group of the stream has acknowledged, with `XTRIM
-    /// MINID` up to the oldest entry still pending or undelivered in *any* group
-    /// (default false: the stream's producer or `MAXLEN` policy owns its size).
-    #[serde(default)]
-    pub trim_acked: bool,
-    /// How often to trim when `trim_acked` is on (default "30s").
-    #[serde(default = "default_trim_interval", with = "humantime_serde")]
-    pub trim_interval: Duration,
-}
-
-fn default_group() -> String {
-    "evercache".to_owned()
-}
-fn default_batch_size() -> usize {
-    500
-}
-fn default_max_batch_entries() -> usize {
-    5000
-}
-fn default_max_batch_bytes() -> usize {
-    32 << 20
-}
-fn default_block() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_dead_letter_stream() -> String {
-    "{stream}:dlq".to_owned()
-}
-fn default_claim_idle() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_max_deliveries() -> u64 {
-    10
-}
-fn default_trim_interval() -> Duration {
-    Duration::from_secs(30)
-}
 
 /// A running Redis Streams consumer.
 pub struct RedisStreamSource {
@@ -120,8 +25,8 @@ pub struct RedisStreamSource {
     config: RedisStreamConfig,
     consumer: String,
     /// Dedicated to blocking reads, so acks and dead letters never wait behind them.
-    reader: ConnectionManager,
-    commands: ConnectionManager,
+    reader: RedisConn,
+    commands: RedisConn,
     acker: StreamAcker,
     /// While re-reading the own pending entries list after a start: the last id
     /// read per stream, so a batch still in flight is not read twice.
@@ -146,19 +51,23 @@ impl RedisStreamConfig {
             operation,
             message: e.to_string(),
         };
-        let client = crate::tls::redis_client(&self.url, self.tls.as_ref())
-            .map_err(|message| SourceError::BadConfig { source_name: name.to_owned(), message })?;
-        let read_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.block + Duration::from_secs(10)))
-            .set_max_delay(Duration::from_secs(2));
-        let reader = ConnectionManager::new_with_config(client.clone(), read_config)
-            .await
-            .map_err(|e| unavailable("connect", e))?;
-        let command_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_max_delay(Duration::from_secs(2));
-        let mut commands =
-            ConnectionManager::new_with_config(client, command_config).await.map_err(|e| unavailable("connect", e))?;
+        if self.cluster
+            && let Some(other) =
+                self.streams.iter().find(|s| key_slot(s.as_bytes()) != key_slot(self.streams[0].as_bytes()))
+        {
+            return Err(SourceError::BadConfig {
+                source_name: name.to_owned(),
+                message: format!(
+                    "on a Redis Cluster one read covers all streams, so they must share a slot, but `{}` and `{other}` \
+                     do not: give them one hash tag (e.g. Debezium's topic.prefix = \"{{shop}}\") or use one source per stream",
+                    self.streams[0]
+                ),
+            });
+        }
+        let target = self.target();
+        let reader =
+            target.connect(self.block + Duration::from_secs(10)).await.map_err(|e| unavailable("connect", e))?;
+        let mut commands = target.connect(Duration::from_secs(10)).await.map_err(|e| unavailable("connect", e))?;
         for stream in &self.streams {
             if create_group(&mut commands, stream, &self.group).await.map_err(|e| unavailable("XGROUP CREATE", e))? {
                 tracing::info!(source = %name, %stream, group = %self.group, "consumer group created");
@@ -188,7 +97,7 @@ impl RedisStreamConfig {
 
 /// Creates the group at the stream's start (and the stream, if missing);
 /// false when it existed. A new group owes the cache everything in the stream.
-async fn create_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<bool, redis::RedisError> {
+async fn create_group(conn: &mut RedisConn, stream: &str, group: &str) -> Result<bool, redis::RedisError> {
     let created: Result<(), redis::RedisError> =
         cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg("0").arg("MKSTREAM").query_async(conn).await;
     match created {

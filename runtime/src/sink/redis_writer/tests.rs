@@ -12,6 +12,7 @@ async fn cache(tombstone: Duration) -> RedisCache {
     let config = CacheConfig {
         url: "redis://127.0.0.1:6379".into(),
         password_file: None,
+        cluster: false,
         unsafe_eviction: Default::default(),
         tls: None,
         tombstone_ttl: tombstone,
@@ -191,6 +192,7 @@ async fn bad_keys_are_permanent_and_connection_errors_transient() {
     let refused = CacheConfig {
         url: "redis://127.0.0.1:1".into(),
         password_file: None,
+        cluster: false,
         unsafe_eviction: Default::default(),
         tls: None,
         tombstone_ttl: Duration::from_secs(1),

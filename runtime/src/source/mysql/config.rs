@@ -2,6 +2,7 @@
 //! the server's binlog settings are checked, the stored resume position is
 //! read, and an initial snapshot runs when there is none.
 
+use crate::redis_conn::RedisConn;
 use crate::secret::SecretUrl;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -204,7 +205,7 @@ impl MySqlCaptureConfig {
             visibility: VisibilityGate::new(name, opts.clone()),
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
-            dead_letters: DeadLetterWriter::new(name, redis, &self.dead_letter_stream),
+            dead_letters: DeadLetterWriter::new(name, RedisConn::Node(redis), &self.dead_letter_stream),
             snapshot,
             last_commit_ms: 0,
             catalogue,

@@ -11,6 +11,7 @@ mod snapshot;
 mod values;
 mod visibility;
 
+use crate::redis_conn::RedisConn;
 use crate::secret::SecretUrl;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -203,7 +204,7 @@ impl PostgresCaptureConfig {
             visibility,
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
-            dead_letters: DeadLetterWriter::new(name, dead_letter_conn, &self.dead_letter_stream),
+            dead_letters: DeadLetterWriter::new(name, RedisConn::Node(dead_letter_conn), &self.dead_letter_stream),
             snapshot,
             snapshot_marker,
             marker_conn,

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 use super::id_key;
 use crate::source::dead_letter::{DeadLetter, DeadLetterWriter};
@@ -19,7 +19,7 @@ pub struct StreamAcker {
     name: Arc<str>,
     group: Arc<str>,
     streams: Arc<[String]>,
-    commands: ConnectionManager,
+    commands: RedisConn,
     dead_letters: DeadLetterWriter,
     /// Entries handed out and not yet acknowledged: never claimed back from ourselves.
     in_flight: Arc<Mutex<HashSet<EntryKey>>>,
@@ -30,7 +30,7 @@ impl StreamAcker {
         name: &str,
         group: &str,
         streams: &[String],
-        commands: ConnectionManager,
+        commands: RedisConn,
         dead_letters: DeadLetterWriter,
     ) -> Self {
         Self {

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::redis_conn::RedisConn;
 use redis::Value;
-use redis::aio::ConnectionManager;
 
 use super::reply::text;
 
@@ -46,7 +46,7 @@ fn successor((ms, seq): (u64, u64)) -> (u64, u64) {
 
 /// Reads every group's state of `stream` and trims what all of them are done
 /// with. Returns how many entries were removed.
-pub(super) async fn trim_acknowledged(conn: &mut ConnectionManager, stream: &str) -> redis::RedisResult<u64> {
+pub(super) async fn trim_acknowledged(conn: &mut RedisConn, stream: &str) -> redis::RedisResult<u64> {
     let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await?;
     let mut states = Vec::with_capacity(groups.len());
     for group in groups {
