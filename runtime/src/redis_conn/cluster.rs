@@ -256,7 +256,9 @@ impl ClusterConn {
                 // A refresh failing now (the node asked is down) is retried on the next failure.
                 let _ = self.refresh(topology.generation).await;
             }
-            if refresh {
+            // Redirects are followed at once, but not in a tight loop while the
+            // nodes disagree about a slot.
+            if refresh || attempt >= 3 {
                 tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
             }
         }
@@ -411,5 +413,26 @@ mod tests {
             Target::AllPrimaries { map: false }
         ));
         assert!(matches!(target(&redis::cmd("PING")), Target::Any));
+    }
+
+    #[test]
+    fn the_slot_map_names_each_slot_primary() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node("10.0.0.1", 7000), node("10.0.0.4", 7003)]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node("", 7001)]),
+        ]);
+        let slots = parse_slots("10.0.0.9:7001", reply).unwrap();
+        assert_eq!(slots[0].as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!(slots[5460].as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!(slots[5461].as_deref(), Some("10.0.0.9:7001"), "an empty host is the node asked");
+        assert_eq!(slots[16383].as_deref(), Some("10.0.0.9:7001"));
+        assert!(parse_slots("x:1", Value::Int(1)).is_err());
     }
 }

@@ -431,6 +431,7 @@ async fn a_late_stale_recompute_never_resurrects_a_deleted_key() {
     let cache = CacheConfig {
         url: SHARED_REDIS.into(),
         password_file: None,
+        cluster: false,
         unsafe_eviction: Default::default(),
         tls: None,
         tombstone_ttl: Duration::from_secs(600),
