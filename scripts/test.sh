@@ -29,7 +29,8 @@ cargo test --workspace
 
 echo "== the end-to-end suites again, against Valkey instead of Redis"
 bash scripts/valkey.sh
-EVERCACHE_TEST_REDIS_URL=redis://127.0.0.1:6391 cargo test -p evercache-e2e
+EVERCACHE_TEST_REDIS_URL=redis://127.0.0.1:6391 EVERCACHE_TEST_REDIS_SERVER="$(bash scripts/valkey.sh --binary)" \
+  cargo test -p evercache-e2e
 
 echo "== fault suite (kills and restarts real processes; prints what each scenario checked)"
 cargo test -p evercache --test faults -- --nocapture --test-threads=1

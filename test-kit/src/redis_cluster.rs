@@ -1,7 +1,8 @@
 //! A Redis Cluster of the test's own: three primaries with a replica each,
 //! `redis-server --cluster-enabled yes` joined by `redis-cli --cluster create`,
 //! nothing kept on disk, so slots can be migrated and replicas promoted while
-//! the runtime writes.
+//! the runtime writes. `EVERCACHE_TEST_REDIS_SERVER` names another server
+//! binary (the test script's Valkey pass runs a Valkey cluster that way).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,6 +39,14 @@ impl RedisCluster {
         assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
         cluster.wait_settled();
         cluster
+    }
+
+    /// "redis 7.0.15" or "valkey 8.1.8": what the nodes run.
+    pub fn server(&self) -> String {
+        let info = self.cli(self.nodes[0].port, &["INFO", "server"]);
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+        let version = field("valkey_version:").or_else(|| field("redis_version:")).unwrap_or_default();
+        format!("{} {version}", field("server_name:").unwrap_or_else(|| "redis".to_owned()))
     }
 
     /// A URL of one node (any node serves as a seed).
@@ -158,7 +167,8 @@ impl RedisCluster {
         let dir = self.dir.join(port.to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new("redis-server")
+        let server = std::env::var("EVERCACHE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let child = Command::new(&server)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
             .arg("--cluster-config-file")
@@ -169,7 +179,7 @@ impl RedisCluster {
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server runs; bash scripts/dev-services.sh installs it");
+            .unwrap_or_else(|e| panic!("{server} runs ({e}); bash scripts/dev-services.sh installs redis-server"));
         self.nodes.iter_mut().find(|n| n.port == port).unwrap().child = Some(child);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

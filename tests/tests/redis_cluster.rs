@@ -87,6 +87,7 @@ async fn nothing_is_lost_or_stale_through_a_resharding_and_a_replica_promotion()
     ))
     .await?;
     let cluster = RedisCluster::start(&env.dir);
+    println!("a cluster of {}: 3 primaries with a replica each", cluster.server());
     let mut redis = cluster_conn(&cluster).await?;
     // One hash tag for the stream, so its dead letters share its slot; the
     // cache keys carry none and spread over every slot.
