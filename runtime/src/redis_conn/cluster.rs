@@ -3,8 +3,9 @@
 //! cluster client, which (1.8.2) stopped sending anything, for good, after a
 //! `CLUSTER FAILOVER` under load. A pipeline is split per node and the parts
 //! sent at once; each command that comes back `MOVED`, `ASK`, `TRYAGAIN`,
-//! `CLUSTERDOWN`, `LOADING` or `READONLY` is sent again (alone, to where it now
-//! belongs) until the deadline, so what succeeded is never sent twice.
+//! `CLUSTERDOWN`, `LOADING` or `READONLY` (none of which ran it) is sent again,
+//! alone, to where it now belongs, until the deadline, so what succeeded is
+//! never sent twice. A lost connection is reported, as with one server.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -219,13 +220,15 @@ impl ClusterConn {
             for (indices, asking, reply) in sent {
                 let values = match reply {
                     Ok(values) => values,
-                    Err(e) if is_transient(&e) => {
-                        refresh = true;
-                        last_error = Some(e);
-                        todo.extend(indices.into_iter().map(|i| (i, None)));
-                        continue;
+                    Err(e) => {
+                        // The commands may have run with their replies lost (a read
+                        // was delivered, an entry appended): the caller decides, as
+                        // with one server. The next call routes by a fresh map.
+                        if is_transient(&e) {
+                            let _ = self.refresh(topology.generation).await;
+                        }
+                        return Err(e);
                     }
-                    Err(e) => return Err(e),
                 };
                 let step = if asking { 2 } else { 1 };
                 for (index, value) in indices.into_iter().zip(values.into_iter().skip(step - 1).step_by(step)) {
