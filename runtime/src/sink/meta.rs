@@ -68,24 +68,8 @@ pub async fn read_meta<C: ConnectionLike + Send + Sync>(conn: &mut C, key: &str)
 mod tests {
     use super::*;
 
-    /// Redis Cluster's key slot (CRC16/XMODEM of the hash tag or the key, mod 16384).
     fn slot(key: &str) -> u16 {
-        let bytes = key.as_bytes();
-        let hashed = match key.find('{') {
-            Some(open) => match key[open + 1..].find('}') {
-                Some(close) if close > 0 => &bytes[open + 1..open + 1 + close],
-                _ => bytes,
-            },
-            None => bytes,
-        };
-        let mut crc: u16 = 0;
-        for &byte in hashed {
-            crc ^= u16::from(byte) << 8;
-            for _ in 0..8 {
-                crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-            }
-        }
-        crc % 16384
+        crate::redis_conn::key_slot(key.as_bytes())
     }
 
     #[test]
