@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod query;
+pub mod read;
 pub mod redis_conn;
 pub mod runtime;
 pub mod secret;

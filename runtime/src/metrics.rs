@@ -55,6 +55,11 @@ pub const CAPTURE_RECONNECTS_TOTAL: &str = "evercache_capture_reconnects_total";
 /// 1 while a pipeline is stuck (a batch running, or lag without progress, for
 /// longer than `[http] stuck_after`), else 0, by `pipeline`.
 pub const PIPELINE_STUCK: &str = "evercache_pipeline_stuck";
+/// Reads of `GET /v1/keys/…`, by `pipeline` and `result` (`hit`, `miss`).
+pub const READS_TOTAL: &str = "evercache_reads_total";
+/// Misses settled, by `pipeline` and `how`: `recomputed` (this process filled
+/// the key), `waited` (another request or instance filled it), `failed`.
+pub const READ_FILLS_TOTAL: &str = "evercache_read_fills_total";
 /// Redis `used_memory` of a cache, by `cache`.
 pub const REDIS_USED_MEMORY_BYTES: &str = "evercache_redis_used_memory_bytes";
 
@@ -117,6 +122,8 @@ fn describe() {
     describe_counter!(CAPTURE_RECONNECTS_TOTAL, "Replication connections of the built-in capture re-established.");
     describe_gauge!(PIPELINE_STUCK, "1 while a pipeline is stuck for longer than stuck_after.");
     describe_gauge!(REDIS_USED_MEMORY_BYTES, Unit::Bytes, "Redis used_memory of a cache.");
+    describe_counter!(READS_TOTAL, "Reads of the read path by result (hit, miss).");
+    describe_counter!(READ_FILLS_TOTAL, "Read-path misses settled: recomputed here, waited for, or failed.");
 }
 
 /// Counts dead letters once they are written (one line in the source runner).

@@ -2,7 +2,9 @@
 //! `<schema>.<table>(id, name, version)` rows as `<key_prefix>:<id>`, and can be
 //! told to fail (`fail_ids`), trap (`panic_ids`), sleep in `keys` (`sleep_ids`,
 //! a WASI sleep of an hour) or run a query that sleeps in `recompute`
-//! (`slow_query_ids`, `pg_sleep(3600)`) on chosen rows. `dialect = "mysql"`
+//! (`slow_query_ids`, `pg_sleep(3600)`) on chosen rows, or pause for half a
+//! second after reading a row whose name is `slow_name` (to hold a read open
+//! while the row changes). `dialect = "mysql"`
 //! reads MySQL or MariaDB (`?` placeholders, the ids bound as a JSON array).
 
 use std::collections::HashMap;
@@ -18,6 +20,8 @@ struct Testkit {
     sleep_ids: Vec<i64>,
     slow_query_ids: Vec<i64>,
     sleep_sql: &'static str,
+    slow_name: Option<String>,
+    pause_sql: &'static str,
     ttl_seconds: Option<u32>,
     hash: bool,
 }
@@ -39,6 +43,8 @@ impl Plugin for Testkit {
             key_prefix: config.require("key_prefix")?.to_owned(),
             sql,
             sleep_sql: if mysql { "select sleep(3600)" } else { "select pg_sleep(3600)" },
+            slow_name: config.get("slow_name").map(str::to_owned),
+            pause_sql: if mysql { "select sleep(0.5)" } else { "select pg_sleep(0.5)" },
             fail_ids: config.list("fail_ids")?,
             panic_ids: config.list("panic_ids")?,
             sleep_ids: config.list("sleep_ids")?,
@@ -70,9 +76,11 @@ impl Plugin for Testkit {
             query!(self.sleep_sql)?;
         }
         let mut found = HashMap::new();
+        let mut pause = false;
         for row in query!(&self.sql, ids)?.iter() {
             let (id, name, version) =
                 (row.get::<i64>("id")?, row.get::<Option<String>>("name")?, row.get::<Option<i64>>("version")?);
+            pause |= name.is_some() && name == self.slow_name;
             let outcome = if self.hash {
                 let fields = [
                     ("id", id.to_string()),
@@ -84,6 +92,9 @@ impl Plugin for Testkit {
                 Outcome::json(&json!({ "id": id, "name": name, "version": version }))?
             };
             found.insert(id, outcome);
+        }
+        if pause {
+            query!(self.pause_sql)?;
         }
         Ok(ids
             .iter()

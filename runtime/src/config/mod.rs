@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pipeline::config::PipelineConfig;
+use crate::pipeline::config::{OnChange, PipelineConfig};
 use crate::pipeline::reload::ReloadConfig;
 use crate::plugin::SandboxConfig;
 use crate::query::DatabaseConfig;
@@ -43,6 +43,9 @@ pub struct RuntimeConfig {
     /// Watching `plugins_dir` and `pipelines_dir` for changes while running.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// The read path served by `[http]` at `/v1/keys/{key}`.
+    #[serde(default)]
+    pub read: crate::read::ReadConfig,
 }
 
 /// A loaded and cross-checked configuration.
@@ -115,8 +118,30 @@ impl Config {
             let (name, pipeline) = load_pipeline(&runtime, &file)?;
             pipelines.insert(name, pipeline);
         }
+        check_key_owners(&runtime.pipelines_dir, &pipelines)?;
         Ok(Self { path: path.to_owned(), runtime, pipelines })
     }
+}
+
+/// Refuses two pipelines whose key patterns a key could match both: the read
+/// path (`GET /v1/keys/{key}`) would not know which one recomputes it.
+pub fn check_key_owners(dir: &Path, pipelines: &BTreeMap<String, PipelineConfig>) -> Result<(), ConfigError> {
+    let owned: Vec<_> = pipelines.iter().flat_map(|(name, p)| p.key_patterns.iter().map(move |k| (name, k))).collect();
+    for (i, (name, pattern)) in owned.iter().enumerate() {
+        for (other_name, other_pattern) in &owned[..i] {
+            if name != other_name && pattern.overlaps(other_pattern) {
+                return Err(ConfigError::Invalid {
+                    path: dir.join(format!("{name}.toml")),
+                    field: "key_patterns".to_owned(),
+                    message: format!(
+                        "\"{pattern}\" overlaps \"{other_pattern}\" of pipeline '{other_name}': \
+                         a key matching both would have two owners"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Puts each `password_file`'s contents into its URL, so the password never
@@ -221,6 +246,13 @@ fn check_pipeline(runtime: &RuntimeConfig, file: &Path, pipeline: &PipelineConfi
             return Err(invalid("tables", format!("\"{table}\" is not of the form \"schema.table\"")));
         }
     }
+    if pipeline.on_change == OnChange::Invalidate && !pipeline.key_patterns.is_empty() {
+        return Err(invalid(
+            "key_patterns",
+            "an `on_change = \"invalidate\"` pipeline does not recompute keys, so it cannot fill them on a read"
+                .to_owned(),
+        ));
+    }
     if pipeline.max_attempts == 0 {
         return Err(invalid("max_attempts", "must be at least 1".to_owned()));
     }
@@ -294,5 +326,24 @@ streams = ["shop.public.product"]
         let pipeline = "source = \"shop\"\ncache = \"main\"\nplugin = \"p\"\ntables = [\"product\"]\n";
         let err = Config::load(&write(&dir("table"), RUNTIME, pipeline)).unwrap_err().to_string();
         assert!(err.contains("field `tables`"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_key_patterns_are_refused_naming_both() {
+        let d = dir("owners");
+        let body =
+            "source = \"shop\"\ndatabase = \"shop\"\ncache = \"main\"\nplugin = \"p\"\ntables = [\"public.product\"]\n";
+        let path = write(&d, RUNTIME, &format!("{body}key_patterns = [\"product:*\"]\n"));
+        std::fs::write(d.join("pipelines/q.toml"), format!("{body}key_patterns = [\"category:*\", \"*:42\"]\n"))
+            .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pipelines/q.toml: field `key_patterns`"), "{err}");
+        assert!(err.contains("\"*:42\" overlaps \"product:*\" of pipeline 'p'"), "{err}");
+        std::fs::write(d.join("pipelines/q.toml"), format!("{body}key_patterns = [\"category:*\"]\n")).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert!(config.pipelines["q"].key_patterns[0].matches("category:1"));
+        std::fs::write(d.join("pipelines/q.toml"), format!("{body}key_patterns = [\"\"]\n")).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("a key pattern cannot be empty"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! The `[http]` listener: Prometheus `/metrics`, `/health`, `/ready`, the status
-//! page at `/` with its JSON at `/api/status`, and the probe loop feeding them.
+//! page at `/` with its JSON at `/api/status`, the probe loop feeding them, and
+//! the read path at `/v1/keys/{key}`.
 
 mod config;
 mod page;
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
@@ -22,6 +23,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::pipeline::stats::StatsSnapshot;
+use crate::read::{ReadError, ReadPath};
 use crate::source::health::SourceHealth;
 use crate::status::{Facts, Probes, save_pipeline};
 pub use config::HttpConfig;
@@ -57,6 +59,7 @@ pub async fn bind(config: &HttpConfig) -> Result<TcpListener, BindError> {
 /// the verdict drawn from both.
 struct Ops {
     pipelines: Vec<Arc<Pipeline>>,
+    read: Arc<ReadPath>,
     sources: Vec<Arc<SourceHealth>>,
     facts: RwLock<Option<Facts>>,
     readiness: RwLock<Readiness>,
@@ -133,7 +136,8 @@ impl Ops {
 pub async fn serve(listener: TcpListener, config: HttpConfig, watched: Watched, shutdown: CancellationToken) {
     let handle = crate::metrics::install();
     let Watched { config: runtime, pipelines, sources } = watched;
-    let ops = Arc::new(Ops { pipelines, sources, facts: RwLock::new(None), readiness: RwLock::default() });
+    let read = ReadPath::new(pipelines.clone(), runtime.runtime.read.clone());
+    let ops = Arc::new(Ops { pipelines, read, sources, facts: RwLock::new(None), readiness: RwLock::default() });
     let probing = tokio::spawn(probe_loop(ops.clone(), config, runtime, shutdown.clone()));
     let metrics = move || async move {
         match handle {
@@ -148,6 +152,7 @@ pub async fn serve(listener: TcpListener, config: HttpConfig, watched: Watched, 
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/keys/{*key}", get(read_key))
         .with_state(ops);
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %addr, "http listener started");
@@ -248,6 +253,30 @@ async fn ready(State(ops): State<Arc<Ops>>) -> Response {
         "plugins": plugins,
     });
     (code, Json(body)).into_response()
+}
+
+/// `GET /v1/keys/{key}`: the key's value and metadata, filled first on a miss.
+/// 404 when no pipeline owns the key or it holds no value, 502 when the plugin
+/// failed, 503 when the cache did, 504 when nobody filled it in time.
+async fn read_key(State(ops): State<Arc<Ops>>, Path(key): Path<String>) -> Response {
+    match ops.read.get(&key).await {
+        Ok(reply) => {
+            let code = if reply.cached.found() { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            (code, Json(json!(reply))).into_response()
+        }
+        Err(e) => {
+            let code = match &e {
+                ReadError::NoOwner { .. } => StatusCode::NOT_FOUND,
+                ReadError::Recompute(_) => StatusCode::BAD_GATEWAY,
+                ReadError::Cache(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ReadError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            };
+            if code != StatusCode::NOT_FOUND {
+                tracing::warn!(key = %key, error = %e, "read failed");
+            }
+            (code, Json(json!({"key": key, "error": e.to_string()}))).into_response()
+        }
+    }
 }
 
 /// The address a bound listener ended up on.

@@ -15,7 +15,7 @@ use super::running::{Generation, Pipeline};
 use crate::clock::now_ms;
 use crate::contract::Outcome;
 use crate::event::ChangeEvent;
-use crate::sink::{KeyAction, KeyVersion, KeyWrite, SinkError, WriteReport};
+use crate::sink::{KeyAction, KeyVersion, KeyWrite, SinkError, VersionKind, WriteReport};
 
 impl Pipeline {
     /// Keys for every event on the recompute instance, then [`Self::execute`],
@@ -118,7 +118,7 @@ fn planned_write(plan: &KeyPlan, key: &str, action: KeyAction, read_at_ms: u64) 
         action,
         version: version.unwrap_or(KeyVersion {
             position: String::new(),
-            snapshot: false,
+            kind: VersionKind::Change,
             committed_at_ms: 0,
             read_at_ms,
         }),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::key_pattern::KeyPattern;
+
 /// What a change does to the keys it touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -33,6 +35,13 @@ pub struct PipelineConfig {
     pub plugin: String,
     /// Tables whose changes this pipeline handles, as "schema.table", e.g. ["public.session"].
     pub tables: Vec<String>,
+    /// The cache keys this pipeline owns, e.g. ["product:*"] (`*` any run of
+    /// characters, `?` one, `\` escapes): the read path (`GET /v1/keys/…`)
+    /// fills a missing key through the pipeline whose pattern it matches.
+    /// Patterns of two pipelines may not overlap. Default: none
+    /// (the pipeline's keys cannot be read through).
+    #[serde(default)]
+    pub key_patterns: Vec<KeyPattern>,
     /// "recompute" (default) or "invalidate".
     #[serde(default)]
     pub on_change: OnChange,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::event::{ChangeEvent, Op};
-use crate::sink::KeyVersion;
+use crate::sink::{KeyVersion, VersionKind};
 
 /// The deduplicated keys of one batch, in first-seen order.
 #[derive(Debug, Default)]
@@ -19,7 +19,7 @@ pub struct KeyPlan {
 impl KeyPlan {
     /// Records that `event` touches `key`.
     pub fn add(&mut self, key: String, event: &ChangeEvent) {
-        let snapshot = event.op == Op::SnapshotRead;
+        let kind = if event.op == Op::SnapshotRead { VersionKind::Snapshot } else { VersionKind::Change };
         self.named += 1;
         match self.versions.get_mut(&key) {
             Some(version) => {
@@ -27,14 +27,17 @@ impl KeyPlan {
                     version.position.clone_from(&event.position);
                     version.committed_at_ms = event.committed_at_ms;
                 }
-                version.snapshot &= snapshot;
+                // A key is a snapshot fill only when every event naming it was.
+                if kind == VersionKind::Change {
+                    version.kind = VersionKind::Change;
+                }
             }
             None => {
                 self.versions.insert(
                     key.clone(),
                     KeyVersion {
                         position: event.position.clone(),
-                        snapshot,
+                        kind,
                         committed_at_ms: event.committed_at_ms,
                         read_at_ms: 0,
                     },
@@ -106,7 +109,7 @@ mod tests {
         plan.add("a".into(), &event(Op::SnapshotRead, "pg:1", 1));
         plan.add("b".into(), &event(Op::SnapshotRead, "pg:1", 1));
         plan.add("b".into(), &event(Op::Update, "pg:2", 2));
-        assert!(plan.version("a").unwrap().snapshot);
-        assert!(!plan.version("b").unwrap().snapshot);
+        assert_eq!(plan.version("a").unwrap().kind, VersionKind::Snapshot);
+        assert_eq!(plan.version("b").unwrap().kind, VersionKind::Change);
     }
 }

@@ -13,7 +13,7 @@ use super::config::PipelineConfig;
 use super::stats::PipelineStats;
 use crate::plugin::PluginHandle;
 use crate::query::QueryRunner;
-use crate::sink::RedisWriter;
+use crate::sink::{RedisCache, RedisWriter};
 
 /// Longest a health check of the database or the cache may take.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,6 +34,8 @@ pub(super) struct Generation {
     pub(super) instance: Mutex<PluginHandle>,
     /// Plans the next batch's keys while `instance` recomputes this one.
     planner: Option<Mutex<PluginHandle>>,
+    /// Recomputes keys for reads and resyncs, so they never queue behind a batch.
+    reader: Option<Mutex<PluginHandle>>,
     pub(super) writer: RedisWriter,
     /// Health-checked when a failure may be the database's.
     database: Option<QueryRunner>,
@@ -43,7 +45,13 @@ impl Generation {
     fn new(config: PipelineConfig, parts: Parts) -> Self {
         let Parts { plugin, writer, database } = parts;
         let planner = plugin.planner().map(Mutex::new);
-        Self { config, instance: Mutex::new(plugin), planner, writer, database }
+        let reader = plugin.planner().map(Mutex::new);
+        Self { config, instance: Mutex::new(plugin), planner, reader, writer, database }
+    }
+
+    /// The instance repairs run on.
+    pub(super) fn reader(&self) -> &Mutex<PluginHandle> {
+        self.reader.as_ref().unwrap_or(&self.instance)
     }
 
     /// The instance `keys` is called on ahead of recomputing.
@@ -116,6 +124,16 @@ impl Pipeline {
     /// Its live figures (metrics and status page).
     pub fn stats(&self) -> &Arc<PipelineStats> {
         &self.stats
+    }
+
+    /// Does one of its `key_patterns` match `key`?
+    pub fn owns(&self, key: &str) -> bool {
+        self.generation().config.key_patterns.iter().any(|p| p.matches(key))
+    }
+
+    /// Its cache as of now.
+    pub fn cache(&self) -> RedisCache {
+        self.generation().writer.cache().clone()
     }
 
     /// Its current share of its database, if it has one.

@@ -1,7 +1,9 @@
 -- evercache version guard: one atomic write of one key and its metadata.
 -- KEYS[1] value key, KEYS[2] metadata hash (same cluster slot).
 -- ARGV: 1 action ("put" | "del"), 2 kind ("text" | "hash" | "set" | "zset"),
---       3 position ("" = unknown), 4 snapshot ("1" = apply only to unversioned keys),
+--       3 position ("" = unknown), 4 kind of write: "0" a change, "1" a snapshot read
+--       (applies only to unversioned keys), "cas:N" a repair (applies only while the
+--       metadata's write count is still N, "none" = no metadata; keeps the version),
 --       5 committed_at_ms, 6 read_at_ms, 7 plugin, 8 pipeline,
 --       9 ttl_ms ("0" = none), 10 tombstone_ttl_ms, 11.. the value's members.
 -- Returns 0 when stale (nothing written), 1 when stored, 2 when deleted.
@@ -9,9 +11,19 @@ local key, meta = KEYS[1], KEYS[2]
 local position = ARGV[3]
 local stored = redis.call('HGET', meta, 'pos')
 
+local committed_at_ms = ARGV[5]
 if ARGV[4] == '1' then
   -- A snapshot read has no order against the stream: it only fills gaps.
   if redis.call('EXISTS', meta) == 1 then return 0 end
+elseif string.sub(ARGV[4], 1, 4) == 'cas:' then
+  -- A fill or resync read the database after observing the write count: any
+  -- write since then is at least as new, and any later change outranks the
+  -- unchanged version, so the repair never wins against a change.
+  local writes = 'none'
+  if redis.call('EXISTS', meta) == 1 then writes = redis.call('HGET', meta, 'writes') or '0' end
+  if writes ~= string.sub(ARGV[4], 5) then return 0 end
+  position = stored or ''
+  committed_at_ms = redis.call('HGET', meta, 'committed_at_ms') or '0'
 elseif position ~= '' and stored and stored ~= '' and position <= stored then
   return 0
 end
@@ -19,8 +31,9 @@ end
 if position == '' and stored then position = stored end
 
 local function fields(deleted)
-  redis.call('HSET', meta, 'pos', position, 'committed_at_ms', ARGV[5], 'read_at_ms', ARGV[6],
+  redis.call('HSET', meta, 'pos', position, 'committed_at_ms', committed_at_ms, 'read_at_ms', ARGV[6],
     'plugin', ARGV[7], 'pipeline', ARGV[8], 'deleted', deleted)
+  redis.call('HINCRBY', meta, 'writes', 1)
 end
 
 if ARGV[1] == 'del' then

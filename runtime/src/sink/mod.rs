@@ -9,5 +9,5 @@ pub mod redis_writer;
 
 pub use cache::{CacheConfig, RedisCache};
 pub use error::SinkError;
-pub use meta::{KeyMeta, meta_key, read_meta};
-pub use redis_writer::{KeyAction, KeyVersion, KeyWrite, RedisWriter, WriteReport, WriteSettings};
+pub use meta::{KeyMeta, companion_key, meta_key, read_meta};
+pub use redis_writer::{KeyAction, KeyVersion, KeyWrite, RedisWriter, VersionKind, WriteReport, WriteSettings};

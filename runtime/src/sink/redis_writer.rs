@@ -52,12 +52,40 @@ pub enum KeyAction {
 pub struct KeyVersion {
     /// Source position ("" when the source gave none).
     pub position: String,
-    /// A snapshot read: applies only to keys that have no version yet.
-    pub snapshot: bool,
+    /// How the write is ordered against others.
+    pub kind: VersionKind,
     /// Commit time of the change, ms since the epoch.
     pub committed_at_ms: u64,
     /// When the value was read from the database, ms since the epoch.
     pub read_at_ms: u64,
+}
+
+/// How a write is ordered against the key's other writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionKind {
+    /// A change: applies when its position is newer than the key's.
+    Change,
+    /// A snapshot read: applies only to keys that have no version yet.
+    Snapshot,
+    /// A fill or resync that read the database after seeing the key's write
+    /// count ([`crate::sink::KeyMeta::writes`], `None` = no metadata): applies
+    /// only while that count is unchanged, and keeps the key's version, so any
+    /// change not yet applied still outranks it.
+    Repair {
+        /// The write count seen before reading the database.
+        seen_writes: Option<u64>,
+    },
+}
+
+impl VersionKind {
+    fn argument(self) -> String {
+        match self {
+            VersionKind::Change => "0".to_owned(),
+            VersionKind::Snapshot => "1".to_owned(),
+            VersionKind::Repair { seen_writes: None } => "cas:none".to_owned(),
+            VersionKind::Repair { seen_writes: Some(n) } => format!("cas:{n}"),
+        }
+    }
 }
 
 /// What a batch write did.
@@ -100,6 +128,11 @@ impl RedisWriter {
         Self { cache, settings }
     }
 
+    /// The cache written to.
+    pub fn cache(&self) -> &RedisCache {
+        &self.cache
+    }
+
     /// Does the cache take a write within `timeout`?
     pub async fn check_writable(&self, timeout: Duration) -> Result<(), SinkError> {
         self.cache.check_writable(timeout).await
@@ -139,7 +172,7 @@ impl RedisWriter {
                 .arg(action)
                 .arg(kind)
                 .arg(&version.position)
-                .arg(if version.snapshot { "1" } else { "0" })
+                .arg(version.kind.argument())
                 .arg(version.committed_at_ms)
                 .arg(version.read_at_ms)
                 .arg(plugin)

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::build::Wiring;
 use super::config::PipelineConfig;
 use super::running::Pipeline;
-use crate::config::{RuntimeConfig, load_pipeline};
+use crate::config::{RuntimeConfig, check_key_owners, load_pipeline};
 use crate::metrics::{PIPELINE_RELOADS_TOTAL, PLUGIN_RELOADS_TOTAL};
 use crate::plugin::{LoadedPlugin, load_file};
 use crate::query::QueryRunner;
@@ -136,6 +136,12 @@ impl Reloader {
         };
         if config.source != slot.config.source || config.tables != slot.config.tables {
             return pipeline_failed(name, "`source` and `tables` changes need a restart");
+        }
+        let mut owners: BTreeMap<String, PipelineConfig> =
+            self.slots.iter().map(|(n, s)| (n.clone(), s.config.clone())).collect();
+        owners.insert(name.to_owned(), config.clone());
+        if let Err(e) = check_key_owners(&self.runtime.pipelines_dir, &owners) {
+            return pipeline_failed(name, &e.to_string());
         }
         if self.wiring.is_native(&slot.config.plugin) {
             return pipeline_failed(name, "pipelines with a native plugin are not reloaded");

@@ -30,7 +30,7 @@ fn prefix(test: &str) -> String {
 }
 
 fn version(position: &str) -> KeyVersion {
-    KeyVersion { position: position.into(), snapshot: false, committed_at_ms: 11, read_at_ms: 22 }
+    KeyVersion { position: position.into(), kind: VersionKind::Change, committed_at_ms: 11, read_at_ms: 22 }
 }
 
 fn put(key: &str, entry: Entry, position: &str) -> KeyWrite {
@@ -82,7 +82,8 @@ async fn stores_every_entry_type_with_metadata() {
             read_at_ms: 22,
             plugin: "plug@1".into(),
             pipeline: "p".into(),
-            deleted: false
+            deleted: false,
+            writes: 1,
         }
     );
     // A hash rewritten with fewer fields loses the old ones.
@@ -137,7 +138,7 @@ async fn snapshot_reads_fill_only_unversioned_keys_and_unknown_positions_keep_th
     w.write("p@1", &[put(&known, text("streamed"), "pg:5")]).await.unwrap();
     let mut snap = vec![put(&fresh, text("snap"), "pg:1"), put(&known, text("snap"), "pg:9")];
     for s in &mut snap {
-        s.version.snapshot = true;
+        s.version.kind = VersionKind::Snapshot;
     }
     assert_eq!(w.write("p@1", &snap).await.unwrap(), WriteReport { applied: 1, deleted: 0, stale: 1 });
     assert_eq!(c.get::<_, String>(&known).await.unwrap(), "streamed");
@@ -146,6 +147,44 @@ async fn snapshot_reads_fill_only_unversioned_keys_and_unknown_positions_keep_th
     assert_eq!(w.write("p@1", &[put(&known, text("unversioned"), "")]).await.unwrap().applied, 1);
     assert_eq!(c.get::<_, String>(&known).await.unwrap(), "unversioned");
     assert_eq!(read_meta(&mut c, &known).await.unwrap().unwrap().position, "pg:5");
+}
+
+#[tokio::test]
+async fn a_repair_applies_only_while_no_other_write_came_and_keeps_the_version() {
+    let cache = cache(Duration::from_secs(60)).await;
+    let w = writer(&cache, None);
+    let p = prefix("repair");
+    let mut c = cache.connection();
+    let repair = |key: &str, value: &str, seen_writes: Option<u64>| {
+        let mut write = put(key, text(value), "");
+        write.version.kind = VersionKind::Repair { seen_writes };
+        write
+    };
+    let (missing, known) = (format!("{p}:missing"), format!("{p}:known"));
+
+    // No metadata seen: a fill applies once, and a change then still outranks it.
+    assert_eq!(w.write("p@1", &[repair(&missing, "filled", None)]).await.unwrap().applied, 1);
+    assert_eq!(w.write("p@1", &[repair(&missing, "again", None)]).await.unwrap().stale, 1, "metadata now exists");
+    let meta = read_meta(&mut c, &missing).await.unwrap().unwrap();
+    assert_eq!((meta.position.as_str(), meta.writes), ("", 1));
+    assert_eq!(w.write("p@1", &[put(&missing, text("changed"), "pg:1")]).await.unwrap().applied, 1);
+    assert_eq!(c.get::<_, String>(&missing).await.unwrap(), "changed");
+
+    // A wrong value at pg:5 is repaired in place; the version stays pg:5.
+    w.write("p@1", &[put(&known, text("wrong"), "pg:5")]).await.unwrap();
+    let seen = read_meta(&mut c, &known).await.unwrap().unwrap().writes;
+    assert_eq!(w.write("p@1", &[repair(&known, "right", Some(seen))]).await.unwrap().applied, 1);
+    let meta = read_meta(&mut c, &known).await.unwrap().unwrap();
+    assert_eq!((c.get::<_, String>(&known).await.unwrap().as_str(), meta.position.as_str()), ("right", "pg:5"));
+    assert_eq!(meta.committed_at_ms, 11, "the change's commit time is kept");
+    assert_eq!(w.write("p@1", &[put(&known, text("older"), "pg:5")]).await.unwrap().stale, 1);
+    assert_eq!(w.write("p@1", &[put(&known, text("newer"), "pg:6")]).await.unwrap().applied, 1);
+
+    // A change between the count being seen and the repair's write wins.
+    let seen = read_meta(&mut c, &known).await.unwrap().unwrap().writes;
+    w.write("p@1", &[put(&known, text("from change"), "pg:7")]).await.unwrap();
+    assert_eq!(w.write("p@1", &[repair(&known, "late fill", Some(seen))]).await.unwrap().stale, 1);
+    assert_eq!(c.get::<_, String>(&known).await.unwrap(), "from change");
 }
 
 #[tokio::test]

@@ -1,0 +1,199 @@
+//! The read path: `GET /v1/keys/{key}` answers from the cache, and a miss is
+//! recomputed through the pipeline whose `key_patterns` own the key, once per
+//! key however many ask (single-flight in the process, a Redis lock across
+//! processes), and written as a repair, so a fill never wins against a change.
+
+mod cached;
+pub mod config;
+mod fill_lock;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use metrics::counter;
+use serde::Serialize;
+
+pub use cached::{CachedKey, read_cached};
+pub use config::ReadConfig;
+use fill_lock::FillLock;
+
+use crate::metrics::{READ_FILLS_TOTAL, READS_TOTAL};
+use crate::pipeline::{Pipeline, RepairKey};
+
+/// How a read was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Served {
+    /// From the cache as it was.
+    Hit,
+    /// Recomputed by this request.
+    Filled,
+    /// After another request or instance filled it.
+    Waited,
+}
+
+/// A read's answer: the key as the cache now holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyReply {
+    /// The key's state.
+    #[serde(flatten)]
+    pub cached: CachedKey,
+    /// How it was answered.
+    pub served: Served,
+    /// The owning pipeline.
+    pub pipeline: String,
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// No pipeline's `key_patterns` match the key.
+    #[error("no pipeline owns key \"{key}\": it matches none of the key_patterns ({patterns})")]
+    NoOwner {
+        /// The key.
+        key: String,
+        /// Every pipeline's patterns.
+        patterns: String,
+    },
+    /// The plugin could not recompute the key; nothing was written.
+    #[error("{0}")]
+    Recompute(String),
+    /// The cache could not be read or written.
+    #[error("{0}")]
+    Cache(String),
+    /// Nobody filled the key in time.
+    #[error("key \"{key}\" was not filled within {timeout:?} ([read] fill_timeout)")]
+    Timeout {
+        /// The key.
+        key: String,
+        /// `fill_timeout`.
+        timeout: Duration,
+    },
+}
+
+type SharedFill = Shared<BoxFuture<'static, Result<KeyReply, ReadError>>>;
+
+/// Answers reads for the running pipelines.
+pub struct ReadPath {
+    pipelines: Vec<Arc<Pipeline>>,
+    config: ReadConfig,
+    /// Fills under way in this process, by key: later misses join them.
+    filling: Mutex<HashMap<String, SharedFill>>,
+}
+
+impl ReadPath {
+    /// A read path over `pipelines`.
+    pub fn new(pipelines: Vec<Arc<Pipeline>>, config: ReadConfig) -> Arc<Self> {
+        Arc::new(Self { pipelines, config, filling: Mutex::default() })
+    }
+
+    /// The key as the cache holds it, filled first if it is missing.
+    pub async fn get(self: &Arc<Self>, key: &str) -> Result<KeyReply, ReadError> {
+        let pipeline = self.owner(key)?;
+        let mut conn = pipeline.cache().connection();
+        let cached = read_cached(&mut conn, key).await.map_err(|e| ReadError::Cache(e.to_string()))?;
+        let name = pipeline.name().to_owned();
+        let hit = cached.found() || cached.deleted();
+        counter!(READS_TOTAL, "pipeline" => name.clone(), "result" => if hit { "hit" } else { "miss" }).increment(1);
+        if hit {
+            return Ok(KeyReply { cached, served: Served::Hit, pipeline: name });
+        }
+        let (fill, joined) = self.join_or_start(key, pipeline);
+        let result = fill.await;
+        let how = match (&result, joined) {
+            (Err(_), _) => "failed",
+            (Ok(reply), false) if reply.served == Served::Filled => "recomputed",
+            _ => "waited",
+        };
+        counter!(READ_FILLS_TOTAL, "pipeline" => name, "how" => how).increment(1);
+        result.map(|reply| if joined { KeyReply { served: Served::Waited, ..reply } } else { reply })
+    }
+
+    fn owner(&self, key: &str) -> Result<&Arc<Pipeline>, ReadError> {
+        self.pipelines.iter().find(|p| p.owns(key)).ok_or_else(|| {
+            let patterns: Vec<String> = self
+                .pipelines
+                .iter()
+                .flat_map(|p| p.config().key_patterns.iter().map(|k| format!("{}: {k}", p.name())).collect::<Vec<_>>())
+                .collect();
+            let patterns = if patterns.is_empty() { "no pipeline has any".to_owned() } else { patterns.join(", ") };
+            ReadError::NoOwner { key: key.to_owned(), patterns }
+        })
+    }
+
+    /// The fill under way for `key`, or a new one; true when joined. The fill
+    /// runs as a task of its own, so a client that goes away cancels nothing.
+    fn join_or_start(self: &Arc<Self>, key: &str, pipeline: &Arc<Pipeline>) -> (SharedFill, bool) {
+        let mut filling = self.filling.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fill) = filling.get(key) {
+            return (fill.clone(), true);
+        }
+        let task = tokio::spawn({
+            let (this, key, pipeline) = (self.clone(), key.to_owned(), pipeline.clone());
+            async move {
+                let result = this.fill(&pipeline, &key).await;
+                this.filling.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                result
+            }
+        });
+        let fill =
+            async move { task.await.unwrap_or_else(|e| Err(ReadError::Cache(format!("fill task failed: {e}")))) }
+                .boxed()
+                .shared();
+        filling.insert(key.to_owned(), fill.clone());
+        (fill, false)
+    }
+
+    /// Fills `key` under the cross-instance lock, or waits for the holder's value.
+    async fn fill(&self, pipeline: &Pipeline, key: &str) -> Result<KeyReply, ReadError> {
+        let cache = |e: crate::sink::SinkError| ReadError::Cache(e.to_string());
+        let conn = pipeline.cache().connection();
+        let timeout = self.config.fill_timeout;
+        let deadline = Instant::now() + timeout;
+        let reply = |cached, served| KeyReply { cached, served, pipeline: pipeline.name().to_owned() };
+        loop {
+            if let Some(lock) = FillLock::try_acquire(&conn, key, timeout).await.map_err(cache)? {
+                let filled = self.fill_holding(pipeline, key).await;
+                lock.release().await;
+                return filled.map(|(cached, served)| reply(cached, served));
+            }
+            // Another instance is filling: wait for its value, or for its lock to go.
+            let mut pause = Duration::from_millis(2);
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(ReadError::Timeout { key: key.to_owned(), timeout });
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+                let cached = read_cached(&mut conn.clone(), key).await.map_err(cache)?;
+                if cached.found() || cached.deleted() {
+                    return Ok(reply(cached, Served::Waited));
+                }
+                if !FillLock::held(&conn, key).await.map_err(cache)? {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Recomputes `key` while holding its lock; the write counts as a repair.
+    async fn fill_holding(&self, pipeline: &Pipeline, key: &str) -> Result<(CachedKey, Served), ReadError> {
+        let cache = |e: crate::sink::SinkError| ReadError::Cache(e.to_string());
+        let mut conn = pipeline.cache().connection();
+        // Seen before the database is read: a write after this makes the fill stale.
+        let before = read_cached(&mut conn, key).await.map_err(cache)?;
+        if before.found() || before.deleted() {
+            return Ok((before, Served::Waited));
+        }
+        let repair = RepairKey { key: key.to_owned(), seen_writes: before.seen_writes() };
+        pipeline.repair(&[repair]).await.map_err(|e| match e {
+            crate::pipeline::RepairError::Cache { .. } => ReadError::Cache(e.to_string()),
+            crate::pipeline::RepairError::Plugin { .. } => ReadError::Recompute(e.to_string()),
+        })?;
+        let after = read_cached(&mut conn, key).await.map_err(cache)?;
+        Ok((after, Served::Filled))
+    }
+}
