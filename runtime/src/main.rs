@@ -71,6 +71,19 @@ enum Command {
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
         config: PathBuf,
     },
+    /// Recompute named keys through a pipeline and repair their cached values,
+    /// even wrong ones; a change written meanwhile is never overwritten.
+    Resync {
+        /// The runtime file, e.g. evercache.toml.
+        #[arg(long, short, env = "EVERCACHE_CONFIG")]
+        config: PathBuf,
+        /// The pipeline whose plugin recomputes the keys.
+        #[arg(long)]
+        pipeline: String,
+        /// The cache keys to repair.
+        #[arg(long, num_args = 1.., required = true)]
+        keys: Vec<String>,
+    },
     /// Validate the configuration and load and init every plugin, then exit.
     Check {
         /// The runtime file, e.g. evercache.toml.
@@ -177,6 +190,31 @@ async fn main() -> anyhow::Result<()> {
                 "ok: {} pipeline(s) initialised: {}",
                 runtime.pipeline_names().len(),
                 runtime.pipeline_names().join(", ")
+            );
+            Ok(())
+        }
+        Command::Resync { config, pipeline, keys } => {
+            let config = Config::load(&config)?;
+            let runtime = Runtime::build(config).await.context("resync failed")?;
+            let found = runtime.pipeline(&pipeline);
+            let running = found
+                .with_context(|| format!("no pipeline '{pipeline}'; known: {}", runtime.pipeline_names().join(", ")))?;
+            let report = evercache::read::resync::resync_keys(&running, &keys, |done, so_far| {
+                eprintln!(
+                    "resync: {done}/{} keys, {} stored, {} deleted",
+                    keys.len(),
+                    so_far.written.applied,
+                    so_far.written.deleted
+                );
+            })
+            .await?;
+            println!(
+                "resync: {} key(s) through '{pipeline}': {} stored, {} deleted, {} left to a change written meanwhile, {} kept by the plugin",
+                keys.len(),
+                report.written.applied,
+                report.written.deleted,
+                report.written.stale,
+                report.kept
             );
             Ok(())
         }

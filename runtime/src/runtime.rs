@@ -110,6 +110,11 @@ impl Runtime {
         &self.plugins
     }
 
+    /// The pipeline named `name`, built and `init`-ed.
+    pub fn pipeline(&self, name: &str) -> Option<Arc<Pipeline>> {
+        self.pipelines.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone())
+    }
+
     /// The pipelines' names.
     pub fn pipeline_names(&self) -> Vec<&str> {
         self.pipelines.iter().map(|(n, _)| n.as_str()).collect()

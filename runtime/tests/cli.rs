@@ -70,6 +70,45 @@ fn check_loads_and_inits_plugins() {
     assert!(stdout.contains("1 pipeline(s) initialised: items"), "{stdout}");
 }
 
+fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-u", REDIS_URL.as_str()]).args(args).output().unwrap();
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn resync_repairs_wrong_values_in_place_and_keeps_their_version() {
+    let name = format!("cli_resync_{}", std::process::id());
+    psql(&format!(
+        "drop schema if exists {name} cascade; create schema {name};
+         create table {name}.item (id bigint primary key, name text, version bigint);
+         insert into {name}.item values (1, 'row', 7)"
+    ));
+    let config = write_config(&name, "");
+    let (right, gone) = (format!("{name}:item:1"), format!("{name}:item:2"));
+    // Wrong values at pg:5: a bug in an earlier plugin, or a manual SET.
+    for key in [&right, &gone] {
+        redis_cli(&["SET", key, "wrong"]);
+        redis_cli(&["HSET", &format!("{{{key}}}:meta"), "pos", "pg:5", "deleted", "0", "writes", "1"]);
+    }
+    let out =
+        evercache(&["resync", "--config", config.to_str().unwrap(), "--pipeline", "items", "--keys", &right, &gone]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 key(s) through 'items': 1 stored, 1 deleted, 0 left to a change"), "{stdout}");
+    assert_eq!(redis_cli(&["GET", &right]), r#"{"id":1,"name":"row","version":7}"#);
+    assert_eq!(redis_cli(&["HGET", &format!("{{{right}}}:meta"), "pos"]), "pg:5", "the version is kept");
+    assert_eq!(redis_cli(&["HGET", &format!("{{{right}}}:meta"), "writes"]), "2");
+    assert_eq!(redis_cli(&["EXISTS", &gone]), "0");
+    assert_eq!(redis_cli(&["HGET", &format!("{{{gone}}}:meta"), "deleted"]), "1");
+
+    let out = evercache(&["resync", "--config", config.to_str().unwrap(), "--pipeline", "nope", "--keys", &right]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no pipeline 'nope'; known: items"), "{stderr}");
+    redis_cli(&["DEL", &right, &gone, &format!("{{{right}}}:meta"), &format!("{{{gone}}}:meta")]);
+    psql(&format!("drop schema {name} cascade"));
+}
+
 #[test]
 fn check_names_the_file_line_and_field_of_a_mistake() {
     let name = format!("cli_bad_{}", std::process::id());

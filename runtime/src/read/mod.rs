@@ -6,6 +6,7 @@
 mod cached;
 pub mod config;
 mod fill_lock;
+pub mod resync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
