@@ -40,8 +40,20 @@ pub struct CacheFacts {
     pub cache: String,
     /// Redis `used_memory`, when reachable.
     pub used_memory: Option<u64>,
+    /// Redis `keyspace_hits`: reads that found their key, since Redis started.
+    pub keyspace_hits: Option<u64>,
+    /// Redis `keyspace_misses`: reads that did not.
+    pub keyspace_misses: Option<u64>,
     /// Why not, when it was not.
     pub error: Option<String>,
+}
+
+impl CacheFacts {
+    /// Hits over all key lookups, as Redis counts them (every client's reads).
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let (hits, misses) = (self.keyspace_hits?, self.keyspace_misses?);
+        (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64)
+    }
 }
 
 /// Everything one round of probes found.
@@ -126,15 +138,20 @@ impl Probes {
             });
         }
         for (cache, target, conn) in &mut self.caches {
-            let used = used_memory(target, conn).await;
-            if used.is_err() {
+            let info = cache_info(target, conn).await;
+            if info.is_err() {
                 *conn = None;
             }
-            let (used_memory, error) = match used {
-                Ok(bytes) => (Some(bytes), None),
-                Err(e) => (None, Some(e)),
-            };
-            facts.caches.push(CacheFacts { cache: cache.clone(), used_memory, error });
+            facts.caches.push(match info {
+                Ok([used_memory, hits, misses]) => CacheFacts {
+                    cache: cache.clone(),
+                    used_memory: Some(used_memory),
+                    keyspace_hits: Some(hits),
+                    keyspace_misses: Some(misses),
+                    error: None,
+                },
+                Err(e) => CacheFacts { cache: cache.clone(), error: Some(e), ..CacheFacts::default() },
+            });
         }
         facts
     }
@@ -149,23 +166,26 @@ impl Probes {
     }
 }
 
-/// Bytes used by the cache: by all its primaries, for a cluster.
-async fn used_memory(target: &RedisTarget, conn: &mut Option<RedisConn>) -> Result<u64, String> {
+/// `used_memory`, `keyspace_hits` and `keyspace_misses` of the cache, summed
+/// over its primaries for a cluster.
+async fn cache_info(target: &RedisTarget, conn: &mut Option<RedisConn>) -> Result<[u64; 3], String> {
     let mut c = match conn {
         Some(c) => c.clone(),
         None => conn.insert(target.connect(PROBE_TIMEOUT).await.map_err(|e| e.to_string())?).clone(),
     };
-    let infos: Vec<(String, String)> =
-        c.per_primary(redis::cmd("INFO").arg("memory")).await.map_err(|e| e.to_string())?;
-    let mut total = 0;
+    // Plain INFO (its default sections hold both): Redis before 7 takes one section only.
+    let infos: Vec<(String, String)> = c.per_primary(&redis::cmd("INFO")).await.map_err(|e| e.to_string())?;
+    let mut totals = [0; 3];
     for (node, info) in infos {
-        total += info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("INFO memory of {node} has no used_memory"))?;
+        for (total, field) in totals.iter_mut().zip(["used_memory:", "keyspace_hits:", "keyspace_misses:"]) {
+            *total += info
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| format!("INFO of {node} has no {}", field.trim_end_matches(':')))?;
+        }
     }
-    Ok(total)
+    Ok(totals)
 }
 
 /// Writes a pipeline's figures to its status hash (kept a day after the runtime
@@ -294,8 +314,14 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
     for cache in &facts.caches {
         match cache.used_memory {
             Some(bytes) => {
-                let _ =
-                    writeln!(out, "cache {}: used_memory {bytes} B ({:.1} MiB)", cache.cache, bytes as f64 / 1048576.0);
+                let mib = bytes as f64 / 1048576.0;
+                let _ = write!(out, "cache {}: used_memory {bytes} B ({mib:.1} MiB)", cache.cache);
+                if let (Some(ratio), Some(hits), Some(misses)) =
+                    (cache.hit_ratio(), cache.keyspace_hits, cache.keyspace_misses)
+                {
+                    let _ = write!(out, ", hit ratio {:.1}% ({hits} hits, {misses} misses)", ratio * 100.0);
+                }
+                out.push('\n');
             }
             None => {
                 let _ = writeln!(out, "cache {}: unreachable: {}", cache.cache, cache.error.as_deref().unwrap_or(""));

@@ -140,6 +140,7 @@ async fn metrics_health_page_and_status_follow_a_running_pipeline() -> Result<()
     assert_eq!(&cells[..7], [p, "events", cells[2], "7", "1", "0", "0"], "{report}");
     assert!(line.ends_with("running"), "{report}");
     assert!(report.contains("cache main: used_memory"), "{report}");
+    assert!(report.contains("% (") && report.contains(" hits, "), "Redis's own hit ratio: {report}");
     stop(shutdown, tasks).await?;
     let report = evercache::status::report(&config).await?;
     assert!(report.lines().any(|l| l.starts_with(p) && l.contains(" 7 ") && l.contains("stopped")), "{report}");

@@ -59,6 +59,9 @@ pub fn render(doc: &StatusDocument) -> String {
                     " · cache <b>{}</b> used_memory <span class=\"memory\" data-cache=\"{0}\">{bytes}</span> B",
                     esc(&cache.cache)
                 );
+                if let Some(ratio) = cache.hit_ratio() {
+                    let _ = write!(out, ", hit ratio <span class=\"hit-ratio\">{:.1}%</span>", ratio * 100.0);
+                }
             }
             None => {
                 let _ = write!(out, " · cache <b>{}</b> <span class=\"down\">unreachable</span>", esc(&cache.cache));
