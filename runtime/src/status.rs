@@ -205,6 +205,11 @@ pub async fn save_pipeline(
         ("events", stats.events.to_string()),
         ("dead_letters", stats.dead_letters.to_string()),
         ("updated_at_ms", now_ms().to_string()),
+        ("read_hits", stats.reads.hits.to_string()),
+        ("read_misses", stats.reads.misses.to_string()),
+        ("read_filled", stats.reads.filled.to_string()),
+        ("read_waited", stats.reads.waited.to_string()),
+        ("read_failed", stats.reads.failed.to_string()),
     ];
     for (name, value) in [
         ("last_write_at_ms", stats.last_write_at_ms),
@@ -256,6 +261,7 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
         .map(str::to_owned),
     ];
     let mut troubles = Vec::new();
+    let mut reads = Vec::new();
     for (name, pipeline) in &config.pipelines {
         let saved: BTreeMap<String, String> = match probes.cache_conn(&pipeline.cache).await {
             Some(mut conn) => {
@@ -277,6 +283,17 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
             Some(at) => format!("seen {} ago", ago(now, at)),
             None => "never seen".to_owned(),
         };
+        let count = |field: &str| saved.get(field).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if count("read_hits") + count("read_misses") > 0 {
+            reads.push(format!(
+                "pipeline {name}: reads {} hits, {} misses ({} recomputed, {} waited for, {} failed)",
+                count("read_hits"),
+                count("read_misses"),
+                count("read_filled"),
+                count("read_waited"),
+                count("read_failed")
+            ));
+        }
         if runtime == "running"
             && let Some(trouble) = saved.get("trouble")
         {
@@ -305,6 +322,9 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
         ]);
     }
     write_table(&mut out, &rows);
+    for line in &reads {
+        let _ = writeln!(out, "{line}");
+    }
     for (name, trouble) in &troubles {
         let _ = writeln!(out, "pipeline {name}: not ready: {trouble}");
     }

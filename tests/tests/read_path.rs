@@ -58,6 +58,7 @@ async fn a_missing_key_is_recomputed_once_for_all_readers_of_two_instances() -> 
     let stream = env.stream("item");
     let config =
         env.config(&env.runtime_toml(std::slice::from_ref(&stream), HTTP), &[("reads_once", &owning_pipeline(&env))])?;
+    let config_for_status = config.clone();
     let (first, second) = (Running::start(config.clone()).await?, Running::start(config).await?);
     let addrs = [first.http.context("no listener")?, second.http.context("no listener")?];
     let key = format!("{}:item:1", env.prefix);
@@ -108,6 +109,22 @@ async fn a_missing_key_is_recomputed_once_for_all_readers_of_two_instances() -> 
     ensure!(error.contains("no pipeline owns key \"somebody:else:1\"") && error.contains("reads_once:"), "{body}");
     let hits = metric(addrs[1], "evercache_reads_total", &[("pipeline", "reads_once"), ("result", "hit")]).await?;
     ensure!(hits >= 2.0, "hits counted: {hits}");
+    let mut totals = [0u64; 3];
+    for addr in addrs {
+        let (_, status) = get(addr, "/api/status").await?;
+        let status: Value = serde_json::from_str(&status)?;
+        let counts = &status["pipelines"][0]["reads"];
+        for (total, field) in totals.iter_mut().zip(["hits", "misses", "filled"]) {
+            *total += counts[field].as_u64().context("a read counter")?;
+        }
+    }
+    // 200 readers, one more of key 1, and two of the absent row: one fill each for two keys.
+    ensure!(totals[0] + totals[1] == 203 && totals[2] == 2, "hits, misses, filled: {totals:?}");
+    let report = || async { evercache::status::report(&config_for_status).await.map_err(anyhow::Error::from) };
+    wait_until("evercache status shows the read counters", WAIT, || async {
+        Ok(report().await?.contains("pipeline reads_once: reads "))
+    })
+    .await?;
     first.stop().await?;
     second.stop().await
 }

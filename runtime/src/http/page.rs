@@ -108,7 +108,16 @@ fn row(out: &mut String, p: &PipelineStatus, now_ms: u64) {
     let loaded = (now_ms.saturating_sub(s.plugin_loaded_at_ms)) / 1000;
     let _ =
         write!(out, "<td><span class=\"plugin\">{}</span><br><small>loaded {loaded}s ago</small></td>", esc(&s.plugin));
-    let _ = write!(out, "<td class=\"n events\">{}</td>", s.events);
+    let _ = write!(out, "<td class=\"n events\">{}", s.events);
+    if s.reads.hits + s.reads.misses > 0 {
+        let r = &s.reads;
+        let _ = write!(
+            out,
+            "<br><small class=\"reads\">reads: {} hits, {} misses ({} filled)</small>",
+            r.hits, r.misses, r.filled
+        );
+    }
+    out.push_str("</td>");
     let _ = write!(out, "<td><span class=\"rate\">{rate:.1}</span>/s{}</td>", spark(&events, "#2a6"));
     let last_delay = s.last_delay_ms.map_or("-".to_owned(), |d| d.to_string());
     let _ = write!(out, "<td><span class=\"delay\">{last_delay}</span>{}</td>", spark(&delays, "#c60"));

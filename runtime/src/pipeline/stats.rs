@@ -42,6 +42,21 @@ pub struct ErrorEntry {
     pub message: String,
 }
 
+/// The read path's figures for the keys a pipeline owns, since start.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ReadCounts {
+    /// Reads answered from the cache as it was.
+    pub hits: u64,
+    /// Reads that found no value.
+    pub misses: u64,
+    /// Misses this process recomputed.
+    pub filled: u64,
+    /// Misses answered after another request or instance filled the key.
+    pub waited: u64,
+    /// Misses that failed (plugin, cache or timeout).
+    pub failed: u64,
+}
+
 /// Totals and history of one pipeline, as the status page shows them.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatsSnapshot {
@@ -69,6 +84,8 @@ pub struct StatsSnapshot {
     pub history: Vec<Second>,
     /// The last errors, newest last.
     pub errors: Vec<ErrorEntry>,
+    /// The read path's figures.
+    pub reads: ReadCounts,
 }
 
 /// A pipeline's live figures.
@@ -94,6 +111,29 @@ impl PipelineStats {
         let mut inner = self.lock();
         inner.plugin = format!("{}@{version}", self.plugin);
         inner.plugin_loaded_at_ms = (at * 1000.0) as u64;
+    }
+
+    /// A read of an owned key found a value (or a tombstone), or missed.
+    pub fn read(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        counter!(m::READS_TOTAL, "pipeline" => self.pipeline.clone(), "result" => result).increment(1);
+        let mut inner = self.lock();
+        if hit {
+            inner.reads.hits += 1;
+        } else {
+            inner.reads.misses += 1;
+        }
+    }
+
+    /// A miss was settled: `recomputed` here, `waited` for, or `failed`.
+    pub fn read_settled(&self, how: &'static str) {
+        counter!(m::READ_FILLS_TOTAL, "pipeline" => self.pipeline.clone(), "how" => how).increment(1);
+        let mut inner = self.lock();
+        match how {
+            "recomputed" => inner.reads.filled += 1,
+            "waited" => inner.reads.waited += 1,
+            _ => inner.reads.failed += 1,
+        }
     }
 
     /// A batch is being applied from now on.

@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use metrics::counter;
 use serde::Serialize;
 
 pub use cached::{CachedKey, read_cached};
 pub use config::ReadConfig;
 use fill_lock::FillLock;
 
-use crate::metrics::{READ_FILLS_TOTAL, READS_TOTAL};
 use crate::pipeline::{Pipeline, RepairKey};
 
 /// How a read was answered.
@@ -98,7 +96,7 @@ impl ReadPath {
         let cached = read_cached(&mut conn, key).await.map_err(|e| ReadError::Cache(e.to_string()))?;
         let name = pipeline.name().to_owned();
         let hit = cached.found() || cached.deleted();
-        counter!(READS_TOTAL, "pipeline" => name.clone(), "result" => if hit { "hit" } else { "miss" }).increment(1);
+        pipeline.stats().read(hit);
         if hit {
             return Ok(KeyReply { cached, served: Served::Hit, pipeline: name });
         }
@@ -109,7 +107,7 @@ impl ReadPath {
             (Ok(reply), false) if reply.served == Served::Filled => "recomputed",
             _ => "waited",
         };
-        counter!(READ_FILLS_TOTAL, "pipeline" => name, "how" => how).increment(1);
+        pipeline.stats().read_settled(how);
         result.map(|reply| if joined { KeyReply { served: Served::Waited, ..reply } } else { reply })
     }
 

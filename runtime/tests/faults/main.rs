@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use evercache::contract::{CacheValue, Entry};
 use evercache::event::position;
-use evercache::sink::{CacheConfig, KeyAction, KeyVersion, KeyWrite, RedisWriter, WriteSettings, read_meta};
+use evercache::sink::{
+    CacheConfig, KeyAction, KeyVersion, KeyWrite, RedisWriter, VersionKind, WriteSettings, read_meta,
+};
 use harness::*;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -444,7 +446,7 @@ async fn a_late_stale_recompute_never_resurrects_a_deleted_key() {
     let mut rng = Rng::new("delete");
     let version = |lsn: u64| KeyVersion {
         position: position::postgres(lsn, lsn),
-        snapshot: false,
+        kind: VersionKind::Change,
         committed_at_ms: 1,
         read_at_ms: 2,
     };
