@@ -135,13 +135,19 @@ async fn initial_snapshot_warms_the_cache_before_streaming() -> Result<()> {
     redis::cmd("DEL").arg(format!("evercache:snapshot:test:{}", env.prefix)).query_async::<()>(&mut redis).await?;
     env.sql("create table item (id bigint primary key, name text, version bigint); insert into item select g, 'old', 1 from generate_series(1, 1234) g;")
         .await?;
-    let config = env.config(&runtime_toml(&env, &["item"]), &[("items", &env.testkit_pipeline(""))])?;
+    let pipeline = format!("key_patterns = [\"{}:item:*\"]\n{}", env.prefix, env.testkit_pipeline(""));
+    let config = env.config(&runtime_toml(&env, &["item"]), &[("items", &pipeline)])?;
     let running = Running::start(config).await?;
     let key = |id: i64| format!("{}:item:{id}", env.prefix);
     wait_json(&env, &key(1), Some(json!({"id": 1, "name": "old", "version": 1}))).await?;
     wait_json(&env, &key(1234), Some(json!({"id": 1234, "name": "old", "version": 1}))).await?;
     env.sql("update item set name = 'new', version = 2 where id = 7").await?;
     wait_json(&env, &key(7), Some(json!({"id": 7, "name": "new", "version": 2}))).await?;
+    // A truncate names no row: the pipeline owns `item:*`, so every cached key is recomputed.
+    env.sql("truncate item").await?;
+    for id in [1, 7, 1234] {
+        wait_json(&env, &key(id), None).await?;
+    }
     let marker: bool =
         redis::cmd("EXISTS").arg(format!("evercache:snapshot:test:{}", env.prefix)).query_async(&mut redis).await?;
     assert!(marker, "the finished snapshot is recorded so a restart does not repeat it");

@@ -197,6 +197,55 @@ async fn a_fill_that_read_before_a_change_never_overwrites_it() -> Result<()> {
     running.stop().await
 }
 
+/// A truncate names no row; a pipeline that owns key patterns recomputes every
+/// key it owns in the cache, so the cache follows the emptied table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_recomputes_every_owned_key() -> Result<()> {
+    let mut env = items("reads_truncate", 5).await?;
+    let stream = env.stream("item");
+    let config = env.config(
+        &env.runtime_toml(std::slice::from_ref(&stream), HTTP),
+        &[("reads_truncate", &owning_pipeline(&env))],
+    )?;
+    let running = Running::start(config).await?;
+    let prefix = env.prefix.clone();
+    for id in 1..=5 {
+        let after = json!({"id": id, "name": "row", "version": 1});
+        let change = pg_change("u", &prefix, "item", None, Some(after), next_lsn());
+        env.xadd_compact(&stream, &pg_key(id), &change.to_string()).await?;
+    }
+    let outsider = format!("{prefix}:other:1");
+    redis::cmd("SET").arg(&outsider).arg("not owned").query_async::<()>(&mut env.redis).await?;
+    let redis = env.redis.clone();
+    let count = move |pattern: String| {
+        let mut redis = redis.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut redis).await?;
+            Ok::<_, anyhow::Error>(keys.len())
+        }
+    };
+    wait_until("five keys cached", WAIT, || async { Ok(count(format!("{prefix}:item:*")).await? == 5) }).await?;
+
+    env.sql("truncate item").await?;
+    let truncate = pg_change("t", &prefix, "item", None, None, next_lsn());
+    env.xadd_compact(&stream, "null", &truncate.to_string()).await?;
+    wait_until("every owned key follows the emptied table", WAIT, || async {
+        Ok(count(format!("{prefix}:item:*")).await? == 0)
+    })
+    .await?;
+    for id in 1..=5 {
+        let meta: Option<String> = redis::cmd("HGET")
+            .arg(format!("{{{prefix}:item:{id}}}:meta"))
+            .arg("deleted")
+            .query_async(&mut env.redis)
+            .await?;
+        ensure!(meta.as_deref() == Some("1"), "key {id} is a tombstone: {meta:?}");
+    }
+    ensure!(env.get(&outsider).await?.as_deref() == Some("not owned"), "keys outside the patterns are left alone");
+    ensure!(env.dead_letters(&stream).await?.is_empty(), "no dead letters");
+    running.stop().await
+}
+
 /// Rows keep changing while their keys are evicted and read back: whatever
 /// the interleaving, every key ends at its row's last version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ impl Pipeline {
         let mut planned_events = 0;
         for event in events {
             let mut instance = generation.instance.lock().await;
-            plan_keys(&mut instance, &mut plan, event).await?;
+            plan_keys(generation, &mut instance, &mut plan, event).await?;
             drop(instance);
             planned_events += 1;
             if plan.len() >= limit {

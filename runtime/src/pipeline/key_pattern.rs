@@ -84,6 +84,24 @@ impl KeyPattern {
     pub fn overlaps(&self, other: &KeyPattern) -> bool {
         overlap(&self.tokens, &other.tokens, 0, 0, &mut HashMap::new())
     }
+
+    /// The pattern in Redis's glob syntax, for `SCAN … MATCH`.
+    pub fn redis_glob(&self) -> String {
+        let mut glob = String::new();
+        for token in &self.tokens {
+            match token {
+                Token::Star => glob.push('*'),
+                Token::One => glob.push('?'),
+                Token::Literal(c) => {
+                    if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                        glob.push('\\');
+                    }
+                    glob.push(*c);
+                }
+            }
+        }
+        glob
+    }
 }
 
 /// Can `a[i..]` and `b[j..]` match one string? Each step consumes one
@@ -182,5 +200,11 @@ mod tests {
             assert!(!p(a).overlaps(&p(b)), "{a} / {b}");
             assert!(!p(b).overlaps(&p(a)), "{b} / {a}");
         }
+    }
+
+    #[test]
+    fn redis_glob_escapes_redis_wildcards_written_literally() {
+        assert_eq!(p("product:*").redis_glob(), "product:*");
+        assert_eq!(p(r"a\*[b]?").redis_glob(), r"a\*\[b\]?");
     }
 }

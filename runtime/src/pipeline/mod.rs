@@ -11,6 +11,7 @@ mod finish;
 pub mod key_pattern;
 pub mod key_plan;
 mod ledger;
+mod owned_keys;
 mod plan_ahead;
 pub mod reload;
 pub mod repair;

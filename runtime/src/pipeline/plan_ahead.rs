@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::failure::ApplyError;
 use super::key_plan::KeyPlan;
 use super::running::{Generation, Pipeline};
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, Op};
 use crate::plugin::{CallError, PluginHandle};
 
 /// One pipeline's share of a batch with its keys planned; built up read by
@@ -40,7 +40,7 @@ impl Planning {
             let mut planner = self.generation.planner().lock().await;
             let mut outcome = Ok(true);
             for (_, event) in &events {
-                if let Err(error) = plan_keys(&mut planner, plan, event).await {
+                if let Err(error) = plan_keys(&self.generation, &mut planner, plan, event).await {
                     outcome = Err(error);
                     break;
                 }
@@ -60,12 +60,20 @@ impl Planning {
     }
 }
 
-/// Adds the keys `event` touches to `plan`.
+/// Adds the keys `event` touches to `plan`. A truncate names no row, so for a
+/// pipeline that owns `key_patterns` it touches every key it owns in the cache.
 pub(super) async fn plan_keys(
+    generation: &Generation,
     instance: &mut PluginHandle,
     plan: &mut KeyPlan,
     event: &ChangeEvent,
 ) -> Result<(), ApplyError> {
+    if event.op == Op::Truncate && !generation.config.key_patterns.is_empty() {
+        for key in generation.owned_keys().await? {
+            plan.add(key, event);
+        }
+        return Ok(());
+    }
     for key in instance.keys(event).await? {
         if key.is_empty() {
             return Err(CallError::Contract {

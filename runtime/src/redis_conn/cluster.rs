@@ -140,6 +140,16 @@ impl ClusterConn {
             .clone())
     }
 
+    /// A connection to every primary of the current slot map.
+    pub async fn primary_connections(&self) -> RedisResult<Vec<ConnectionManager>> {
+        let topology = self.topology();
+        let mut conns = Vec::with_capacity(topology.primaries.len());
+        for addr in &topology.primaries {
+            conns.push(self.node(addr).await?);
+        }
+        Ok(conns)
+    }
+
     fn primary(&self, topology: &Topology, slot: u16) -> RedisResult<String> {
         topology.slots.get(usize::from(slot)).cloned().flatten().map(|a| a.to_string()).ok_or_else(|| {
             RedisError::from((

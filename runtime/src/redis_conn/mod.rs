@@ -75,6 +75,37 @@ impl RedisConn {
     }
 }
 
+impl RedisConn {
+    /// Every key matching the Redis glob `pattern`, by `SCAN` (on each primary
+    /// of a cluster). Keys written or moved during the scan may be missed.
+    pub async fn scan_match(&self, pattern: &str) -> Result<Vec<String>, RedisError> {
+        let nodes: Vec<RedisConn> = match self {
+            RedisConn::Node(_) => vec![self.clone()],
+            RedisConn::Cluster(c) => c.primary_connections().await?.into_iter().map(RedisConn::Node).collect(),
+        };
+        let mut keys = Vec::new();
+        for mut node in nodes {
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut node)
+                    .await?;
+                keys.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
