@@ -60,6 +60,8 @@ pub const READS_TOTAL: &str = "evercache_reads_total";
 /// Misses settled, by `pipeline` and `how`: `recomputed` (this process filled
 /// the key), `waited` (another request or instance filled it), `failed`.
 pub const READ_FILLS_TOTAL: &str = "evercache_read_fills_total";
+/// Keys recomputed ahead of their expiry by the read path, by `pipeline`.
+pub const READ_REFRESHES_TOTAL: &str = "evercache_read_refreshes_total";
 /// Redis `used_memory` of a cache, by `cache`.
 pub const REDIS_USED_MEMORY_BYTES: &str = "evercache_redis_used_memory_bytes";
 
@@ -123,6 +125,7 @@ fn describe() {
     describe_gauge!(PIPELINE_STUCK, "1 while a pipeline is stuck for longer than stuck_after.");
     describe_gauge!(REDIS_USED_MEMORY_BYTES, Unit::Bytes, "Redis used_memory of a cache.");
     describe_counter!(READS_TOTAL, "Reads of the read path by result (hit, miss).");
+    describe_counter!(READ_REFRESHES_TOTAL, "Keys the read path refreshed ahead of their expiry.");
     describe_counter!(READ_FILLS_TOTAL, "Read-path misses settled: recomputed here, waited for, or failed.");
 }
 

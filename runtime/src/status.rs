@@ -210,6 +210,7 @@ pub async fn save_pipeline(
         ("read_filled", stats.reads.filled.to_string()),
         ("read_waited", stats.reads.waited.to_string()),
         ("read_failed", stats.reads.failed.to_string()),
+        ("read_refreshed", stats.reads.refreshed.to_string()),
     ];
     for (name, value) in [
         ("last_write_at_ms", stats.last_write_at_ms),
@@ -286,12 +287,13 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
         let count = |field: &str| saved.get(field).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         if count("read_hits") + count("read_misses") > 0 {
             reads.push(format!(
-                "pipeline {name}: reads {} hits, {} misses ({} recomputed, {} waited for, {} failed)",
+                "pipeline {name}: reads {} hits, {} misses ({} recomputed, {} waited for, {} failed), {} refreshed ahead",
                 count("read_hits"),
                 count("read_misses"),
                 count("read_filled"),
                 count("read_waited"),
-                count("read_failed")
+                count("read_failed"),
+                count("read_refreshed")
             ));
         }
         if runtime == "running"

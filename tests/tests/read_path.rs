@@ -197,6 +197,43 @@ async fn a_fill_that_read_before_a_change_never_overwrites_it() -> Result<()> {
     running.stop().await
 }
 
+/// A key with a 2 s TTL read every 50 ms for 5 s never misses: its readers
+/// refresh it ahead of expiry. With refresh-ahead off, the same reads miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_with_a_ttl_is_refreshed_ahead_and_never_misses() -> Result<()> {
+    let env = items("reads_refresh", 1).await?;
+    let stream = env.stream("item");
+    let pipeline = format!("key_patterns = [\"{}:item:*\"]\n{}", env.prefix, env.testkit_pipeline("ttl_seconds = 2"));
+    let key = format!("{}:item:1", env.prefix);
+    let mut served_by_beta = Vec::new();
+    for beta in ["300", "0"] {
+        let extra = format!("{HTTP}[read]\nrefresh_ahead_beta = {beta}\n");
+        let runtime = env.runtime_toml(std::slice::from_ref(&stream), &extra);
+        let config = env.config(&runtime, &[("reads_refresh", &pipeline)])?;
+        let running = Running::start(config).await?;
+        let addr = running.http.context("no listener")?;
+        redis::cmd("DEL").arg(&key).query_async::<()>(&mut env.redis.clone()).await?;
+        let mut served = std::collections::BTreeMap::<String, usize>::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            let (code, body) = read(addr, &key).await?;
+            ensure!(code == 200, "{code}: {body}");
+            *served.entry(body["served"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let refreshed = metric(addr, "evercache_read_refreshes_total", &[("pipeline", "reads_refresh")]).await?;
+        println!("beta {beta}: {served:?}, {refreshed} refreshes");
+        served_by_beta.push((served, refreshed));
+        running.stop().await?;
+    }
+    let (on, refreshed) = &served_by_beta[0];
+    ensure!(on.get("filled") == Some(&1) && on.len() == 2, "one fill, then only hits: {on:?}");
+    ensure!(*refreshed >= 2.0, "a 2 s TTL outlived 5 s by refreshes: {refreshed}");
+    let (off, _) = &served_by_beta[1];
+    ensure!(off.get("filled").is_some_and(|n| *n >= 2), "without refresh-ahead the key expires and misses: {off:?}");
+    Ok(())
+}
+
 /// A truncate names no row; a pipeline that owns key patterns recomputes every
 /// key it owns in the cache, so the cache follows the emptied table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

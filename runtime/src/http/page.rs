@@ -113,8 +113,8 @@ fn row(out: &mut String, p: &PipelineStatus, now_ms: u64) {
         let r = &s.reads;
         let _ = write!(
             out,
-            "<br><small class=\"reads\">reads: {} hits, {} misses ({} filled)</small>",
-            r.hits, r.misses, r.filled
+            "<br><small class=\"reads\">reads: {} hits, {} misses ({} filled), {} refreshed</small>",
+            r.hits, r.misses, r.filled, r.refreshed
         );
     }
     out.push_str("</td>");

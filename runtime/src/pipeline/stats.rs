@@ -55,6 +55,8 @@ pub struct ReadCounts {
     pub waited: u64,
     /// Misses that failed (plugin, cache or timeout).
     pub failed: u64,
+    /// Keys recomputed ahead of their expiry.
+    pub refreshed: u64,
 }
 
 /// Totals and history of one pipeline, as the status page shows them.
@@ -134,6 +136,12 @@ impl PipelineStats {
             "waited" => inner.reads.waited += 1,
             _ => inner.reads.failed += 1,
         }
+    }
+
+    /// A key was refreshed ahead of its expiry.
+    pub fn read_refreshed(&self) {
+        counter!(m::READ_REFRESHES_TOTAL, "pipeline" => self.pipeline.clone()).increment(1);
+        self.lock().reads.refreshed += 1;
     }
 
     /// A batch is being applied from now on.

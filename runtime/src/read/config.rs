@@ -14,12 +14,22 @@ pub struct ReadConfig {
     /// pipelines' `call_timeout` (default "10s").
     #[serde(default = "default_fill_timeout", with = "humantime_serde")]
     pub fill_timeout: Duration,
+    /// How early a key with a TTL is refreshed ahead of expiry: a read
+    /// refreshes it in the background when `recompute time × beta × −ln(random)`
+    /// reaches the TTL left (XFetch). 1 is the paper's choice; larger refreshes
+    /// earlier (for keys read less often), 0 turns refresh-ahead off (default 1).
+    #[serde(default = "default_refresh_ahead_beta")]
+    pub refresh_ahead_beta: f64,
 }
 
 impl Default for ReadConfig {
     fn default() -> Self {
-        Self { fill_timeout: default_fill_timeout() }
+        Self { fill_timeout: default_fill_timeout(), refresh_ahead_beta: default_refresh_ahead_beta() }
     }
+}
+
+fn default_refresh_ahead_beta() -> f64 {
+    1.0
 }
 
 fn default_fill_timeout() -> Duration {

@@ -2,10 +2,12 @@
 //! recomputed through the pipeline whose `key_patterns` own the key, once per
 //! key however many ask (single-flight in the process, a Redis lock across
 //! processes), and written as a repair, so a fill never wins against a change.
+//! A key with a TTL is refreshed ahead of expiry by one of its readers.
 
 mod cached;
 pub mod config;
 mod fill_lock;
+mod refresh;
 pub mod resync;
 
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use serde::Serialize;
 pub use cached::{CachedKey, read_cached};
 pub use config::ReadConfig;
 use fill_lock::FillLock;
+use refresh::RefreshAhead;
 
 use crate::pipeline::{Pipeline, RepairKey};
 
@@ -81,12 +84,14 @@ pub struct ReadPath {
     config: ReadConfig,
     /// Fills under way in this process, by key: later misses join them.
     filling: Mutex<HashMap<String, SharedFill>>,
+    refresh: RefreshAhead,
 }
 
 impl ReadPath {
     /// A read path over `pipelines`.
     pub fn new(pipelines: Vec<Arc<Pipeline>>, config: ReadConfig) -> Arc<Self> {
-        Arc::new(Self { pipelines, config, filling: Mutex::default() })
+        let refresh = RefreshAhead::new(config.refresh_ahead_beta);
+        Arc::new(Self { pipelines, config, filling: Mutex::default(), refresh })
     }
 
     /// The key as the cache holds it, filled first if it is missing.
@@ -98,6 +103,11 @@ impl ReadPath {
         let hit = cached.found() || cached.deleted();
         pipeline.stats().read(hit);
         if hit {
+            if let Some(ttl_ms) = cached.ttl_ms.filter(|_| cached.found())
+                && self.refresh.due(&name, ttl_ms)
+            {
+                self.refresh_in_background(pipeline, key, cached.seen_writes());
+            }
             return Ok(KeyReply { cached, served: Served::Hit, pipeline: name });
         }
         let (fill, joined) = self.join_or_start(key, pipeline);
@@ -146,6 +156,37 @@ impl ReadPath {
         (fill, false)
     }
 
+    /// Recomputes `key` in the background as a repair against the write count
+    /// its reader saw; skipped when this process or another already refreshes it.
+    fn refresh_in_background(self: &Arc<Self>, pipeline: &Arc<Pipeline>, key: &str, seen_writes: Option<u64>) {
+        if !self.refresh.start(key) {
+            return;
+        }
+        let (this, pipeline, key) = (self.clone(), pipeline.clone(), key.to_owned());
+        tokio::spawn(async move {
+            let conn = pipeline.cache().connection();
+            match FillLock::try_acquire(&conn, &key, this.config.fill_timeout).await {
+                Ok(Some(lock)) => {
+                    let started = Instant::now();
+                    let repaired = pipeline.repair(&[RepairKey { key: key.clone(), seen_writes }]).await;
+                    lock.release().await;
+                    match repaired {
+                        Ok(_) => {
+                            this.refresh.measured(pipeline.name(), started.elapsed());
+                            pipeline.stats().read_refreshed();
+                        }
+                        Err(e) => {
+                            tracing::warn!(key = %key, error = %e, "refresh-ahead failed; the key expires as it would have")
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(key = %key, error = %e, "refresh-ahead skipped"),
+            }
+            this.refresh.finish(&key);
+        });
+    }
+
     /// Fills `key` under the cross-instance lock, or waits for the holder's value.
     async fn fill(&self, pipeline: &Pipeline, key: &str) -> Result<KeyReply, ReadError> {
         let cache = |e: crate::sink::SinkError| ReadError::Cache(e.to_string());
@@ -188,10 +229,12 @@ impl ReadPath {
             return Ok((before, Served::Waited));
         }
         let repair = RepairKey { key: key.to_owned(), seen_writes: before.seen_writes() };
+        let started = Instant::now();
         pipeline.repair(&[repair]).await.map_err(|e| match e {
             crate::pipeline::RepairError::Cache { .. } => ReadError::Cache(e.to_string()),
             crate::pipeline::RepairError::Plugin { .. } => ReadError::Recompute(e.to_string()),
         })?;
+        self.refresh.measured(pipeline.name(), started.elapsed());
         let after = read_cached(&mut conn, key).await.map_err(cache)?;
         Ok((after, Served::Filled))
     }
