@@ -5,13 +5,15 @@
 //! naive worker and the same logic compiled into the host over the same data;
 //! `-- capture` measures the built-in capture's commit→cache latency and burst
 //! drain rate; `-- plugin-cost` what compiling, instantiating and calling a
-//! plugin costs. `--tiny` keeps a workload's harness working in CI.
+//! plugin costs; `-- read-path` the read path against Redis and the database.
+//! `--tiny` keeps a workload's harness working in CI.
 
 mod capture;
 mod capture_db;
 mod compare;
 mod keys;
 mod plugin_cost;
+mod read_path;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,8 @@ enum Workload {
     Compare(compare::Options),
     /// What a Wasm plugin costs: compile, cache load, instantiate, keys, recompute.
     PluginCost(plugin_cost::Options),
+    /// The read path: a herd on one missing key; hit and miss latency beside Redis and the database.
+    ReadPath(read_path::Options),
 }
 
 #[tokio::main]
@@ -41,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
         Workload::Capture(options) => capture::run(options).await,
         Workload::Compare(options) => compare::run(options).await,
         Workload::PluginCost(options) => plugin_cost::run(options).await,
+        Workload::ReadPath(options) => read_path::run(options).await,
     }
 }

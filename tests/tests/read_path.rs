@@ -147,6 +147,24 @@ async fn a_plugin_error_is_answered_502_and_writes_nothing() -> Result<()> {
     ensure!(!meta, "no metadata written");
     let lock: bool = redis::cmd("EXISTS").arg(format!("{{{key}}}:fill")).query_async(&mut env.redis).await?;
     ensure!(!lock, "the fill lock was let go");
+
+    // Fifty cold keys and the bad one at once: recomputed in a few calls, the
+    // bad key failing only its own reader.
+    env.sql("insert into item select g, 'row', 1 from generate_series(2, 51) g").await?;
+    let calls = || metric(addr, "evercache_recompute_duration_seconds_count", &[("pipeline", "reads_error")]);
+    let calls_before = calls().await?;
+    let readers: Vec<_> = (2..=51)
+        .map(|id| format!("{}:item:{id}", env.prefix))
+        .chain([key.clone()])
+        .map(|key| tokio::spawn(async move { read(addr, &key).await.map(|(code, _)| (key, code)) }))
+        .collect();
+    for reader in readers {
+        let (read_key, code) = reader.await??;
+        ensure!(code == if read_key == key { 502 } else { 200 }, "{read_key}: {code}");
+    }
+    let calls = calls().await? - calls_before;
+    println!("51 concurrent misses took {calls} recompute calls");
+    ensure!(calls < 25.0, "misses of different keys share recompute calls: {calls}");
     running.stop().await
 }
 

@@ -6,6 +6,7 @@
 
 mod cached;
 pub mod config;
+mod fill_batch;
 mod fill_lock;
 mod refresh;
 pub mod resync;
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 pub use cached::{CachedKey, read_cached};
 pub use config::ReadConfig;
+use fill_batch::FillBatches;
 use fill_lock::FillLock;
 use refresh::RefreshAhead;
 
@@ -84,6 +86,8 @@ pub struct ReadPath {
     config: ReadConfig,
     /// Fills under way in this process, by key: later misses join them.
     filling: Mutex<HashMap<String, SharedFill>>,
+    /// Keys being recomputed for reads, batched per pipeline.
+    batches: Arc<FillBatches>,
     refresh: RefreshAhead,
 }
 
@@ -91,7 +95,7 @@ impl ReadPath {
     /// A read path over `pipelines`.
     pub fn new(pipelines: Vec<Arc<Pipeline>>, config: ReadConfig) -> Arc<Self> {
         let refresh = RefreshAhead::new(config.refresh_ahead_beta);
-        Arc::new(Self { pipelines, config, filling: Mutex::default(), refresh })
+        Arc::new(Self { pipelines, config, filling: Mutex::default(), batches: Arc::default(), refresh })
     }
 
     /// The key as the cache holds it, filled first if it is missing.
@@ -188,7 +192,7 @@ impl ReadPath {
     }
 
     /// Fills `key` under the cross-instance lock, or waits for the holder's value.
-    async fn fill(&self, pipeline: &Pipeline, key: &str) -> Result<KeyReply, ReadError> {
+    async fn fill(self: &Arc<Self>, pipeline: &Arc<Pipeline>, key: &str) -> Result<KeyReply, ReadError> {
         let cache = |e: crate::sink::SinkError| ReadError::Cache(e.to_string());
         let conn = pipeline.cache().connection();
         let timeout = self.config.fill_timeout;
@@ -220,7 +224,11 @@ impl ReadPath {
     }
 
     /// Recomputes `key` while holding its lock; the write counts as a repair.
-    async fn fill_holding(&self, pipeline: &Pipeline, key: &str) -> Result<(CachedKey, Served), ReadError> {
+    async fn fill_holding(
+        self: &Arc<Self>,
+        pipeline: &Arc<Pipeline>,
+        key: &str,
+    ) -> Result<(CachedKey, Served), ReadError> {
         let cache = |e: crate::sink::SinkError| ReadError::Cache(e.to_string());
         let mut conn = pipeline.cache().connection();
         // Seen before the database is read: a write after this makes the fill stale.
@@ -229,12 +237,8 @@ impl ReadPath {
             return Ok((before, Served::Waited));
         }
         let repair = RepairKey { key: key.to_owned(), seen_writes: before.seen_writes() };
-        let started = Instant::now();
-        pipeline.repair(&[repair]).await.map_err(|e| match e {
-            crate::pipeline::RepairError::Cache { .. } => ReadError::Cache(e.to_string()),
-            crate::pipeline::RepairError::Plugin { .. } => ReadError::Recompute(e.to_string()),
-        })?;
-        self.refresh.measured(pipeline.name(), started.elapsed());
+        let (this, name) = (self.clone(), pipeline.name().to_owned());
+        self.batches.repair(pipeline, repair, move |elapsed| this.refresh.measured(&name, elapsed)).await?;
         let after = read_cached(&mut conn, key).await.map_err(cache)?;
         Ok((after, Served::Filled))
     }
