@@ -69,6 +69,18 @@ impl TestEnv {
         Ok(env)
     }
 
+    /// A test environment whose schema has `item(id, name, version)` with rows
+    /// 1..=`rows`, each `'row'` at version 1.
+    pub async fn with_items(name: &str, rows: i64) -> Result<Self> {
+        let env = Self::new(name).await?;
+        env.sql(&format!(
+            "create table item (id bigint primary key, name text, version bigint);
+             insert into item select g, 'row', 1 from generate_series(1, {rows}) g"
+        ))
+        .await?;
+        Ok(env)
+    }
+
     /// Runs SQL statements in the test's schema.
     pub async fn sql(&self, statements: &str) -> Result<()> {
         let mut conn = self.pg.acquire().await?;

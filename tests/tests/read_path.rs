@@ -20,16 +20,6 @@ fn owning_pipeline(env: &TestEnv) -> String {
     format!("key_patterns = [\"{}:item:*\"]\n{}", env.prefix, env.testkit_pipeline(""))
 }
 
-async fn items(name: &str, rows: i64) -> Result<TestEnv> {
-    let env = TestEnv::new(name).await?;
-    env.sql(&format!(
-        "create table item (id bigint primary key, name text, version bigint);
-         insert into item select g, 'row', 1 from generate_series(1, {rows}) g"
-    ))
-    .await?;
-    Ok(env)
-}
-
 async fn read(addr: SocketAddr, key: &str) -> Result<(u16, Value)> {
     let (code, body) = get(addr, &format!("/v1/keys/{key}")).await?;
     let body = serde_json::from_str(&body).with_context(|| format!("GET {key}: {body}"))?;
@@ -54,7 +44,7 @@ async fn item_scans(env: &TestEnv) -> Result<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_key_is_recomputed_once_for_all_readers_of_two_instances() -> Result<()> {
-    let env = items("reads_once", 3).await?;
+    let env = TestEnv::with_items("reads_once", 3).await?;
     let stream = env.stream("item");
     let config =
         env.config(&env.runtime_toml(std::slice::from_ref(&stream), HTTP), &[("reads_once", &owning_pipeline(&env))])?;
@@ -131,7 +121,7 @@ async fn a_missing_key_is_recomputed_once_for_all_readers_of_two_instances() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_error_is_answered_502_and_writes_nothing() -> Result<()> {
-    let mut env = items("reads_error", 1).await?;
+    let mut env = TestEnv::with_items("reads_error", 1).await?;
     let stream = env.stream("item");
     let config =
         env.config(&env.runtime_toml(std::slice::from_ref(&stream), HTTP), &[("reads_error", &owning_pipeline(&env))])?;
@@ -172,7 +162,7 @@ async fn a_plugin_error_is_answered_502_and_writes_nothing() -> Result<()> {
 /// is written while the fill is still busy; the fill's older value is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_that_read_before_a_change_never_overwrites_it() -> Result<()> {
-    let mut env = items("reads_late_fill", 1).await?;
+    let mut env = TestEnv::with_items("reads_late_fill", 1).await?;
     env.sql("update item set name = 'slow'").await?;
     let stream = env.stream("item");
     let pipeline =
@@ -219,7 +209,7 @@ async fn a_fill_that_read_before_a_change_never_overwrites_it() -> Result<()> {
 /// refresh it ahead of expiry. With refresh-ahead off, the same reads miss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_key_with_a_ttl_is_refreshed_ahead_and_never_misses() -> Result<()> {
-    let env = items("reads_refresh", 1).await?;
+    let env = TestEnv::with_items("reads_refresh", 1).await?;
     let stream = env.stream("item");
     let pipeline = format!("key_patterns = [\"{}:item:*\"]\n{}", env.prefix, env.testkit_pipeline("ttl_seconds = 2"));
     let key = format!("{}:item:1", env.prefix);
@@ -256,7 +246,7 @@ async fn a_hot_key_with_a_ttl_is_refreshed_ahead_and_never_misses() -> Result<()
 /// key it owns in the cache, so the cache follows the emptied table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_recomputes_every_owned_key() -> Result<()> {
-    let mut env = items("reads_truncate", 5).await?;
+    let mut env = TestEnv::with_items("reads_truncate", 5).await?;
     let stream = env.stream("item");
     let config = env.config(
         &env.runtime_toml(std::slice::from_ref(&stream), HTTP),
@@ -307,7 +297,7 @@ async fn a_truncate_recomputes_every_owned_key() -> Result<()> {
 async fn fills_racing_changes_never_leave_a_stale_value() -> Result<()> {
     const ROWS: i64 = 20;
     const UPDATES: usize = 1500;
-    let mut env = items("reads_race", ROWS).await?;
+    let mut env = TestEnv::with_items("reads_race", ROWS).await?;
     let stream = env.stream("item");
     let config =
         env.config(&env.runtime_toml(std::slice::from_ref(&stream), HTTP), &[("reads_race", &owning_pipeline(&env))])?;

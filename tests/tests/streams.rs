@@ -14,16 +14,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn item_env(name: &str, rows: i64) -> Result<TestEnv> {
-    let env = TestEnv::new(name).await?;
-    env.sql(&format!(
-        "create table item (id bigint primary key, name text, version bigint);
-         insert into item select g, 'row', 1 from generate_series(1, {rows}) g"
-    ))
-    .await?;
-    Ok(env)
-}
-
 async fn append_update(env: &mut TestEnv, stream: &str, id: i64) -> Result<String> {
     let value =
         pg_change("u", &env.prefix, "item", None, Some(json!({"id": id, "name": "row", "version": 1})), next_lsn());
@@ -37,7 +27,7 @@ async fn xlen(env: &TestEnv, stream: &str) -> Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_its_consumers_keep_dying_on_is_dead_lettered_by_delivery_count() -> Result<()> {
-    let mut env = item_env("deliveries", 2).await?;
+    let mut env = TestEnv::with_items("deliveries", 2).await?;
     let stream = env.stream("item");
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -97,7 +87,7 @@ async fn an_entry_its_consumers_keep_dying_on_is_dead_lettered_by_delivery_count
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_every_entry_another_group_still_needs() -> Result<()> {
-    let mut env = item_env("trim", 10).await?;
+    let mut env = TestEnv::with_items("trim", 10).await?;
     let stream = env.stream("item");
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -165,7 +155,7 @@ async fn trimming_keeps_every_entry_another_group_still_needs() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_applied_in_batches_bigger_than_one_read_that_coalesce_hot_rows() -> Result<()> {
-    let mut env = item_env("backlog", 10).await?;
+    let mut env = TestEnv::with_items("backlog", 10).await?;
     let stream = env.stream("item");
     let events: u32 = 3000;
     let mut fill = redis::pipe();
@@ -215,7 +205,7 @@ async fn a_backlog_is_applied_in_batches_bigger_than_one_read_that_coalesce_hot_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_anywhere_in_a_batch_of_many_reads_are_dead_lettered_as_themselves() -> Result<()> {
-    let mut env = item_env("many_reads", 10).await?;
+    let mut env = TestEnv::with_items("many_reads", 10).await?;
     let stream = env.stream("item");
     let events = 1000;
     // An undecodable record in the first read; a `keys` failure and another
@@ -276,7 +266,7 @@ async fn failures_anywhere_in_a_batch_of_many_reads_are_dead_lettered_as_themsel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_bounded_in_bytes_and_fan_out_keys_are_written_in_parts() -> Result<()> {
-    let mut env = item_env("bounded", 200).await?;
+    let mut env = TestEnv::with_items("bounded", 200).await?;
     let stream = env.stream("item");
     let events: i32 = 600;
     let mut fill = redis::pipe();

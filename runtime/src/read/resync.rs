@@ -2,14 +2,16 @@
 //! the cached value is wrong at the current position, without ever replacing
 //! a value that a change wrote after the resync read the key's metadata.
 
+use std::collections::HashMap;
+
 use crate::pipeline::{Pipeline, RepairError, RepairKey, RepairReport};
-use crate::sink::{SinkError, read_meta};
+use crate::sink::{KeyMeta, SinkError, meta_key};
 
 /// Why a resync stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ResyncError {
-    /// A key's metadata could not be read.
-    #[error("reading the metadata of \"{key}\": {source}")]
+    /// Keys' metadata could not be read.
+    #[error("reading the metadata of \"{key}\" (and the keys after it in its chunk): {source}")]
     Meta {
         /// The key.
         key: String,
@@ -32,13 +34,23 @@ pub async fn resync_keys(
     let mut total = RepairReport::default();
     let mut done = 0;
     for chunk in keys.chunks(pipeline.config().recompute_batch.max(1)) {
-        let mut repairs = Vec::with_capacity(chunk.len());
+        // Seen before the plugin reads the database, as the guard requires: one round trip per chunk.
+        let mut reads = redis::pipe();
         for key in chunk {
-            // Seen before the plugin reads the database, as the guard requires.
-            let meta =
-                read_meta(&mut conn, key).await.map_err(|source| ResyncError::Meta { key: key.clone(), source })?;
-            repairs.push(RepairKey { key: key.clone(), seen_writes: meta.map(|m| m.writes) });
+            reads.hgetall(meta_key(key).map_err(|source| ResyncError::Meta { key: key.clone(), source })?);
         }
+        let metas: Vec<HashMap<String, String>> = reads
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ResyncError::Meta { key: chunk[0].clone(), source: SinkError::redis(e) })?;
+        let repairs: Vec<RepairKey> = chunk
+            .iter()
+            .zip(&metas)
+            .map(|(key, fields)| RepairKey {
+                key: key.clone(),
+                seen_writes: KeyMeta::from_fields(fields).map(|m| m.writes),
+            })
+            .collect();
         let report = pipeline.repair(&repairs).await?;
         total.written.add(&report.written);
         total.kept += report.kept;
