@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use evercache::config::Config;
 use evercache::plugin::tooling;
+use evercache::read::resync_all::ResyncAllOptions;
 use evercache::runtime::Runtime;
 use evercache::source::forward::{DebeziumStreamWriter, forward};
 use evercache::source::{SourceConfig, read_dead_letters, replay_dead_letter};
@@ -71,8 +72,8 @@ enum Command {
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
         config: PathBuf,
     },
-    /// Recompute named keys through a pipeline and repair their cached values,
-    /// even wrong ones; a change written meanwhile is never overwritten.
+    /// Recompute keys through a pipeline and repair their cached values, even
+    /// wrong ones; a change written meanwhile is never overwritten.
     Resync {
         /// The runtime file, e.g. evercache.toml.
         #[arg(long, short, env = "EVERCACHE_CONFIG")]
@@ -81,8 +82,19 @@ enum Command {
         #[arg(long)]
         pipeline: String,
         /// The cache keys to repair.
-        #[arg(long, num_args = 1.., required = true)]
+        #[arg(long, num_args = 1.., required_unless_present = "all", conflicts_with = "all")]
         keys: Vec<String>,
+        /// Every key of the pipeline's tables: reads each table page by page and
+        /// asks the plugin's `keys` about every row. Progress is saved after
+        /// every page; run the same command again to go on after an interruption.
+        #[arg(long)]
+        all: bool,
+        /// With --all: rows read per page.
+        #[arg(long, default_value_t = 1000, requires = "all")]
+        page_size: usize,
+        /// With --all: start over instead of going on from saved progress.
+        #[arg(long, requires = "all")]
+        restart: bool,
     },
     /// Validate the configuration and load and init every plugin, then exit.
     Check {
@@ -193,12 +205,15 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Resync { config, pipeline, keys } => {
+        Command::Resync { config, pipeline, keys, all, page_size, restart } => {
             let config = Config::load(&config)?;
             let runtime = Runtime::build(config).await.context("resync failed")?;
             let found = runtime.pipeline(&pipeline);
             let running = found
                 .with_context(|| format!("no pipeline '{pipeline}'; known: {}", runtime.pipeline_names().join(", ")))?;
+            if all {
+                return resync_all(&running, ResyncAllOptions { page_size, restart }).await;
+            }
             let report = evercache::read::resync::resync_keys(&running, &keys, |done, so_far| {
                 eprintln!(
                     "resync: {done}/{} keys, {} stored, {} deleted",
@@ -379,4 +394,45 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// `resync --all`, printing progress per page and a summary; failed rows or
+/// keys make it exit non-zero after everything else is done.
+async fn resync_all(pipeline: &evercache::pipeline::Pipeline, options: ResyncAllOptions) -> anyhow::Result<()> {
+    let name = pipeline.name().to_owned();
+    let started = std::time::Instant::now();
+    let done = evercache::read::resync_all::resync_all(pipeline, options, |state| {
+        eprintln!(
+            "resync{}: {} ({}/{}): {} rows, {} keys: {} stored, {} deleted, {} left to a change",
+            if state.resumed { " (resumed)" } else { "" },
+            state.current_table().unwrap_or("-"),
+            state.table + 1,
+            state.tables.len(),
+            state.rows,
+            state.keys,
+            state.stored,
+            state.deleted,
+            state.left_to_changes
+        );
+    })
+    .await
+    .with_context(|| format!("resync --all of '{name}' stopped; its progress is saved: run it again to go on"))?;
+    println!(
+        "resync --all: '{name}'{}: {} rows of {} table(s), {} keys: {} stored, {} deleted, {} left to a change written meanwhile, {} kept by the plugin, {} rows and {} keys failed, in {:.1}s",
+        if done.resumed { " (resumed)" } else { "" },
+        done.rows,
+        done.tables.len(),
+        done.keys,
+        done.stored,
+        done.deleted,
+        done.left_to_changes,
+        done.kept,
+        done.failed_rows,
+        done.failed_keys,
+        started.elapsed().as_secs_f64()
+    );
+    if done.failed_rows + done.failed_keys > 0 {
+        anyhow::bail!("{} rows and {} keys failed (their errors are logged above)", done.failed_rows, done.failed_keys);
+    }
+    Ok(())
 }

@@ -105,7 +105,35 @@ fn resync_repairs_wrong_values_in_place_and_keeps_their_version() {
     let out = evercache(&["resync", "--config", config.to_str().unwrap(), "--pipeline", "nope", "--keys", &right]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no pipeline 'nope'; known: items"), "{stderr}");
-    redis_cli(&["DEL", &right, &gone, &format!("{{{right}}}:meta"), &format!("{{{gone}}}:meta")]);
+
+    // --all finds the keys by reading the table; key 4 has no value yet, key 5 a wrong one.
+    psql(&format!("insert into {name}.item select g, 'row', 1 from generate_series(3, 5) g"));
+    redis_cli(&["SET", &format!("{name}:item:5"), "wrong"]);
+    let out = evercache(&[
+        "resync",
+        "--config",
+        config.to_str().unwrap(),
+        "--pipeline",
+        "items",
+        "--all",
+        "--page-size",
+        "2",
+    ]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("4 rows of 1 table(s), 4 keys: 4 stored, 0 deleted"), "{stdout}");
+    assert!(stderr.contains(&format!("resync: {name}.item (1/1): 2 rows, 2 keys")), "progress per page: {stderr}");
+    for id in [4, 5] {
+        assert_eq!(
+            redis_cli(&["GET", &format!("{name}:item:{id}")]),
+            format!(r#"{{"id":{id},"name":"row","version":1}}"#)
+        );
+    }
+    assert_eq!(redis_cli(&["EXISTS", "evercache:resync:items"]), "0", "no progress is left behind");
+    for id in 1..=5 {
+        let key = format!("{name}:item:{id}");
+        redis_cli(&["DEL", &key, &format!("{{{key}}}:meta")]);
+    }
     psql(&format!("drop schema {name} cascade"));
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::running::Pipeline;
 use crate::clock::now_ms;
-use crate::contract::Outcome;
+use crate::contract::{ChangeEvent, Outcome};
 use crate::plugin::CallError;
 use crate::sink::{KeyAction, KeyVersion, KeyWrite, SinkError, VersionKind, WriteReport};
 
@@ -50,6 +50,18 @@ pub struct RepairReport {
 }
 
 impl Pipeline {
+    /// The keys the plugin names for each of `events` (a resync's rows), asked
+    /// on the read instance; a row the plugin fails on gets its own error.
+    pub async fn keys_of(&self, events: &[ChangeEvent]) -> Vec<Result<Vec<String>, CallError>> {
+        let generation = self.generation();
+        let mut instance = generation.reader().lock().await;
+        let mut named = Vec::with_capacity(events.len());
+        for event in events {
+            named.push(instance.keys(event).await);
+        }
+        named
+    }
+
     /// Recomputes `keys` on the pipeline's read instance (not the one its
     /// batches use) and writes each as a [`VersionKind::Repair`]: stored only
     /// if no other write reached the key since its count was seen, and with

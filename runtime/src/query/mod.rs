@@ -84,6 +84,15 @@ pub struct QueryRunner {
     permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
+/// The pool underneath a runner, for the host's own reads that are not plugin
+/// queries (a resync's table scan), which need their own session settings.
+pub(crate) enum DatabasePool {
+    /// A Postgres pool.
+    Postgres(sqlx::PgPool),
+    /// A MySQL or MariaDB pool.
+    MySql(mysql_async::Pool),
+}
+
 #[derive(Clone)]
 enum Backend {
     Postgres(postgres::PgDatabase),
@@ -130,6 +139,14 @@ impl QueryRunner {
         match self.backend {
             Backend::Postgres(_) => Dialect::Postgres,
             Backend::MySql(_) => Dialect::MySql,
+        }
+    }
+
+    /// The pool the runner's queries use.
+    pub(crate) fn pool(&self) -> DatabasePool {
+        match &self.backend {
+            Backend::Postgres(db) => DatabasePool::Postgres(db.pool().clone()),
+            Backend::MySql(db) => DatabasePool::MySql(db.pool().clone()),
         }
     }
 

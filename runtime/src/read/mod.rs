@@ -10,6 +10,8 @@ mod fill_batch;
 mod fill_lock;
 mod refresh;
 pub mod resync;
+pub mod resync_all;
+pub mod table_scan;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
+use super::table_scan::ScanError;
 use crate::pipeline::{Pipeline, RepairError, RepairKey, RepairReport};
+use crate::redis_conn::RedisConn;
 use crate::sink::{KeyMeta, SinkError, meta_key};
 
 /// Why a resync stopped.
@@ -21,6 +23,23 @@ pub enum ResyncError {
     /// A recompute or write failed.
     #[error(transparent)]
     Repair(#[from] RepairError),
+    /// `--all` needs the pipeline's database to read its tables from.
+    #[error("pipeline '{pipeline}' has no database to read its tables from")]
+    NoDatabase {
+        /// The pipeline.
+        pipeline: String,
+    },
+    /// A table could not be read.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// The progress of `--all` could not be read or saved.
+    #[error("the resync's progress in \"{key}\": {source}")]
+    Progress {
+        /// The Redis key holding it.
+        key: String,
+        /// The Redis error.
+        source: SinkError,
+    },
 }
 
 /// Repairs `keys` through `pipeline`, `recompute_batch` keys per plugin call;
@@ -34,28 +53,38 @@ pub async fn resync_keys(
     let mut total = RepairReport::default();
     let mut done = 0;
     for chunk in keys.chunks(pipeline.config().recompute_batch.max(1)) {
-        // Seen before the plugin reads the database, as the guard requires: one round trip per chunk.
-        let mut reads = redis::pipe();
-        for key in chunk {
-            reads.hgetall(meta_key(key).map_err(|source| ResyncError::Meta { key: key.clone(), source })?);
-        }
-        let metas: Vec<HashMap<String, String>> = reads
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| ResyncError::Meta { key: chunk[0].clone(), source: SinkError::redis(e) })?;
-        let repairs: Vec<RepairKey> = chunk
-            .iter()
-            .zip(&metas)
-            .map(|(key, fields)| RepairKey {
-                key: key.clone(),
-                seen_writes: KeyMeta::from_fields(fields).map(|m| m.writes),
-            })
-            .collect();
-        let report = pipeline.repair(&repairs).await?;
+        let report = repair_chunk(pipeline, &mut conn, chunk).await?;
         total.written.add(&report.written);
         total.kept += report.kept;
         done += chunk.len();
         progress(done, &total);
     }
     Ok(total)
+}
+
+/// Repairs one plugin call's worth of keys, their write counts read first.
+pub(super) async fn repair_chunk(
+    pipeline: &Pipeline,
+    conn: &mut RedisConn,
+    chunk: &[String],
+) -> Result<RepairReport, ResyncError> {
+    let Some(first) = chunk.first() else { return Ok(RepairReport::default()) };
+    // Seen before the plugin reads the database, as the guard requires: one round trip per chunk.
+    let mut reads = redis::pipe();
+    for key in chunk {
+        reads.hgetall(meta_key(key).map_err(|source| ResyncError::Meta { key: key.clone(), source })?);
+    }
+    let metas: Vec<HashMap<String, String>> = reads
+        .query_async(conn)
+        .await
+        .map_err(|e| ResyncError::Meta { key: first.clone(), source: SinkError::redis(e) })?;
+    let repairs: Vec<RepairKey> = chunk
+        .iter()
+        .zip(&metas)
+        .map(|(key, fields)| RepairKey {
+            key: key.clone(),
+            seen_writes: KeyMeta::from_fields(fields).map(|m| m.writes),
+        })
+        .collect();
+    Ok(pipeline.repair(&repairs).await?)
 }

@@ -53,6 +53,10 @@ impl Drop for Checkout {
 }
 
 impl MySqlDatabase {
+    pub(super) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// A lazily connecting pool.
     pub(super) fn new(name: &str, password: Option<&str>, config: &DatabaseConfig) -> Result<Self, QueryError> {
         let bad = |message: String| QueryError::BadConfig { database: name.to_owned(), message };

@@ -44,6 +44,10 @@ impl Drop for Checkout {
 }
 
 impl PgDatabase {
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// A lazily connecting pool, so a database that is briefly down at startup
     /// delays queries instead of failing the runtime.
     pub(super) fn new(name: &str, password: Option<&str>, config: &DatabaseConfig) -> Result<Self, QueryError> {

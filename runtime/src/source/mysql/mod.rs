@@ -33,6 +33,7 @@ use change::{mariadb_gtid, truncated_table};
 pub use config::MySqlCaptureConfig;
 use position::PositionStore;
 pub use position::{BinlogPosition, StoredState};
+pub(crate) use query_values::render_query_row;
 use schema::{Catalogue, TableSchema};
 use session::BinlogSession;
 use snapshot::Snapshot;

@@ -28,6 +28,7 @@ use crate::source::SnapshotMode;
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
 use snapshot::Snapshot;
+pub(crate) use values::debezium_value;
 use visibility::VisibilityGate;
 
 /// How long a handed-out batch may stay unsettled before the replication
