@@ -112,8 +112,10 @@ pub async fn run(mut options: Options) -> Result<()> {
         ms(plugin_recompute.percentile(50.0)),
         ms(plugin_recompute.percentile(99.0))
     );
-    println!("| clients | Redis GET p50 / p99 | hit p50 / p99 | miss p50 / p99 | direct query p50 / p99 |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| clients | Redis GET p50 / p99 | HTTP no-op p50 / p99 | hit p50 / p99 | miss p50 / p99 | direct query p50 / p99 |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (round, &clients) in options.clients.iter().enumerate() {
         let per_client = (options.requests / clients).max(1);
         let hit_ids = move |c: usize, i: usize| (c * per_client + i) % options.requests + 1;
@@ -134,6 +136,10 @@ pub async fn run(mut options: Options) -> Result<()> {
             }
         })
         .await?;
+        // The floor of any answer over HTTP on this box: the listener's `/health`, which reads nothing.
+        let no_op =
+            run_clients(clients, per_client, |_| http_gets(addr, (0..per_client).map(|_| "/health".to_owned())))
+                .await?;
         let hits =
             run_clients(clients, per_client, |c| http_reads(addr, (0..per_client).map(move |i| key(hit_ids(c, i)))))
                 .await?;
@@ -158,7 +164,14 @@ pub async fn run(mut options: Options) -> Result<()> {
         })
         .await?;
         let pair = |l: &Latencies| format!("{} / {}", ms(l.percentile(50.0)), ms(l.percentile(99.0)));
-        println!("| {clients} | {} | {} | {} | {} |", pair(&redis_get), pair(&hits), pair(&misses), pair(&query));
+        println!(
+            "| {clients} | {} | {} | {} | {} | {} |",
+            pair(&redis_get),
+            pair(&no_op),
+            pair(&hits),
+            pair(&misses),
+            pair(&query)
+        );
     }
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
@@ -182,13 +195,18 @@ where
 
 /// One keep-alive client reading `keys` in turn; each must answer 200.
 async fn http_reads(addr: SocketAddr, keys: impl Iterator<Item = String> + Send + 'static) -> Result<Vec<Duration>> {
+    http_gets(addr, keys.map(|key| format!("/v1/keys/{key}"))).await
+}
+
+/// One keep-alive client asking for `paths` in turn; each must answer 200.
+async fn http_gets(addr: SocketAddr, paths: impl Iterator<Item = String> + Send + 'static) -> Result<Vec<Duration>> {
     let mut client = HttpClient::connect(addr).await?;
     let mut samples = Vec::new();
-    for key in keys {
+    for path in paths {
         let started = Instant::now();
-        let (code, body) = client.get(&format!("/v1/keys/{key}")).await?;
+        let (code, body) = client.get(&path).await?;
         samples.push(started.elapsed());
-        ensure!(code == 200, "{key}: {code}: {}", String::from_utf8_lossy(&body));
+        ensure!(code == 200, "{path}: {code}: {}", String::from_utf8_lossy(&body));
     }
     Ok(samples)
 }

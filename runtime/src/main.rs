@@ -194,7 +194,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
             let config = Config::load(&config)?;
-            let runtime = Runtime::build(config).await.context("check failed")?;
+            let runtime = Runtime::build(config.clone()).await.context("check failed")?;
+            check_mappers(&config).await?;
             let mut plugins: Vec<String> = runtime.plugins().values().map(|p| p.label()).collect();
             plugins.sort();
             println!("ok: {} plugin(s) loaded: {}", plugins.len(), plugins.join(", "));
@@ -433,6 +434,30 @@ async fn resync_all(pipeline: &evercache::pipeline::Pipeline, options: ResyncAll
     );
     if done.failed_rows + done.failed_keys > 0 {
         anyhow::bail!("{} rows and {} keys failed (their errors are logged above)", done.failed_rows, done.failed_keys);
+    }
+    Ok(())
+}
+
+/// Checks every `[mapper]` against its table's real columns, naming the
+/// file, line and field of a mistake.
+async fn check_mappers(config: &Config) -> anyhow::Result<()> {
+    for (name, pipeline) in &config.pipelines {
+        let Some(mapper) = &pipeline.mapper else { continue };
+        let database =
+            match pipeline.database.as_deref().and_then(|db| config.runtime.databases.get(db).map(|c| (db, c))) {
+                Some((db, database)) => Some(database.build(db)?),
+                None => None,
+            };
+        let table = pipeline.tables.first().map(String::as_str).unwrap_or_default();
+        let timeout = pipeline.call_timeout.unwrap_or(config.runtime.sandbox.call_timeout);
+        let mapper_check = evercache::plugin::mapper::RowMapper::new(mapper, table, database, timeout)
+            .map_err(|message| anyhow::anyhow!("pipeline '{name}': {message}"))?;
+        if let Err((field, message)) = mapper_check.check().await {
+            let path = config.runtime.pipelines_dir.join(format!("{name}.toml"));
+            let line =
+                evercache::config::line_of(&path, "mapper", field).map(|n| format!("line {n}, ")).unwrap_or_default();
+            anyhow::bail!("{}: {line}field `mapper.{field}`: {message}", path.display());
+        }
     }
     Ok(())
 }

@@ -138,6 +138,37 @@ fn resync_repairs_wrong_values_in_place_and_keeps_their_version() {
 }
 
 #[test]
+fn check_validates_a_mapper_against_the_tables_real_columns() {
+    let name = format!("cli_mapper_{}", std::process::id());
+    psql(&format!(
+        "drop schema if exists {name} cascade; create schema {name};
+         create table {name}.users (id bigint primary key, name text, email text)"
+    ));
+    let config = write_config(&name, "");
+    let pipeline = |columns: &str| {
+        format!(
+            "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\ntables = [\"{name}.users\"]\n\n[mapper]\n\
+             key = \"{name}:user:{{id}}\"\ntype = \"hash\"\ncolumns = {columns}\n"
+        )
+    };
+    let file = config.parent().unwrap().join("pipelines/items.toml");
+    std::fs::write(&file, pipeline(r#"["id", "nmae"]"#)).unwrap();
+    let out = evercache(&["check", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "pipelines/items.toml: line 9, field `mapper.columns`: table {name}.users has no column `nmae`; it has: id, name, email"
+        )),
+        "{stderr}"
+    );
+    std::fs::write(&file, pipeline(r#"["id", "name"]"#)).unwrap();
+    let out = evercache(&["check", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    psql(&format!("drop schema {name} cascade"));
+}
+
+#[test]
 fn check_names_the_file_line_and_field_of_a_mistake() {
     let name = format!("cli_bad_{}", std::process::id());
     let config = write_config(&name, "on_chnage = \"invalidate\"");

@@ -188,7 +188,12 @@ fn read_password_files(runtime: &mut RuntimeConfig, path: &Path, base: &Path) ->
 /// Reads and checks one pipeline file against the runtime file; the pipeline
 /// is named after the file stem.
 pub fn load_pipeline(runtime: &RuntimeConfig, file: &Path) -> Result<(String, PipelineConfig), ConfigError> {
-    let pipeline: PipelineConfig = parse_file(file)?;
+    let mut pipeline: PipelineConfig = parse_file(file)?;
+    pipeline.adopt_mapper().map_err(|(field, message)| ConfigError::Invalid {
+        path: file.to_owned(),
+        field: field.to_owned(),
+        message,
+    })?;
     check_pipeline(runtime, file, &pipeline)?;
     let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok((name, pipeline))
@@ -201,6 +206,22 @@ pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Conf
         .map_err(|unset| ConfigError::UnsetVariable { path: path.to_owned(), line: unset.line, name: unset.name })?;
     toml::from_str(&text)
         .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })
+}
+
+/// The 1-based line of `key = …` inside `[table]` of the TOML file at `path`,
+/// for errors found after parsing (the database's catalogue disagreeing).
+pub fn line_of(path: &Path, table: &str, key: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut inside = false;
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line.trim_start_matches('[').trim_end_matches(']').trim() == table;
+        } else if inside && line.split('=').next().is_some_and(|name| name.trim() == key) {
+            return Some(index + 1);
+        }
+    }
+    None
 }
 
 fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
@@ -326,6 +347,28 @@ streams = ["shop.public.product"]
         let pipeline = "source = \"shop\"\ncache = \"main\"\nplugin = \"p\"\ntables = [\"product\"]\n";
         let err = Config::load(&write(&dir("table"), RUNTIME, pipeline)).unwrap_err().to_string();
         assert!(err.contains("field `tables`"), "{err}");
+    }
+
+    #[test]
+    fn a_mapper_replaces_the_plugin_and_owns_its_template_keys() {
+        let head = "source = \"shop\"\ndatabase = \"shop\"\ncache = \"main\"\ntables = [\"public.users\"]\n";
+        let config =
+            Config::load(&write(&dir("mapper"), RUNTIME, &format!("{head}[mapper]\nkey = \"user:{{id}}\"\n"))).unwrap();
+        let p = &config.pipelines["p"];
+        assert_eq!(p.plugin, crate::plugin::mapper::MAPPER_PLUGIN);
+        assert_eq!(p.key_patterns.iter().map(ToString::to_string).collect::<Vec<_>>(), ["user:*"]);
+        let cases = [
+            ("", "field `plugin`: name a plugin, or declare the keys with [mapper]"),
+            ("plugin = \"p\"\n[mapper]\nkey = \"user:{id}\"\n", "either a plugin or a [mapper], not both"),
+            ("[mapper]\nkey = \"user\"\n", "field `mapper`: key template \"user\" names no column"),
+            ("[mapper]\nkey = \"u:{id}\"\ntype = \"string\"\n", "stores one column"),
+            ("[mapper]\nkey = \"u:{id}\"\nkye = 1\n", "unknown field `kye`"),
+        ];
+        for (tail, expected) in cases {
+            let err =
+                Config::load(&write(&dir("mapper_bad"), RUNTIME, &format!("{head}{tail}"))).unwrap_err().to_string();
+            assert!(err.contains(expected), "{tail}: {err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::config::PipelineConfig;
 use super::running::{Parts, Pipeline};
+use crate::plugin::mapper::RowMapper;
 use crate::plugin::{
     CallError, LoadedPlugin, NativeContext, NativeFactory, PluginEngine, PluginHandle, PluginInstance,
 };
@@ -98,6 +99,13 @@ impl Wiring {
         let cache = &self.caches[&config.cache];
         let settings = WriteSettings { pipeline: pipeline.to_owned(), safety_ttl: config.ttl };
         let writer = RedisWriter::new(cache.clone(), settings);
+        if let Some(mapper) = &config.mapper {
+            let call_timeout = config.call_timeout.unwrap_or(self.engine.sandbox().call_timeout);
+            let table = config.tables.first().map(String::as_str).unwrap_or_default();
+            let mapper = RowMapper::new(mapper, table, database.clone(), call_timeout)
+                .map_err(|message| BuildError::Native { pipeline: pipeline.to_owned(), message })?;
+            return Ok(Parts { plugin: PluginHandle::Native(Box::new(mapper)), writer, database });
+        }
         if let Some(factory) = self.natives.get(&config.plugin) {
             let context = NativeContext {
                 pipeline: pipeline.to_owned(),
@@ -123,8 +131,8 @@ impl Wiring {
         config: &PipelineConfig,
         plugins: &HashMap<String, Arc<LoadedPlugin>>,
     ) -> Result<Arc<Pipeline>, BuildError> {
-        let component = plugins.get(&config.plugin);
-        if component.is_none() && !self.is_native(&config.plugin) {
+        let component = if config.mapper.is_some() { None } else { plugins.get(&config.plugin) };
+        if component.is_none() && !self.is_native(&config.plugin) && config.mapper.is_none() {
             return Err(self.missing(name, config, plugins));
         }
         let parts = self.generation(name, config, component, self.database_share(config)).await?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::key_pattern::KeyPattern;
+use crate::plugin::mapper::{MAPPER_PLUGIN, MapperConfig};
 
 /// What a change does to the keys it touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -31,8 +32,14 @@ pub struct PipelineConfig {
     pub database: Option<String>,
     /// The `[caches.<name>]` written to, e.g. "main".
     pub cache: String,
-    /// Plugin file stem in `plugins_dir`, e.g. "specialist_status" for `specialist_status.wasm`.
+    /// Plugin file stem in `plugins_dir`, e.g. "specialist_status" for
+    /// `specialist_status.wasm`; leave it out when `[mapper]` declares the keys.
+    #[serde(default)]
     pub plugin: String,
+    /// The built-in row mapper instead of a plugin: one row of the (single)
+    /// table under one key. See [`MapperConfig`].
+    #[serde(default)]
+    pub mapper: Option<MapperConfig>,
     /// Tables whose changes this pipeline handles, as "schema.table", e.g. ["public.session"].
     pub tables: Vec<String>,
     /// The cache keys this pipeline owns, e.g. ["product:*"] (`*` any run of
@@ -97,6 +104,27 @@ fn default_max_transient_wait() -> Duration {
 }
 
 impl PipelineConfig {
+    /// A `[mapper]` pipeline runs the built-in mapper as its plugin and, unless
+    /// it says otherwise, owns the keys its template renders.
+    pub(crate) fn adopt_mapper(&mut self) -> Result<(), (&'static str, String)> {
+        let Some(mapper) = &self.mapper else {
+            if self.plugin.is_empty() {
+                return Err(("plugin", "name a plugin, or declare the keys with [mapper]".to_owned()));
+            }
+            return Ok(());
+        };
+        if !self.plugin.is_empty() {
+            return Err(("plugin", "a pipeline has either a plugin or a [mapper], not both".to_owned()));
+        }
+        let template = mapper.validate(&self.tables).map_err(|message| ("mapper", message))?;
+        self.plugin = MAPPER_PLUGIN.to_owned();
+        if self.key_patterns.is_empty() && self.on_change == OnChange::Recompute {
+            let pattern = KeyPattern::parse(&template.pattern()).map_err(|message| ("mapper.key", message))?;
+            self.key_patterns.push(pattern);
+        }
+        Ok(())
+    }
+
     /// The `[config]` table as the string pairs `init` receives: strings as they
     /// are, other values in their TOML form.
     pub fn plugin_config(&self) -> Vec<(String, String)> {

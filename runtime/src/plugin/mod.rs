@@ -8,6 +8,7 @@ mod handle;
 mod host;
 mod instance;
 mod loader;
+pub mod mapper;
 mod native;
 mod stdio;
 pub mod tooling;

@@ -86,7 +86,11 @@ impl Reloader {
         let users: Vec<String> = self
             .slots
             .iter()
-            .filter(|(_, slot)| !self.wiring.is_native(&slot.config.plugin) && slot.config.plugin == name)
+            .filter(|(_, slot)| {
+                !self.wiring.is_native(&slot.config.plugin)
+                    && slot.config.mapper.is_none()
+                    && slot.config.plugin == name
+            })
             .map(|(pipeline, _)| pipeline.clone())
             .collect();
         if !path.exists() {
@@ -143,21 +147,23 @@ impl Reloader {
         if let Err(e) = check_key_owners(&self.runtime.pipelines_dir, &owners) {
             return pipeline_failed(name, &e.to_string());
         }
-        if self.wiring.is_native(&slot.config.plugin) {
+        if self.wiring.is_native(&slot.config.plugin) && slot.config.mapper.is_none() {
             return pipeline_failed(name, "pipelines with a native plugin are not reloaded");
         }
         let plugin = match self.plugins.get(&config.plugin) {
-            Some(plugin) => plugin.clone(),
+            // A `[mapper]` pipeline runs the built-in mapper, no component.
+            _ if config.mapper.is_some() => None,
+            Some(plugin) => Some(plugin.clone()),
             None => {
                 let file = self.runtime.plugins_dir.join(format!("{}.wasm", config.plugin));
                 match load_file(&self.wiring.engine, &file).await {
-                    Ok(plugin) => plugin,
+                    Ok(plugin) => Some(plugin),
                     Err(e) => return pipeline_failed(name, &e.to_string()),
                 }
             }
         };
         let database = self.wiring.database_share(&config);
-        let parts = match self.wiring.generation(name, &config, Some(&plugin), database.clone()).await {
+        let parts = match self.wiring.generation(name, &config, plugin.as_ref(), database.clone()).await {
             Ok(parts) => parts,
             Err(e) => return pipeline_failed(name, &e.to_string()),
         };
@@ -167,7 +173,9 @@ impl Reloader {
             slot.config = config;
             slot.database = database;
         }
-        self.plugins.entry(plugin.name.clone()).or_insert(plugin);
+        if let Some(plugin) = plugin {
+            self.plugins.entry(plugin.name.clone()).or_insert(plugin);
+        }
         metrics::counter!(PIPELINE_RELOADS_TOTAL, "pipeline" => name.to_owned(), "outcome" => "ok").increment(1);
         tracing::info!(pipeline = %name, "pipeline restarted with its changed file");
     }

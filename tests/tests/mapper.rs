@@ -1,0 +1,165 @@
+//! The built-in row mapper (`[mapper]`, no plugin) against real Redis,
+//! Postgres and MariaDB: a row under its key as a hash or JSON, read from the
+//! database rather than the event, deleted with its row, composite keys, the
+//! read path through its template's keys, and a hot-reloaded pipeline file.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use evercache_e2e::debezium::{next_lsn, pg_change};
+use evercache_e2e::http::get;
+use evercache_e2e::mariadb::MariaDb;
+use evercache_e2e::{REDIS_URL, Running, RuntimeToml, TestEnv, wait_json, wait_until};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn mapper_pipeline(env: &TestEnv, table: &str, mapper: &str) -> String {
+    format!(
+        "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\ntables = [\"{p}.{table}\"]\n\n[mapper]\n{mapper}\n",
+        p = env.prefix
+    )
+}
+
+async fn send(
+    env: &mut TestEnv,
+    table: &str,
+    op: &str,
+    key: Value,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<()> {
+    let change = pg_change(op, &env.prefix, table, before, after, next_lsn());
+    env.xadd_compact(&env.stream(table), &key.to_string(), &change.to_string()).await?;
+    Ok(())
+}
+
+async fn wait_hash(env: &TestEnv, key: &str, expected: Value) -> Result<()> {
+    wait_until(&format!("{key} == {expected}"), WAIT, || {
+        let (env, key, expected) = (env, key.to_owned(), expected.clone());
+        async move { Ok(env.clone_redis_hash(&key).await? == expected) }
+    })
+    .await
+    .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapper_stores_rows_from_the_database_and_follows_its_file() -> Result<()> {
+    let mut env = TestEnv::new("mapper_pg").await?;
+    let p = env.prefix.clone();
+    env.sql(
+        "create table users (id bigint primary key, name text, email text, note text);
+         insert into users values (1, 'Ann', 'ann@x', null), (2, 'Bob', 'bob@x', 'hi');
+         create table member (org_id int, user_id bigint, role text, primary key (org_id, user_id));
+         insert into member values (10, 1, 'owner')",
+    )
+    .await?;
+    let streams = [env.stream("users"), env.stream("member")];
+    let runtime = env.runtime_toml(&streams, "[http]\nlisten = \"127.0.0.1:0\"\n[reload]\ndebounce = \"50ms\"\n");
+    let users = mapper_pipeline(
+        &env,
+        "users",
+        &format!(
+            "key = \"{p}:user:{{id}}\"\ntype = \"hash\"\nexclude = [\"note\"]\nrename = {{ email = \"mail\" }}\nttl = \"1h\""
+        ),
+    );
+    let members = mapper_pipeline(&env, "member", &format!("key = \"{p}:member:{{org_id}}:{{user_id}}\""));
+    let config = env.config(&runtime, &[("users", &users), ("members", &members)])?;
+    let running = Running::start(config).await?;
+
+    // The event's image is stale: the mapper stores the row as the database has it.
+    env.sql("update users set name = 'Ann B' where id = 1").await?;
+    send(&mut env, "users", "u", json!({"id": 1}), None, Some(json!({"id": 1, "name": "stale", "email": "x"}))).await?;
+    let user1 = format!("{p}:user:1");
+    wait_hash(&env, &user1, json!({"id": "1", "name": "Ann B", "mail": "ann@x"})).await?;
+    let mut redis = env.redis.clone();
+    let ttl: i64 = redis::cmd("TTL").arg(&user1).query_async(&mut redis).await?;
+    ensure!((3500..=3600).contains(&ttl), "the mapper's ttl: {ttl}");
+
+    // Composite keys, JSON values with nulls kept.
+    send(&mut env, "member", "c", json!({"org_id": 10, "user_id": 1}), None, Some(json!({"org_id": 10, "user_id": 1})))
+        .await?;
+    let member = format!("{p}:member:10:1");
+    wait_json(&env.redis, &member, Some(json!({"org_id": 10, "user_id": 1, "role": "owner"})), WAIT).await?;
+
+    // A delete carrying only the key removes the key.
+    env.sql("delete from member").await?;
+    send(&mut env, "member", "d", json!({"org_id": 10, "user_id": 1}), Some(json!({"org_id": 10, "user_id": 1})), None)
+        .await?;
+    wait_json(&env.redis, &member, None, WAIT).await?;
+
+    // The read path owns the template's keys: a miss is filled by the mapper.
+    let addr = running.http.context("no listener")?;
+    let (code, body) = get(addr, &format!("/v1/keys/{p}:user:2")).await?;
+    let body: Value = serde_json::from_str(&body)?;
+    ensure!(code == 200 && body["value"] == json!({"id": "2", "name": "Bob", "mail": "bob@x"}), "{code}: {body}");
+    let (code, body) = get(addr, &format!("/v1/keys/{p}:user:3")).await?;
+    ensure!(code == 404 && body.contains("\"deleted\":true"), "a key without a row: {code} {body}");
+
+    // A changed pipeline file takes effect without a restart.
+    let narrower =
+        mapper_pipeline(&env, "users", &format!("key = \"{p}:user:{{id}}\"\ntype = \"hash\"\ncolumns = [\"name\"]"));
+    std::fs::write(env.dir.join("pipelines/users.toml.tmp"), narrower)?;
+    std::fs::rename(env.dir.join("pipelines/users.toml.tmp"), env.dir.join("pipelines/users.toml"))?;
+    wait_until("the reloaded mapper stores only the name", WAIT, || {
+        let (env, user1) = (&env, &user1);
+        async move {
+            let change = pg_change("u", &env.prefix, "users", None, Some(json!({"id": 1})), next_lsn());
+            let mut redis = env.redis.clone();
+            redis::cmd("XADD")
+                .arg(env.stream("users"))
+                .arg("*")
+                .arg(json!({"id": 1}).to_string())
+                .arg(change.to_string())
+                .query_async::<String>(&mut redis)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(env.clone_redis_hash(user1).await? == json!({"name": "Ann B"}))
+        }
+    })
+    .await?;
+    ensure!(env.dead_letters(&env.stream("users")).await?.is_empty(), "no dead letters");
+    running.stop().await?;
+    env.clear_redis().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapper_reads_mariadb_rows_by_composite_keys() -> Result<()> {
+    let mut env = TestEnv::new("mapper_maria").await?;
+    let maria = MariaDb::new(&env.prefix).await?;
+    let p = env.prefix.clone();
+    maria
+        .sql(
+            "create table member (org_id int, user_id varchar(20), role varchar(20), since datetime, \
+             primary key (org_id, user_id));
+             insert into member values (10, 'u1', 'owner', '2026-01-02 03:04:05'), (10, 'u2', null, null)",
+        )
+        .await?;
+    let runtime = RuntimeToml::new()
+        .database("db", &maria.url())
+        .cache("main", REDIS_URL.as_str())
+        .redis_stream("events", REDIS_URL.as_str(), &[env.stream("member")], &p)
+        .build();
+    let pipeline =
+        mapper_pipeline(&env, "member", &format!("key = \"{p}:member:{{org_id}}:{{user_id}}\"\ntype = \"hash\""));
+    let config = env.config(&runtime, &[("members", &pipeline)])?;
+    let running = Running::start(config).await?;
+    for user in ["u1", "u2", "u3"] {
+        let key = json!({"org_id": 10, "user_id": user});
+        send(&mut env, "member", "u", key.clone(), None, Some(key)).await?;
+    }
+    wait_hash(
+        &env,
+        &format!("{p}:member:10:u1"),
+        json!({"org_id": "10", "user_id": "u1", "role": "owner", "since": "2026-01-02T03:04:05"}),
+    )
+    .await?;
+    wait_hash(&env, &format!("{p}:member:10:u2"), json!({"org_id": "10", "user_id": "u2"})).await?;
+    let mut redis = env.redis.clone();
+    let exists: i64 = redis::cmd("EXISTS").arg(format!("{p}:member:10:u3")).query_async(&mut redis).await?;
+    ensure!(exists == 0, "a key without a row is not stored");
+    ensure!(env.dead_letters(&env.stream("member")).await?.is_empty(), "no dead letters");
+    running.stop().await?;
+    env.clear_redis().await?;
+    maria.drop_database().await
+}
