@@ -39,4 +39,7 @@ cargo test -p evercache --test faults -- --nocapture --test-threads=1
 echo "== the quickstart demo (README), end to end"
 bash examples/marketplace/run.sh
 
+echo "== the no-code example (a [mapper] pipeline), end to end"
+bash examples/user-profiles/run.sh
+
 echo "== artifacts: target/artifacts/status-page.png (the status page as headless Chromium rendered it)"

@@ -163,3 +163,52 @@ async fn a_mapper_reads_mariadb_rows_by_composite_keys() -> Result<()> {
     env.clear_redis().await?;
     maria.drop_database().await
 }
+
+/// `examples/user-profiles` as shipped (its schema, seed and `[mapper]`), in
+/// the test's own schema and key prefix, through the built-in capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_profiles_example_keeps_one_hash_per_user_through_the_capture() -> Result<()> {
+    let env = TestEnv::new("mapper_profiles").await?;
+    env.drop_capture().await?;
+    let p = env.prefix.clone();
+    let example = evercache_e2e::repo_root().join("examples/user-profiles");
+    let read = |file: &str| std::fs::read_to_string(example.join(file));
+    env.sql(&read("schema.sql")?).await?;
+    env.sql(&read("seed.sql")?).await?;
+    let pipeline = read("pipelines/users.toml")?
+        .replace("source = \"changes\"", "source = \"events\"")
+        .replace("database = \"profiles\"", "database = \"db\"")
+        .replace("\"public.users\"", &format!("\"{p}.users\""))
+        .replace("key = \"user:{id}\"", &format!("key = \"{p}:user:{{id}}\""));
+    ensure!(pipeline.contains(&format!("{p}:user:{{id}}")), "the example's key template changed: {pipeline}");
+    let runtime = RuntimeToml::new()
+        .database("db", evercache_e2e::PG_URL)
+        .cache("main", REDIS_URL.as_str())
+        .postgres_capture("events", evercache_e2e::PG_URL, &[format!("{p}.users")], &p, REDIS_URL.as_str())
+        .build();
+    let config = env.config(&runtime, &[("users", &pipeline)])?;
+    let running = Running::start(config).await?;
+
+    // The initial snapshot fills every user; a null email is left out of the hash.
+    wait_hash(&env, &format!("{p}:user:1042"), json!({"name": "Alice", "email": "alice@example.com", "plan": "free"}))
+        .await?;
+    wait_hash(&env, &format!("{p}:user:1044"), json!({"name": "Carol", "plan": "free"})).await?;
+    let mut redis = env.redis.clone();
+    let ttl: i64 = redis::cmd("TTL").arg(format!("{p}:user:1042")).query_async(&mut redis).await?;
+    ensure!((86_000..=86_400).contains(&ttl), "the example's 24h safety TTL: {ttl}");
+
+    // The application's writes, in plain SQL.
+    env.sql("update users set plan = 'pro', updated_at = now() where id = 1042").await?;
+    wait_hash(&env, &format!("{p}:user:1042"), json!({"name": "Alice", "email": "alice@example.com", "plan": "pro"}))
+        .await?;
+    env.sql("insert into users (name, email, plan) values ('Dave', 'dave@example.com', 'free')").await?;
+    wait_hash(&env, &format!("{p}:user:2001"), json!({"name": "Dave", "email": "dave@example.com", "plan": "free"}))
+        .await?;
+    env.sql("delete from users where id = 1043").await?;
+    wait_until("user 1043's hash is deleted", WAIT, || async {
+        Ok(env.clone_redis_hash(&format!("{p}:user:1043")).await? == json!({}))
+    })
+    .await?;
+    running.stop().await?;
+    env.drop_capture().await
+}
