@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use evercache_e2e::debezium::{next_lsn, pg_change};
 use evercache_e2e::http::get;
-use evercache_e2e::mariadb::MariaDb;
+use evercache_e2e::mariadb::{MariaDb, server_id};
 use evercache_e2e::{REDIS_URL, Running, RuntimeToml, TestEnv, wait_json, wait_until};
 use serde_json::{Value, json};
 
@@ -123,9 +123,11 @@ async fn a_mapper_stores_rows_from_the_database_and_follows_its_file() -> Result
     env.clear_redis().await
 }
 
+/// MariaDB's binlog through the built-in capture into a mapper keyed by a
+/// composite primary key: the snapshot, an update and a delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mapper_reads_mariadb_rows_by_composite_keys() -> Result<()> {
-    let mut env = TestEnv::new("mapper_maria").await?;
+async fn a_mapper_follows_mariadb_rows_by_composite_keys_through_the_binlog() -> Result<()> {
+    let env = TestEnv::new("mapper_maria").await?;
     let maria = MariaDb::new(&env.prefix).await?;
     let p = env.prefix.clone();
     maria
@@ -138,30 +140,45 @@ async fn a_mapper_reads_mariadb_rows_by_composite_keys() -> Result<()> {
     let runtime = RuntimeToml::new()
         .database("db", &maria.url())
         .cache("main", REDIS_URL.as_str())
-        .redis_stream("events", REDIS_URL.as_str(), &[env.stream("member")], &p)
+        .mysql_capture("events", &[format!("{p}.member")], server_id(&p), &p, REDIS_URL.as_str())
         .build();
     let pipeline =
         mapper_pipeline(&env, "member", &format!("key = \"{p}:member:{{org_id}}:{{user_id}}\"\ntype = \"hash\""));
     let config = env.config(&runtime, &[("members", &pipeline)])?;
     let running = Running::start(config).await?;
-    for user in ["u1", "u2", "u3"] {
-        let key = json!({"org_id": 10, "user_id": user});
-        send(&mut env, "member", "u", key.clone(), None, Some(key)).await?;
-    }
-    wait_hash(
-        &env,
-        &format!("{p}:member:10:u1"),
-        json!({"org_id": "10", "user_id": "u1", "role": "owner", "since": "2026-01-02T03:04:05"}),
-    )
-    .await?;
-    wait_hash(&env, &format!("{p}:member:10:u2"), json!({"org_id": "10", "user_id": "u2"})).await?;
-    let mut redis = env.redis.clone();
-    let exists: i64 = redis::cmd("EXISTS").arg(format!("{p}:member:10:u3")).query_async(&mut redis).await?;
-    ensure!(exists == 0, "a key without a row is not stored");
-    ensure!(env.dead_letters(&env.stream("member")).await?.is_empty(), "no dead letters");
+    let (u1, u2) = (format!("{p}:member:10:u1"), format!("{p}:member:10:u2"));
+    wait_hash(&env, &u1, json!({"org_id": "10", "user_id": "u1", "role": "owner", "since": "2026-01-02T03:04:05"}))
+        .await?;
+    wait_hash(&env, &u2, json!({"org_id": "10", "user_id": "u2"})).await?;
+    maria.sql("update member set role = 'admin' where user_id = 'u2'").await?;
+    wait_hash(&env, &u2, json!({"org_id": "10", "user_id": "u2", "role": "admin"})).await?;
+    maria.sql("delete from member where user_id = 'u1'").await?;
+    wait_hash(&env, &u1, json!({})).await?;
     running.stop().await?;
+    let mut env = env;
     env.clear_redis().await?;
     maria.drop_database().await
+}
+
+/// In `invalidate` mode the mapper's keys are deleted, not recomputed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidating_mapper_deletes_the_rows_keys() -> Result<()> {
+    let mut env = TestEnv::new("mapper_inval").await?;
+    let p = env.prefix.clone();
+    env.sql("create table users (id bigint primary key, name text)").await?;
+    let pipeline = format!(
+        "on_change = \"invalidate\"\n{}",
+        mapper_pipeline(&env, "users", &format!("key = \"{p}:user:{{id}}\""))
+    );
+    let config = env.config(&env.runtime_toml(&[env.stream("users")], ""), &[("users", &pipeline)])?;
+    let running = Running::start(config).await?;
+    let key = format!("{p}:user:5");
+    let mut redis = env.redis.clone();
+    redis::cmd("SET").arg(&key).arg("cached by the application").query_async::<()>(&mut redis).await?;
+    send(&mut env, "users", "u", json!({"id": 5}), None, Some(json!({"id": 5, "name": "x"}))).await?;
+    wait_json(&env.redis, &key, None, WAIT).await?;
+    running.stop().await?;
+    env.clear_redis().await
 }
 
 /// `examples/user-profiles` as shipped (its schema, seed and `[mapper]`), in

@@ -88,6 +88,18 @@ pub enum ConfigError {
         /// The variable.
         name: String,
     },
+    /// A value that parses but is wrong, where its line is known.
+    #[error("{path}: {}field `{field}`: {message}", line.map(|n| format!("line {n}, ")).unwrap_or_default())]
+    InvalidAt {
+        /// The file.
+        path: PathBuf,
+        /// Its 1-based line, when the field is written in the file.
+        line: Option<usize>,
+        /// The field, e.g. `mapper.key`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Values that parse but do not fit together.
     #[error("{path}: field `{field}`: {message}")]
     Invalid {
@@ -189,9 +201,10 @@ fn read_password_files(runtime: &mut RuntimeConfig, path: &Path, base: &Path) ->
 /// is named after the file stem.
 pub fn load_pipeline(runtime: &RuntimeConfig, file: &Path) -> Result<(String, PipelineConfig), ConfigError> {
     let mut pipeline: PipelineConfig = parse_file(file)?;
-    pipeline.adopt_mapper().map_err(|(field, message)| ConfigError::Invalid {
+    pipeline.adopt_mapper().map_err(|(table, key, message)| ConfigError::InvalidAt {
         path: file.to_owned(),
-        field: field.to_owned(),
+        line: line_of(file, table, key),
+        field: if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") },
         message,
     })?;
     check_pipeline(runtime, file, &pipeline)?;
@@ -212,7 +225,7 @@ pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Conf
 /// for errors found after parsing (the database's catalogue disagreeing).
 pub fn line_of(path: &Path, table: &str, key: &str) -> Option<usize> {
     let text = std::fs::read_to_string(path).ok()?;
-    let mut inside = false;
+    let mut inside = table.is_empty();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.starts_with('[') {
@@ -360,7 +373,7 @@ streams = ["shop.public.product"]
         let cases = [
             ("", "field `plugin`: name a plugin, or declare the keys with [mapper]"),
             ("plugin = \"p\"\n[mapper]\nkey = \"user:{id}\"\n", "either a plugin or a [mapper], not both"),
-            ("[mapper]\nkey = \"user\"\n", "field `mapper`: key template \"user\" names no column"),
+            ("[mapper]\nkey = \"user\"\n", "line 6, field `mapper.key`: key template \"user\" names no column"),
             ("[mapper]\nkey = \"u:{id}\"\ntype = \"string\"\n", "stores one column"),
             ("[mapper]\nkey = \"u:{id}\"\nkye = 1\n", "unknown field `kye`"),
         ];

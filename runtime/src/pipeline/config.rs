@@ -106,20 +106,24 @@ fn default_max_transient_wait() -> Duration {
 impl PipelineConfig {
     /// A `[mapper]` pipeline runs the built-in mapper as its plugin and, unless
     /// it says otherwise, owns the keys its template renders.
-    pub(crate) fn adopt_mapper(&mut self) -> Result<(), (&'static str, String)> {
+    /// On a mistake: the TOML table and key at fault, and what is wrong.
+    pub(crate) fn adopt_mapper(&mut self) -> Result<(), (&'static str, &'static str, String)> {
         let Some(mapper) = &self.mapper else {
             if self.plugin.is_empty() {
-                return Err(("plugin", "name a plugin, or declare the keys with [mapper]".to_owned()));
+                return Err(("", "plugin", "name a plugin, or declare the keys with [mapper]".to_owned()));
             }
             return Ok(());
         };
         if !self.plugin.is_empty() {
-            return Err(("plugin", "a pipeline has either a plugin or a [mapper], not both".to_owned()));
+            return Err(("", "plugin", "a pipeline has either a plugin or a [mapper], not both".to_owned()));
         }
-        let template = mapper.validate(&self.tables).map_err(|message| ("mapper", message))?;
+        let template = mapper.validate(&self.tables).map_err(|(field, message)| match field {
+            "" => ("", "tables", message),
+            field => ("mapper", field, message),
+        })?;
         self.plugin = MAPPER_PLUGIN.to_owned();
         if self.key_patterns.is_empty() && self.on_change == OnChange::Recompute {
-            let pattern = KeyPattern::parse(&template.pattern()).map_err(|message| ("mapper.key", message))?;
+            let pattern = KeyPattern::parse(&template.pattern()).map_err(|message| ("mapper", "key", message))?;
             self.key_patterns.push(pattern);
         }
         Ok(())

@@ -57,23 +57,24 @@ pub struct MapperConfig {
 }
 
 impl MapperConfig {
-    /// Checks what can be checked without the database; the parsed template.
-    pub fn validate(&self, tables: &[String]) -> Result<KeyTemplate, String> {
+    /// Checks what can be checked without the database: the parsed template,
+    /// or the `[mapper]` field at fault (`""` for the pipeline's `tables`) and what is wrong.
+    pub fn validate(&self, tables: &[String]) -> Result<KeyTemplate, (&'static str, String)> {
         if tables.len() != 1 {
-            return Err(format!("the mapper stores one table's rows; `tables` lists {}", tables.len()));
+            return Err(("", format!("a [mapper] stores one table's rows; `tables` lists {}", tables.len())));
         }
-        let template = KeyTemplate::parse(&self.key)?;
+        let template = KeyTemplate::parse(&self.key).map_err(|message| ("key", message))?;
         if self.columns.is_some() && !self.exclude.is_empty() {
-            return Err("give `columns` or `exclude`, not both".to_owned());
+            return Err(("exclude", "give `columns` or `exclude`, not both".to_owned()));
         }
         if self.kind == MapperType::String && self.columns.as_ref().is_none_or(|c| c.len() != 1) {
-            return Err("type = \"string\" stores one column: name it in `columns = [\"…\"]`".to_owned());
+            return Err(("type", "type = \"string\" stores one column: name it in `columns = [\"…\"]`".to_owned()));
         }
         if let Some((column, _)) = self.rename.iter().find(|(_, to)| to.is_empty()) {
-            return Err(format!("rename: column `{column}` is renamed to an empty name"));
+            return Err(("rename", format!("column `{column}` is renamed to an empty name")));
         }
         if self.ttl.is_some_and(|ttl| ttl.as_secs() == 0 || ttl.as_secs() > u64::from(u32::MAX)) {
-            return Err("ttl must be between 1s and about 136 years".to_owned());
+            return Err(("ttl", "must be between 1s and about 136 years".to_owned()));
         }
         Ok(template)
     }

@@ -49,7 +49,8 @@ impl RowMapper {
         database: Option<QueryRunner>,
         call_timeout: Duration,
     ) -> Result<Self, String> {
-        let template = config.validate(&[table.to_owned()])?;
+        let template =
+            config.validate(&[table.to_owned()]).map_err(|(field, message)| format!("mapper.{field}: {message}"))?;
         Ok(Self {
             config: Arc::new(config.clone()),
             template: Arc::new(template),
