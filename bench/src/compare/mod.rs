@@ -55,7 +55,7 @@ pub struct Options {
     #[arg(long)]
     only: Option<String>,
     /// Run only these implementations, e.g. "evercache" (for profiling one).
-    #[arg(long, value_delimiter = ',', default_value = "evercache,native,naive")]
+    #[arg(long, value_delimiter = ',', default_value = "evercache,mapper,native,naive")]
     implementations: Vec<String>,
     /// A few thousand events, to keep the harness working in CI (figures meaningless).
     #[arg(long)]
@@ -126,8 +126,9 @@ pub async fn run(mut options: Options) -> Result<()> {
         if !selected(workload) {
             continue;
         }
-        for implementation in
-            Implementation::ALL.into_iter().filter(|i| options.implementations.iter().any(|n| n == i.name()))
+        for implementation in Implementation::ALL
+            .into_iter()
+            .filter(|i| options.implementations.iter().any(|n| n == i.name()) && logic.runs_on(*i))
         {
             let limit = if implementation == Implementation::Naive { events.min(naive_limit) } else { events };
             let run = runtime::drain(&options, &redis, &pg, implementation, logic, workload, limit, over).await?;

@@ -24,17 +24,21 @@ pub enum Implementation {
     Evercache,
     /// The runtime with the same logic compiled in.
     Native,
+    /// The runtime with no plugin: the built-in row mapper (`[mapper]`), where
+    /// it can express the logic (one row, one key).
+    Mapper,
     /// One entry, one query, one SET, one XACK at a time.
     Naive,
 }
 
 impl Implementation {
-    pub const ALL: [Self; 3] = [Self::Evercache, Self::Native, Self::Naive];
+    pub const ALL: [Self; 4] = [Self::Evercache, Self::Mapper, Self::Native, Self::Naive];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Evercache => "evercache",
             Self::Native => "native",
+            Self::Mapper => "mapper",
             Self::Naive => "naive",
         }
     }
@@ -50,6 +54,11 @@ pub enum Logic {
 }
 
 impl Logic {
+    /// True when `implementation` can run this logic (the mapper cannot fan out).
+    pub fn runs_on(self, implementation: Implementation) -> bool {
+        !(self == Self::Shop && implementation == Implementation::Mapper)
+    }
+
     /// The table the events change.
     fn table(self) -> &'static str {
         match self {
@@ -144,13 +153,15 @@ async fn start_runtime(
             .line(&format!("max_batch_entries = {}", options.max_batch_entries))
             .build(),
     )?;
-    std::fs::write(
-        dir.join("pipelines/items.toml"),
-        format!(
-            "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\nplugin = \"{plugin}\"\ntables = [{tables}]\n\
-             [config]\nschema = \"{SCHEMA}\"\nkey_prefix = \"{prefix}\"\n"
+    let wiring = "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\n";
+    let pipeline = match implementation {
+        // The same value as testkit's: the row's columns as JSON under `<prefix>:<id>`.
+        Implementation::Mapper => format!("{wiring}tables = [{tables}]\n[mapper]\nkey = \"{prefix}:{{id}}\"\n"),
+        _ => format!(
+            "{wiring}plugin = \"{plugin}\"\ntables = [{tables}]\n[config]\nschema = \"{SCHEMA}\"\nkey_prefix = \"{prefix}\"\n"
         ),
-    )?;
+    };
+    std::fs::write(dir.join("pipelines/items.toml"), pipeline)?;
     let natives = HashMap::from([
         ("native_testkit".to_owned(), native::testkit()),
         ("native_shop_product".to_owned(), native::shop_product()),
