@@ -1,6 +1,7 @@
 //! evercache against the naive worker and against the same logic compiled
 //! into the host, on the same data, in one invocation.
 
+mod entry;
 mod naive;
 mod native;
 mod runtime;
@@ -57,6 +58,11 @@ pub struct Options {
     /// Run only these implementations, e.g. "evercache" (for profiling one).
     #[arg(long, value_delimiter = ',', default_value = "evercache,mapper,native,naive")]
     implementations: Vec<String>,
+    /// Entries carry the JsonConverter's `schema`/`payload` wrapper, as
+    /// Debezium writes them by default (`--schema-wrapper false`: the bare
+    /// change, `value.converter.schemas.enable=false`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    schema_wrapper: bool,
     /// A few thousand events, to keep the harness working in CI (figures meaningless).
     #[arg(long)]
     tiny: bool,

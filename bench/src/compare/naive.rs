@@ -59,7 +59,8 @@ impl Naive {
                 .query_async(&mut self.conn)
                 .await?;
             let Some((id, value)) = first_entry(reply) else { break };
-            let event: serde_json::Value = serde_json::from_str(&value)?;
+            let envelope: serde_json::Value = serde_json::from_str(&value)?;
+            let event = envelope.get("payload").unwrap_or(&envelope);
             let row_id = event["after"]["id"].as_i64().or_else(|| event["before"]["id"].as_i64()).unwrap_or(0);
             match logic {
                 Logic::Item => self.item(row_id).await?,

@@ -2,7 +2,6 @@
 //! pre-filled stream, or keeping up with a steady rate.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -14,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::{Options, SCHEMA, Sent, naive, native};
+use super::{Options, SCHEMA, Sent, entry, naive, native};
 use crate::stats::Latencies;
 
 /// What processes the events.
@@ -77,26 +76,22 @@ impl Logic {
     }
 }
 
-/// A Debezium update event for row `id` of `table` (compact layout, no schema wrapper).
-fn event(table: &str, id: i64) -> String {
-    static LSN: AtomicU64 = AtomicU64::new(1 << 32);
-    let lsn = LSN.fetch_add(16, Ordering::Relaxed);
-    format!(
-        r#"{{"before":null,"after":{{"id":{id}}},"source":{{"version":"bench","connector":"postgresql","name":"bench","ts_ms":{ts},"snapshot":"false","db":"test","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"{SCHEMA}","table":"{table}","txId":1,"lsn":{lsn}}},"op":"u","ts_ms":{ts}}}"#,
-        ts = evercache::clock::now_ms()
-    )
-}
-
 async fn fill(
     conn: &mut MultiplexedConnection,
     stream: &str,
     table: &str,
+    wrapped: bool,
     ids: impl Iterator<Item = i64>,
 ) -> Result<()> {
     let mut pipe = redis::pipe();
     let mut queued = 0;
     for id in ids {
-        pipe.cmd("XADD").arg(stream).arg("*").arg(format!(r#"{{"id":{id}}}"#)).arg(event(table, id)).ignore();
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg(entry::key(wrapped, id))
+            .arg(entry::value(wrapped, table, id))
+            .ignore();
         queued += 1;
         if queued == 1000 {
             pipe.query_async::<()>(conn).await?;
@@ -207,7 +202,8 @@ pub async fn drain(
     let stream = format!("bench:{}:{}", slug(workload), implementation.name());
     let prefix = format!("bench:{}:{}:item", slug(workload), implementation.name());
     cleanup(&mut conn, &stream, &prefix).await?;
-    fill(&mut conn, &stream, logic.table(), (0..events).map(|i| i64::from(i % over) + 1)).await?;
+    let ids = (0..events).map(|i| i64::from(i % over) + 1);
+    fill(&mut conn, &stream, logic.table(), options.schema_wrapper, ids).await?;
     let result = match implementation {
         Implementation::Naive => {
             let start = Instant::now();
@@ -293,8 +289,8 @@ pub async fn steady(
         redis::cmd("XADD")
             .arg(&stream)
             .arg("*")
-            .arg(format!(r#"{{"id":{id}}}"#))
-            .arg(event("item", id))
+            .arg(entry::key(options.schema_wrapper, id))
+            .arg(entry::value(options.schema_wrapper, "item", id))
             .query_async::<()>(&mut conn)
             .await?;
     }
