@@ -6,7 +6,7 @@ use sqlx::{Executor, PgPool, Row};
 use tokio::time::timeout;
 
 use super::{PAGE_TIMEOUT, ScanCursor, ScanError, ScanPage, ScannedRow, bounded};
-use crate::source::postgres::debezium_value;
+use crate::source::postgres::{DESCRIBE_COLUMNS, debezium_value};
 
 /// The session the text forms depend on, as the capture's snapshot sets it.
 const SESSION: &str = "set local datestyle = ISO; set local timezone = 'UTC'; set local intervalstyle = postgres; \
@@ -37,18 +37,7 @@ fn quoted(name: &str) -> String {
 impl PgTable {
     pub(super) async fn describe(pool: PgPool, schema: &str, name: &str) -> Result<Self, ScanError> {
         let label = format!("{schema}.{name}");
-        let describe = sqlx::query(
-            "select a.attname::text as name, a.atttypid::int8 as oid, a.atttypmod as typmod,
-                    format_type(a.atttypid, a.atttypmod) as type_name,
-                    array_position(i.indkey::int2[], a.attnum) as key_position
-             from pg_attribute a
-             join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
-             left join pg_index i on i.indrelid = c.oid and i.indisprimary
-             where n.nspname = $1 and c.relname = $2 and a.attnum > 0 and not a.attisdropped
-             order by a.attnum",
-        )
-        .bind(schema)
-        .bind(name);
+        let describe = sqlx::query(DESCRIBE_COLUMNS).bind(schema).bind(name);
         let rows = bounded(&label, timeout(PAGE_TIMEOUT, describe.fetch_all(&pool)).await)?;
         if rows.is_empty() {
             return Err(ScanError::NoTable { table: label });

@@ -27,6 +27,7 @@ use crate::event::position;
 use crate::source::SnapshotMode;
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
+pub(crate) use snapshot::DESCRIBE_COLUMNS;
 use snapshot::Snapshot;
 pub(crate) use values::debezium_value;
 use visibility::VisibilityGate;

@@ -17,6 +17,18 @@ use super::pgoutput::RowChange;
 use super::values::debezium_value;
 use crate::source::SourceError;
 
+/// A table's columns (`$1` schema, `$2` table) in order: name, type oid and
+/// modifier, `format_type`, and the position in the primary key (null outside it).
+pub(crate) const DESCRIBE_COLUMNS: &str =
+    "select a.attname::text as name, a.atttypid::int8 as oid, a.atttypmod as typmod,
+            format_type(a.atttypid, a.atttypmod) as type_name,
+            array_position(i.indkey::int2[], a.attnum) as key_position
+     from pg_attribute a
+     join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+     left join pg_index i on i.indrelid = c.oid and i.indisprimary
+     where n.nspname = $1 and c.relname = $2 and a.attnum > 0 and not a.attisdropped
+     order by a.attnum";
+
 /// Longest one snapshot statement may take before the connection counts as lost.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -92,17 +104,7 @@ impl SnapshotReader {
         let mut described = Vec::new();
         for table in tables {
             let (schema, name) = table.split_once('.').unwrap_or(("public", table));
-            let describe = sqlx::query(
-                "select a.attname::text as name, a.atttypid::int8 as oid, a.atttypmod as typmod,
-                        coalesce(a.attnum = any(i.indkey), false) as key
-                 from pg_attribute a
-                 join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
-                 left join pg_index i on i.indrelid = c.oid and i.indisprimary
-                 where n.nspname = $1 and c.relname = $2 and a.attnum > 0 and not a.attisdropped
-                 order by a.attnum",
-            )
-            .bind(schema)
-            .bind(name);
+            let describe = sqlx::query(DESCRIBE_COLUMNS).bind(schema).bind(name);
             let rows =
                 bounded(source, "snapshot describe", timeout(STATEMENT_TIMEOUT, conn.fetch_all(describe)).await)?;
             let columns = rows
@@ -113,7 +115,7 @@ impl SnapshotReader {
                         r.try_get("name").unwrap_or_default(),
                         oid as u32,
                         r.try_get("typmod").unwrap_or(-1),
-                        r.try_get("key").unwrap_or(false),
+                        r.try_get::<Option<i32>, _>("key_position").ok().flatten().is_some(),
                     )
                 })
                 .collect();
