@@ -107,3 +107,117 @@ pub fn mysql_opts(url: &str) -> Result<mysql_async::Opts, String> {
     }
     Ok(mysql_async::OptsBuilder::from_opts(opts).ssl_opts(Some(ssl)).into())
 }
+
+/// What a rustls client trusts and presents: a CA file instead of the system's
+/// roots, an optional client certificate, and whether to verify at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// PEM file of the CA(s) that signed the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate; only by explicit opt-in.
+    pub insecure: bool,
+}
+
+/// A rustls client configuration: the system's roots (which honour
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`) unless `files` names a CA.
+pub fn client_config(files: &ClientTlsFiles) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    init();
+    let read_certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        Ok(certs)
+    };
+    let builder = rustls::ClientConfig::builder();
+    let builder = if files.insecure {
+        builder.dangerous().with_custom_certificate_verifier(std::sync::Arc::new(insecure::AcceptAny::new()))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &files.ca_file {
+            Some(ca) => {
+                for cert in read_certs(ca)? {
+                    roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    return Err(format!("no trusted root certificates found on this system: {:?}", native.errors));
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    match (&files.client_cert, &files.client_key) {
+        (Some(cert), Some(key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(read_certs(cert)?, key).map_err(|e| format!("client certificate: {e}"))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err("a client certificate and its key go together".to_owned()),
+    }
+}
+
+mod insecure {
+    use rustls::DigitallySignedStruct;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    /// Accepts any certificate but still checks the handshake's signatures, so
+    /// the connection is encrypted, just not authenticated.
+    #[derive(Debug)]
+    pub struct AcceptAny(CryptoProvider);
+
+    impl AcceptAny {
+        pub fn new() -> Self {
+            Self(rustls::crypto::ring::default_provider())
+        }
+    }
+
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}

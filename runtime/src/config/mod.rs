@@ -191,7 +191,7 @@ fn read_password_files(runtime: &mut RuntimeConfig, path: &Path, base: &Path) ->
             SourceConfig::Postgres(c) => apply(field, &mut c.url, &c.password_file)?,
             SourceConfig::MySql(c) => apply(field, &mut c.url, &c.password_file)?,
             #[cfg(feature = "kafka")]
-            SourceConfig::Kafka(_) => {}
+            SourceConfig::Kafka(c) => c.relative_to(base),
         }
     }
     Ok(())

@@ -122,16 +122,11 @@ impl LagProbe {
     async fn probe_inner(&mut self) -> Result<Vec<SourceLag>, SourceError> {
         #[cfg(feature = "kafka")]
         if let ProbeKind::Kafka(config) = &self.kind {
-            let config = config.clone();
-            let lags = tokio::task::spawn_blocking(move || super::kafka::lag::consumer_lag(&config, PROBE_TIMEOUT))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
-                .map_err(|message| SourceError::Unavailable {
-                    source_name: self.source.clone(),
-                    operation: "Kafka consumer lag",
-                    message,
-                })?;
+            let lags = super::kafka::lag::consumer_lag(config).await.map_err(|message| SourceError::Unavailable {
+                source_name: self.source.clone(),
+                operation: "Kafka consumer lag",
+                message,
+            })?;
             return Ok(lags
                 .into_iter()
                 .map(|(topic, lag)| SourceLag {

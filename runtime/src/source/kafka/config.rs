@@ -2,11 +2,12 @@
 //! how the consumer group reads them.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use serde::Deserialize;
 
+use super::client::Settings;
 use crate::source::SourceError;
 
 /// `[sources.<name>]` with `type = "kafka"` (Debezium on Kafka Connect).
@@ -36,13 +37,28 @@ pub struct KafkaConfig {
     /// brokers create topics automatically.
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
-    /// Extra librdkafka properties for consumer and producer, e.g.
-    /// `{ "session.timeout.ms" = "10000" }` (TLS and SASL are not compiled in).
+    /// Client properties under Kafka's own names, e.g.
+    /// `{ "security.protocol" = "SASL_SSL", "sasl.mechanism" = "SCRAM-SHA-512",
+    /// "sasl.username" = "cdc", "session.timeout.ms" = "10000" }`. Supported:
+    /// `security.protocol` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL),
+    /// `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), `sasl.username`,
+    /// `sasl.password`, `ssl.ca.location` (else the system's roots),
+    /// `ssl.certificate.location` / `ssl.key.location` (a client certificate),
+    /// `enable.ssl.certificate.verification` ("false" only by explicit opt-in),
+    /// `client.id`, `session.timeout.ms` (45000), `heartbeat.interval.ms` (3000),
+    /// `max.poll.interval.ms` (300000), `request.timeout.ms` (30000),
+    /// `max.partition.fetch.bytes` (1 MiB), `fetch.max.bytes` (50 MiB),
+    /// `isolation.level` (read_committed) and `metadata.max.age.ms` (300000).
+    /// Any other property is refused.
     #[serde(default)]
     pub properties: KafkaProperties,
+    /// File holding the SASL password, instead of `sasl.password` (relative to
+    /// the runtime file; one trailing newline is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
-/// librdkafka properties; `Debug` masks the values of secret ones
+/// Client properties; `Debug` masks the values of secret ones
 /// (`sasl.password`, `ssl.key.password`, anything naming a password or secret).
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
@@ -99,43 +115,28 @@ impl KafkaConfig {
         Ok(())
     }
 
-    /// The consumer's librdkafka settings: offsets are committed by hand, only
-    /// after the cache writes succeeded.
-    pub(super) fn consumer_config(&self) -> ClientConfig {
-        let mut config = self.common_config();
-        config
-            .set("group.id", &self.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set(
-                "auto.offset.reset",
-                match self.start_from {
-                    StartFrom::Earliest => "earliest",
-                    StartFrom::Latest => "latest",
-                },
-            );
-        self.apply_properties(&mut config);
-        config
+    /// The client settings from `properties` and `password_file`.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let password = match &self.password_file {
+            Some(file) => {
+                let text =
+                    std::fs::read_to_string(file).map_err(|e| format!("password_file {}: {e}", file.display()))?;
+                Some(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
+            }
+            None => None,
+        };
+        Settings::from_properties(&self.properties.0, password.as_deref())
     }
 
-    /// The dead-letter producer's settings: every record acknowledged by all in-sync replicas.
-    pub(super) fn producer_config(&self) -> ClientConfig {
-        let mut config = self.common_config();
-        config.set("acks", "all").set("enable.idempotence", "false").set("message.timeout.ms", "30000");
-        self.apply_properties(&mut config);
-        config
-    }
-
-    fn common_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers).set("client.id", "evercache");
-        config
-    }
-
-    fn apply_properties(&self, config: &mut ClientConfig) {
-        for (key, value) in &self.properties.0 {
-            config.set(key, value);
+    /// Paths of `password_file` and the `ssl.*.location` properties relative to `base`.
+    pub fn relative_to(&mut self, base: &std::path::Path) {
+        if let Some(file) = &mut self.password_file {
+            *file = base.join(&*file);
+        }
+        for key in ["ssl.ca.location", "ssl.certificate.location", "ssl.key.location"] {
+            if let Some(path) = self.properties.0.get_mut(key) {
+                *path = base.join(&*path).to_string_lossy().into_owned();
+            }
         }
     }
 }

@@ -1,9 +1,7 @@
 //! Kafka messages → [`SourceRecord`]s in the Redis sink's extended layout, so the
 //! one Debezium decoder handles both sources.
 
-use rdkafka::Message;
-use rdkafka::message::Headers;
-
+use super::client::fetch::FetchedRecord;
 use crate::source::SourceRecord;
 
 /// Field carrying the message key (absent for a null key).
@@ -27,12 +25,9 @@ pub fn parse_record_id(id: &str) -> Option<(i32, i64)> {
 
 /// Converts a message: `key` (when not null), `value`, then every header by its
 /// own name (e.g. `__debezium.oldkey`), so the decoder sees them.
-pub fn to_source_record<M: Message>(message: &M) -> SourceRecord {
-    let headers = message
-        .headers()
-        .map(|headers| headers.iter().map(|h| (h.key.to_owned(), h.value.map(text).unwrap_or_default())).collect())
-        .unwrap_or_default();
-    build(message.topic(), message.partition(), message.offset(), message.key(), message.payload(), headers)
+pub fn to_source_record(record: &FetchedRecord) -> SourceRecord {
+    let headers = record.headers.iter().map(|(k, v)| (k.clone(), v.as_deref().map(text).unwrap_or_default())).collect();
+    build(&record.topic, record.partition, record.offset, record.key.as_deref(), record.value.as_deref(), headers)
 }
 
 fn build(

@@ -1,0 +1,307 @@
+//! Reading partitions: where each one stands, fetching from each leader, and
+//! turning record batches into records (skipping control records and, when
+//! reading committed, records of aborted transactions).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use super::KafkaError;
+use super::assign::TopicPartition;
+use super::cluster::Cluster;
+
+/// `ListOffsets` timestamp of the oldest retained record.
+pub const EARLIEST: i64 = -2;
+/// `ListOffsets` timestamp of the next record to be written.
+pub const LATEST: i64 = -1;
+/// Size of a v2 record batch's header.
+const BATCH_HEADER: usize = 61;
+
+/// One record as fetched.
+#[derive(Debug, Clone)]
+pub struct FetchedRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key, `None` when null.
+    pub key: Option<Bytes>,
+    /// Value, `None` for a tombstone.
+    pub value: Option<Bytes>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// The next offset to fetch of each assigned partition.
+#[derive(Debug, Default)]
+pub struct Fetcher {
+    positions: BTreeMap<TopicPartition, i64>,
+    /// Where a partition without a valid position starts: [`EARLIEST`] or [`LATEST`].
+    reset_to: i64,
+    stale_metadata: bool,
+}
+
+impl Fetcher {
+    /// A fetcher that starts partitions without a position at `reset_to`.
+    pub fn new(reset_to: i64) -> Self {
+        Self { positions: BTreeMap::new(), reset_to, stale_metadata: false }
+    }
+
+    /// Reads from `positions` on (a negative position means "reset").
+    pub fn assign(&mut self, positions: HashMap<TopicPartition, i64>) {
+        self.positions = positions.into_iter().collect();
+    }
+
+    /// Stops reading every partition.
+    pub fn clear(&mut self) {
+        self.positions.clear();
+    }
+
+    /// Resolves partitions without a position to [`Self::new`]'s reset point.
+    async fn reset(&mut self, cluster: &mut Cluster) -> Result<(), KafkaError> {
+        let unset: Vec<TopicPartition> =
+            self.positions.iter().filter(|(_, p)| **p < 0).map(|(tp, _)| tp.clone()).collect();
+        if unset.is_empty() {
+            return Ok(());
+        }
+        let offsets = list_offsets(cluster, &unset, self.reset_to, cluster.settings().read_committed).await?;
+        for (tp, offset) in offsets {
+            tracing::info!(topic = %tp.0, partition = tp.1, offset, "no committed offset; starting at the reset point");
+            self.positions.insert(tp, offset);
+        }
+        Ok(())
+    }
+
+    /// Fetches once from every leader of an assigned partition, each waiting at
+    /// most its share of `max_wait` for records, and advances the positions.
+    pub async fn fetch(&mut self, cluster: &mut Cluster, max_wait: Duration) -> Result<Vec<FetchedRecord>, KafkaError> {
+        if self.positions.is_empty() {
+            tokio::time::sleep(max_wait).await;
+            return Ok(Vec::new());
+        }
+        if self.stale_metadata || self.positions.keys().any(|(t, p)| cluster.leader(t, *p).is_none()) {
+            let topics: Vec<String> =
+                self.positions.keys().map(|(t, _)| t.clone()).collect::<HashSet<_>>().into_iter().collect();
+            cluster.refresh(Some(&topics), false).await?;
+            self.stale_metadata = false;
+        }
+        self.reset(cluster).await?;
+        let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        for (tp, position) in &self.positions {
+            if let Some(leader) = cluster.leader(&tp.0, tp.1) {
+                by_leader.entry(leader).or_default().push((tp.clone(), *position));
+            }
+        }
+        if by_leader.is_empty() {
+            self.stale_metadata = true;
+            tokio::time::sleep(max_wait.min(Duration::from_millis(200))).await;
+            return Ok(Vec::new());
+        }
+        let share = max_wait / by_leader.len() as u32;
+        let mut records = Vec::new();
+        for (leader, partitions) in by_leader {
+            let result = self.fetch_from(cluster, leader, &partitions, share, &mut records).await;
+            if let Err(e) = result {
+                self.stale_metadata = true;
+                if records.is_empty() {
+                    return Err(e);
+                }
+                tracing::warn!(leader, error = %e, "fetch failed; delivering what the other leaders sent");
+            }
+        }
+        Ok(records)
+    }
+
+    async fn fetch_from(
+        &mut self,
+        cluster: &mut Cluster,
+        leader: i32,
+        partitions: &[(TopicPartition, i64)],
+        max_wait: Duration,
+        records: &mut Vec<FetchedRecord>,
+    ) -> Result<(), KafkaError> {
+        let settings = cluster.settings().clone();
+        let mut request = FetchRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.max_wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
+        request.min_bytes = 1;
+        request.max_bytes = settings.fetch_bytes;
+        request.isolation_level = i8::from(settings.read_committed);
+        request.session_epoch = -1;
+        for ((topic, partition), position) in partitions {
+            let mut entry = FetchPartition::default();
+            entry.partition = *partition;
+            entry.current_leader_epoch = -1;
+            entry.fetch_offset = *position;
+            entry.log_start_offset = -1;
+            entry.partition_max_bytes = settings.partition_fetch_bytes;
+            match request.topics.iter_mut().find(|t| t.topic.0.as_str() == topic) {
+                Some(t) => t.partitions.push(entry),
+                None => {
+                    let mut t = FetchTopic::default();
+                    t.topic = TopicName(StrBytes::from_string(topic.clone()));
+                    t.partitions.push(entry);
+                    request.topics.push(t);
+                }
+            }
+        }
+        let (answer, _) = cluster.call_waiting(leader, &request, 11, max_wait).await?;
+        if let Some(error) = ResponseError::try_from_code(answer.error_code) {
+            return Err(KafkaError::api("Fetch", error));
+        }
+        for topic in answer.responses {
+            let name = topic.topic.0.to_string();
+            for data in topic.partitions {
+                let tp = (name.clone(), data.partition_index);
+                let Some(&position) = self.positions.get(&tp) else { continue };
+                match ResponseError::try_from_code(data.error_code) {
+                    None => {}
+                    Some(ResponseError::OffsetOutOfRange) => {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, position, "offset out of range; resetting");
+                        self.positions.insert(tp, -1);
+                        continue;
+                    }
+                    Some(error) if error.is_retriable() => {
+                        tracing::debug!(topic = %tp.0, partition = tp.1, %error, "fetch refused; refreshing metadata");
+                        self.stale_metadata = true;
+                        continue;
+                    }
+                    Some(error) => return Err(KafkaError::api("Fetch", error)),
+                }
+                let aborted =
+                    if settings.read_committed { data.aborted_transactions.unwrap_or_default() } else { Vec::new() };
+                let bytes = data.records.unwrap_or_default();
+                let next = decode_partition(&tp, position, bytes, aborted, records)?;
+                self.positions.insert(tp, next);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends the records at or after `position` of one partition's fetched
+/// bytes to `out` and returns the next position. A batch cut off at the end
+/// (the fetch's size limit) is left for the next fetch.
+pub fn decode_partition(
+    (topic, partition): &TopicPartition,
+    position: i64,
+    mut bytes: Bytes,
+    mut aborted: Vec<AbortedTransaction>,
+    out: &mut Vec<FetchedRecord>,
+) -> Result<i64, KafkaError> {
+    aborted.sort_by_key(|a| a.first_offset);
+    let mut aborted = aborted.into_iter().peekable();
+    let mut aborting: HashSet<i64> = HashSet::new();
+    let mut next = position;
+    let bad = |message: String| KafkaError::Protocol(format!("{topic}/{partition}: {message}"));
+    while bytes.len() >= BATCH_HEADER {
+        let header = &bytes[..BATCH_HEADER];
+        let at = |range: std::ops::Range<usize>| &header[range];
+        let base_offset = at(0..8).get_i64();
+        let length = usize::try_from(at(8..12).get_i32()).map_err(|_| bad("negative batch length".to_owned()))?;
+        if bytes.len() < 12 + length {
+            break;
+        }
+        let magic = header[16];
+        if magic != 2 {
+            return Err(bad(format!("record format v{magic} (before Kafka 0.11) is not supported")));
+        }
+        let attributes = at(21..23).get_i16();
+        let last_offset = base_offset + i64::from(at(23..27).get_i32());
+        let producer_id = at(43..51).get_i64();
+        let (transactional, control) = (attributes & 0x10 != 0, attributes & 0x20 != 0);
+        let mut batch = bytes.split_to(12 + length);
+        next = next.max(last_offset + 1);
+        if last_offset < position {
+            continue;
+        }
+        if transactional {
+            while let Some(a) = aborted.next_if(|a| a.first_offset <= last_offset) {
+                aborting.insert(a.producer_id.0);
+            }
+        }
+        let set =
+            RecordBatchDecoder::decode(&mut batch).map_err(|e| bad(format!("record batch at {base_offset}: {e}")))?;
+        if control {
+            // A commit or abort marker ends the producer's transaction.
+            aborting.remove(&producer_id);
+            continue;
+        }
+        if transactional && aborting.contains(&producer_id) {
+            continue;
+        }
+        for record in set.records.into_iter().filter(|r| r.offset >= position) {
+            out.push(FetchedRecord {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: record.offset,
+                key: record.key,
+                value: record.value,
+                headers: record.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            });
+        }
+    }
+    Ok(next)
+}
+
+/// The offsets at `timestamp` ([`EARLIEST`] or [`LATEST`]) of `partitions`, asked of their leaders.
+pub async fn list_offsets(
+    cluster: &mut Cluster,
+    partitions: &[TopicPartition],
+    timestamp: i64,
+    read_committed: bool,
+) -> Result<HashMap<TopicPartition, i64>, KafkaError> {
+    if partitions.iter().any(|(t, p)| cluster.leader(t, *p).is_none()) {
+        let topics: Vec<String> =
+            partitions.iter().map(|(t, _)| t.clone()).collect::<HashSet<_>>().into_iter().collect();
+        cluster.refresh(Some(&topics), false).await?;
+    }
+    let mut by_leader: BTreeMap<i32, ListOffsetsRequest> = BTreeMap::new();
+    for (topic, partition) in partitions {
+        let leader = cluster
+            .leader(topic, *partition)
+            .ok_or_else(|| KafkaError::Protocol(format!("{topic}/{partition} has no leader")))?;
+        let request = by_leader.entry(leader).or_insert_with(|| {
+            let mut request = ListOffsetsRequest::default();
+            request.replica_id = BrokerId(-1);
+            request.isolation_level = i8::from(read_committed);
+            request
+        });
+        let mut entry = ListOffsetsPartition::default();
+        entry.partition_index = *partition;
+        entry.current_leader_epoch = -1;
+        entry.timestamp = timestamp;
+        match request.topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.partitions.push(entry),
+            None => {
+                let mut t = ListOffsetsTopic::default();
+                t.name = TopicName(StrBytes::from_string(topic.clone()));
+                t.partitions.push(entry);
+                request.topics.push(t);
+            }
+        }
+    }
+    let mut offsets = HashMap::new();
+    for (leader, request) in by_leader {
+        let answer = cluster.call(leader, &request, 5).await?;
+        for topic in answer.topics {
+            for partition in topic.partitions {
+                if let Some(error) = ResponseError::try_from_code(partition.error_code) {
+                    return Err(KafkaError::api("ListOffsets", error));
+                }
+                offsets.insert((topic.name.0.to_string(), partition.partition_index), partition.offset);
+            }
+        }
+    }
+    Ok(offsets)
+}

@@ -1,0 +1,112 @@
+//! Producing records (the dead-letter topic's): one batch per partition,
+//! acknowledged by all in-sync replicas.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+use super::KafkaError;
+use super::cluster::Cluster;
+
+/// How long the broker may wait for the replicas before answering.
+const ACK_TIMEOUT_MS: i32 = 30_000;
+
+/// A record to produce.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    /// Key, `None` for a null key.
+    pub key: Option<Bytes>,
+    /// Value, `None` for a tombstone.
+    pub value: Option<Bytes>,
+    /// Headers in order.
+    pub headers: Vec<(String, Bytes)>,
+    /// Spreads records over the topic's partitions: partition `hint % count`.
+    pub partition_hint: u32,
+}
+
+/// Produces `records` to `topic` and waits for every acknowledgement. Fails
+/// when the topic does not exist and the brokers do not create it.
+pub async fn produce(cluster: &mut Cluster, topic: &str, records: &[OutRecord]) -> Result<(), KafkaError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    if !cluster.topics().contains_key(topic) {
+        cluster.refresh(Some(&[topic.to_owned()]), true).await?;
+    }
+    let partitions: Vec<i32> = match cluster.topics().get(topic) {
+        Some(partitions) if !partitions.is_empty() => partitions.keys().copied().collect(),
+        _ => return Err(KafkaError::api("Metadata", ResponseError::UnknownTopicOrPartition).context(topic)),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    for record in records {
+        let partition = partitions[record.partition_hint as usize % partitions.len()];
+        let batch = by_partition.entry(partition).or_default();
+        batch.push(Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: batch.len() as i64,
+            sequence: -1,
+            timestamp: now,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record
+                .headers
+                .iter()
+                .map(|(k, v)| (StrBytes::from_string(k.clone()), Some(v.clone())))
+                .collect::<IndexMap<_, _>>(),
+        });
+    }
+    let mut by_leader: BTreeMap<i32, Vec<PartitionProduceData>> = BTreeMap::new();
+    for (partition, batch) in by_partition {
+        let leader = cluster
+            .leader(topic, partition)
+            .ok_or_else(|| KafkaError::api("Produce", ResponseError::LeaderNotAvailable).context(topic))?;
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &batch,
+            &RecordEncodeOptions { version: 2, compression: Compression::None },
+        )
+        .map_err(|e| KafkaError::Protocol(format!("encoding a record batch: {e}")))?;
+        let mut data = PartitionProduceData::default();
+        data.index = partition;
+        data.records = Some(buf.freeze());
+        by_leader.entry(leader).or_default().push(data);
+    }
+    for (leader, partitions) in by_leader {
+        let mut topic_data = TopicProduceData::default();
+        topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
+        topic_data.partition_data = partitions;
+        let mut request = ProduceRequest::default();
+        request.acks = -1;
+        request.timeout_ms = ACK_TIMEOUT_MS;
+        request.topic_data = vec![topic_data];
+        let answer = match cluster.call(leader, &request, 8).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                cluster.forget_topic(topic);
+                return Err(e);
+            }
+        };
+        for response in answer.responses.iter().flat_map(|t| &t.partition_responses) {
+            if let Some(error) = ResponseError::try_from_code(response.error_code) {
+                // A moved leader or a new topic shows up in the next metadata.
+                cluster.forget_topic(topic);
+                return Err(KafkaError::api("Produce", error).context(topic));
+            }
+        }
+    }
+    Ok(())
+}
