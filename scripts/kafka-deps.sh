@@ -6,10 +6,15 @@ set -euo pipefail
 bash "$(dirname "$0")/build-deps.sh"
 
 export PATH="$HOME/.cargo/bin:$PATH"
-if tansu --version >/dev/null 2>&1; then
+# The security tests need tansu's Postgres storage (SCRAM credentials); a tansu
+# installed without it is replaced.
+with_postgres() {
+  grep -q '"tansu [^"]*":{[^}]*"features":\[[^]]*"postgres"' "$HOME/.cargo/.crates2.json" 2>/dev/null
+}
+if tansu --version >/dev/null 2>&1 && with_postgres; then
   echo "kafka-deps: tansu: $(tansu --version 2>&1 | head -n 1)"
 else
   # Takes 12-15 minutes on 2 cores, once; the binary lands in ~/.cargo/bin and is reused.
-  echo "kafka-deps: tansu: installing (cargo install tansu --locked --features dynostore)"
-  cargo install tansu --locked --features dynostore
+  echo "kafka-deps: tansu: installing (cargo install tansu --locked --features dynostore,postgres)"
+  cargo install tansu --locked --features dynostore,postgres
 fi

@@ -94,7 +94,7 @@ fn write_config(dir: &Path, cache_url: &str, http_port: u16, binlog: bool) -> Pa
             .section("sources.kafka")
             .line(&format!("type = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"{name}.t\"]"))
             .line(
-                "properties = { \"sasl.password\" = \"${EC_TEST_KAFKA_PASSWORD}\", \"socket.timeout.ms\" = \"1000\" }",
+                "properties = { \"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"cdc\", \"sasl.password\" = \"${EC_TEST_KAFKA_PASSWORD}\", \"request.timeout.ms\" = \"1000\" }",
             );
     }
     std::fs::write(dir.join("evercache.toml"), runtime.build()).unwrap();

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+pub mod certs;
 pub mod mariadb_server;
 pub mod pg_cluster;
 pub mod redis_cluster;
 pub mod tansu;
+pub mod tls_front;
 
 /// The Redis (or Valkey) every suite uses: the local Redis started by
 /// `scripts/dev-services.sh`, or `EVERCACHE_TEST_REDIS_URL` when set (the test

@@ -8,12 +8,26 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 const INSTALL_HINT: &str =
-    "install it with: bash scripts/kafka-deps.sh (cargo install tansu --locked --features dynostore)";
+    "install it with: bash scripts/kafka-deps.sh (cargo install tansu --locked --features dynostore,postgres)";
 
 /// A running `tansu` broker.
 pub struct Tansu {
     child: Child,
     port: u16,
+}
+
+/// How to start a broker beyond the defaults (in-memory storage, advertised
+/// where it listens, no authentication).
+#[derive(Debug, Clone, Default)]
+pub struct TansuOptions {
+    /// Listen on this port instead of a free one (to restart a broker in place).
+    pub port: Option<u16>,
+    /// `host:port` told to clients in metadata, e.g. a TLS front's.
+    pub advertised: Option<String>,
+    /// `--storage-engine`, e.g. a Postgres URL; in-memory when `None`.
+    pub storage: Option<String>,
+    /// `--authentication`: clients must authenticate with SASL SCRAM.
+    pub authentication: bool,
 }
 
 /// The `tansu` binary: where `cargo install` puts it, else on the PATH.
@@ -25,11 +39,22 @@ fn binary() -> String {
 impl Tansu {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Result<Self> {
-        let port = crate::free_port();
+        Self::start_with(&TansuOptions::default())
+    }
+
+    /// Starts a broker with `options` and waits until it accepts connections.
+    pub fn start_with(options: &TansuOptions) -> Result<Self> {
+        let port = options.port.unwrap_or_else(crate::free_port);
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+        let advertised = options.advertised.as_ref().map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
+        let mut command = Command::new(binary());
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+            .args(["--storage-engine", options.storage.as_deref().unwrap_or("memory://tansu/")]);
+        if options.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -43,6 +68,11 @@ impl Tansu {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(Self { child, port })
+    }
+
+    /// The plain-TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `host:port` for `brokers =`.

@@ -191,7 +191,15 @@ fn read_password_files(runtime: &mut RuntimeConfig, path: &Path, base: &Path) ->
             SourceConfig::Postgres(c) => apply(field, &mut c.url, &c.password_file)?,
             SourceConfig::MySql(c) => apply(field, &mut c.url, &c.password_file)?,
             #[cfg(feature = "kafka")]
-            SourceConfig::Kafka(c) => c.relative_to(base),
+            SourceConfig::Kafka(c) => {
+                c.relative_to(base);
+                // Reads the CA, key and password files now, so a mistake is named at load.
+                c.settings().map_err(|message| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    field: format!("sources.{name}.properties"),
+                    message,
+                })?;
+            }
         }
     }
     Ok(())
