@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# What building evercache needs beyond Rust: the C toolchain bits that rdkafka's
-# bundled librdkafka (the default-on `kafka` feature) builds and links against.
+# What the test suites need beyond Rust: the C toolchain bits that rdkafka's
+# bundled librdkafka builds and links against. The tests produce to the test
+# broker and read committed offsets with it, a client independent of evercache's
+# own; evercache itself does not link librdkafka.
 # Idempotent; installs only what is missing.
 set -euo pipefail
 

@@ -56,7 +56,6 @@ else
 fi
 
 step "build: plugins and runtime"
-bash scripts/build-deps.sh
 bash scripts/build-plugins.sh
 # The example loads its own plugin only, not every plugin the repository builds.
 mkdir -p examples/marketplace/plugins

@@ -34,7 +34,6 @@ admin -d profiles -f examples/user-profiles/roles.sql
 echo "ok: $(admin -d profiles -c 'select count(*) from users') users"
 
 step "build: the runtime (no plugin to build)"
-bash scripts/build-deps.sh
 cargo build --quiet -p evercache
 evercache="$root/target/debug/evercache"
 mkdir -p examples/user-profiles/plugins

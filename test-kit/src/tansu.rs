@@ -56,8 +56,8 @@ impl Tansu {
         }
         let child = command
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting the tansu broker failed; {INSTALL_HINT}"))?;
         let start = Instant::now();
@@ -93,9 +93,16 @@ impl Tansu {
     }
 }
 
-impl Drop for Tansu {
-    fn drop(&mut self) {
+impl Tansu {
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

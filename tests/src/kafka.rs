@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use evercache::source::{KafkaConfig, RecordBody, SourceRecord};
-use evercache_test_kit::tansu::Tansu;
+use evercache_test_kit::tansu::{Tansu, TansuOptions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -20,6 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// A private broker and a producer for it.
 pub struct Broker {
     tansu: Tansu,
+    options: TansuOptions,
     producer: FutureProducer,
 }
 
@@ -41,12 +42,26 @@ pub struct ReadRecord {
 impl Broker {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     pub fn start() -> Result<Self> {
-        let tansu = Tansu::start()?;
+        Self::start_with(TansuOptions::default())
+    }
+
+    /// Starts a broker with `options` (e.g. Postgres storage, which survives a restart).
+    pub fn start_with(mut options: TansuOptions) -> Result<Self> {
+        let tansu = Tansu::start_with(&options)?;
+        options.port = Some(tansu.port());
         let producer = ClientConfig::new()
             .set("bootstrap.servers", tansu.address())
             .set("message.timeout.ms", "10000")
             .create()?;
-        Ok(Self { tansu, producer })
+        Ok(Self { tansu, options, producer })
+    }
+
+    /// Kills the broker, waits `down`, and starts it again on the same port and storage.
+    pub fn restart(&mut self, down: Duration) -> Result<()> {
+        self.tansu.kill();
+        std::thread::sleep(down);
+        self.tansu = Tansu::start_with(&self.options)?;
+        Ok(())
     }
 
     /// `host:port` for `brokers =`.
@@ -195,4 +210,43 @@ pub fn source_config(broker: &Broker, topics: &[String], group: &str, batch_size
         "block": "200ms",
         "properties": { "session.timeout.ms": "10000" },
     }))?)
+}
+
+/// A database of the test's own holding tansu's schema, dropped on drop.
+pub struct TansuDatabase {
+    name: String,
+}
+
+impl TansuDatabase {
+    /// Creates (or recreates) database `name` with tansu's schema.
+    pub async fn create(name: &str) -> Result<Self> {
+        let admin = sqlx::PgPool::connect(PG_URL).await?;
+        sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&admin).await?;
+        sqlx::raw_sql(&format!("create database {name}")).execute(&admin).await?;
+        let url = format!("{}/{name}", PG_URL.rsplit_once('/').map_or(PG_URL, |(base, _)| base));
+        let db = sqlx::PgPool::connect(&url).await?;
+        sqlx::raw_sql(include_str!("../fixtures/tansu/postgres-schema.sql")).execute(&db).await?;
+        db.close().await;
+        Ok(Self { name: name.to_owned() })
+    }
+
+    /// `--storage-engine` for tansu.
+    pub fn storage_url(&self) -> String {
+        // tansu would check Postgres's own certificate, which is not what this test is about.
+        format!("{}/{}?sslmode=disable", PG_URL.rsplit_once('/').map_or(PG_URL, |(base, _)| base), self.name)
+    }
+}
+
+impl Drop for TansuDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let admin = sqlx::PgPool::connect(PG_URL).await.ok()?;
+                sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&admin).await.ok()
+            })
+        })
+        .join();
+    }
 }

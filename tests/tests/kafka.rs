@@ -1,7 +1,8 @@
 //! The Kafka source against a real Kafka-protocol broker (`tansu`, in memory, on
 //! a private loopback port): multi-partition topics, per-key order, commits only
 //! after writes, restart from committed offsets, a group rebalance between two
-//! instances, tombstones and the dead-letter topic.
+//! instances, tombstones, the dead-letter topic, and a broker restart (on
+//! tansu's Postgres storage, which keeps records and offsets across it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -9,10 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use evercache::source::KafkaConfig;
+use evercache::source::kafka::lag::consumer_lag;
 use evercache::source::lag::{LagProbe, SourceLag};
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key, with_schema};
-use evercache_e2e::kafka::{Broker, field, kafka_runtime_toml, partition_offset, read_records, source_config};
+use evercache_e2e::kafka::{
+    Broker, TansuDatabase, field, kafka_runtime_toml, partition_offset, read_records, source_config,
+};
 use evercache_e2e::{Running, TestEnv, wait_until};
+use evercache_test_kit::tansu::TansuOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -380,4 +385,52 @@ async fn an_unwritable_dead_letter_topic_blocks_the_commit_until_it_exists() -> 
     assert_eq!(letters[0].value.as_deref(), Some("{not json"));
     wait_json(&env, &format!("{}:item:1", env.prefix), Some(&item(1, "one", 1))).await?;
     running.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_rides_out_a_broker_restart() -> Result<()> {
+    let env = item_env("kafka_broker_restart").await?;
+    // Postgres storage keeps topics, records and group offsets across the restart.
+    let database = TansuDatabase::create(&env.prefix).await?;
+    let mut broker =
+        Broker::start_with(TansuOptions { storage: Some(database.storage_url()), ..TansuOptions::default() })?;
+    let topic = env.stream("item");
+    broker.create_topic(&topic, 2)?;
+    let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
+    let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
+    let key = |id: i64| format!("{}:item:{id}", env.prefix);
+
+    env.sql("insert into item select g, 'v1', 1 from generate_series(1, 4) g").await?;
+    for id in 1..=4 {
+        produce_item(&broker, &env, &topic, 2, "c", item(id, "v1", 1)).await?;
+    }
+    let running = Running::start(config).await?;
+    for id in 1..=4 {
+        wait_json(&env, &key(id), Some(&item(id, "v1", 1))).await?;
+    }
+    wait_no_lag(&broker, &env.prefix, &topic).await?;
+
+    // Down for longer than a heartbeat interval, so the runtime sees it gone.
+    broker.restart(Duration::from_secs(4))?;
+    env.sql("update item set name = 'v2', version = 2").await?;
+    for id in 1..=4 {
+        produce_item(&broker, &env, &topic, 2, "u", item(id, "v2", 2)).await?;
+    }
+    for id in 1..=4 {
+        wait_json(&env, &key(id), Some(&item(id, "v2", 2))).await?;
+    }
+    wait_no_lag(&broker, &env.prefix, &topic).await?;
+    running.stop().await
+}
+
+/// Waits until the group's lag, as evercache's own probe reads it, is zero.
+/// (librdkafka's metadata requests time out against tansu's Postgres storage.)
+async fn wait_no_lag(broker: &Broker, group: &str, topic: &str) -> Result<()> {
+    let config = source_config(broker, &[topic.to_owned()], group, 100)?;
+    wait_until(&format!("{topic} fully committed by {group}"), WAIT, || {
+        let config = config.clone();
+        async move { Ok(consumer_lag(&config).await.map_err(anyhow::Error::msg)?.iter().all(|(_, lag)| *lag == 0)) }
+    })
+    .await
+    .map(drop)
 }

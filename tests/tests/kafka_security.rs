@@ -18,11 +18,11 @@ use evercache::source::kafka::client::conn::BrokerConn;
 use evercache::source::kafka::client::produce::{OutRecord, produce};
 use evercache::source::kafka::client::{Cluster, Settings};
 use evercache::source::kafka::lag::consumer_lag;
-use evercache_e2e::kafka::read_records;
+use evercache_e2e::kafka::{TansuDatabase, read_records};
 use evercache_test_kit::certs::make_ca;
+use evercache_test_kit::free_port;
 use evercache_test_kit::tansu::{Tansu, TansuOptions};
 use evercache_test_kit::tls_front::TlsFront;
-use evercache_test_kit::{PG_URL, free_port};
 use kafka_protocol::messages::AlterUserScramCredentialsRequest;
 use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
 use kafka_protocol::protocol::StrBytes;
@@ -138,43 +138,6 @@ async fn kafka_over_tls_trusts_its_ca_and_refuses_others() -> Result<()> {
     )?;
     assert_eq!(read_values(&insecure, 6).await?, expected("tls", 6), "verification off by explicit opt-in");
     Ok(())
-}
-
-/// A database of the test's own holding tansu's schema, dropped on drop.
-struct TansuDatabase {
-    name: String,
-}
-
-impl TansuDatabase {
-    async fn create(name: &str) -> Result<Self> {
-        let admin = sqlx::PgPool::connect(PG_URL).await?;
-        sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&admin).await?;
-        sqlx::raw_sql(&format!("create database {name}")).execute(&admin).await?;
-        let url = format!("{}/{name}", PG_URL.rsplit_once('/').map_or(PG_URL, |(base, _)| base));
-        let db = sqlx::PgPool::connect(&url).await?;
-        sqlx::raw_sql(include_str!("../fixtures/tansu/postgres-schema.sql")).execute(&db).await?;
-        db.close().await;
-        Ok(Self { name: name.to_owned() })
-    }
-
-    fn storage_url(&self) -> String {
-        // tansu would check Postgres's own certificate, which is not what this test is about.
-        format!("{}/{}?sslmode=disable", PG_URL.rsplit_once('/').map_or(PG_URL, |(base, _)| base), self.name)
-    }
-}
-
-impl Drop for TansuDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let admin = sqlx::PgPool::connect(PG_URL).await.ok()?;
-                sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&admin).await.ok()
-            })
-        })
-        .join();
-    }
 }
 
 /// Creates a SCRAM user through Kafka's AlterUserScramCredentials (mechanism 1

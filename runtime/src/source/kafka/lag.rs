@@ -13,10 +13,9 @@ use super::subscription::Subscription;
 /// Lag per subscribed topic, in messages, without joining the group.
 pub async fn consumer_lag(config: &KafkaConfig) -> Result<Vec<(String, u64)>, String> {
     let settings = config.settings()?;
-    let read_committed = settings.read_committed;
     let mut cluster = Cluster::new(&config.brokers, Arc::new(settings));
     let mut subscription = Subscription::new(&config.topics)?;
-    let topics = subscription.resolve(&mut cluster).await.map_err(|e| e.to_string())?;
+    let topics = subscription.resolve(&mut cluster).await.map_err(|e| format!("metadata: {e}"))?;
     let partitions: Vec<TopicPartition> = topics
         .iter()
         .flat_map(|t| cluster.topics().get(t).into_iter().flat_map(move |p| p.keys().map(move |p| (t.clone(), *p))))
@@ -25,10 +24,15 @@ pub async fn consumer_lag(config: &KafkaConfig) -> Result<Vec<(String, u64)>, St
     if partitions.is_empty() {
         return Ok(lags);
     }
-    let committed =
-        Membership::new(&config.group).committed(&mut cluster, &partitions).await.map_err(|e| e.to_string())?;
-    let high = list_offsets(&mut cluster, &partitions, LATEST, read_committed).await.map_err(|e| e.to_string())?;
-    let low = list_offsets(&mut cluster, &partitions, EARLIEST, read_committed).await.map_err(|e| e.to_string())?;
+    let committed = Membership::new(&config.group)
+        .committed(&mut cluster, &partitions)
+        .await
+        .map_err(|e| format!("committed offsets: {e}"))?;
+    // The high watermark (read_uncommitted), as the lag is defined.
+    let high = list_offsets(&mut cluster, &partitions, LATEST, false).await;
+    let high = high.map_err(|e| format!("end offsets: {e}"))?;
+    let low = list_offsets(&mut cluster, &partitions, EARLIEST, false).await;
+    let low = low.map_err(|e| format!("start offsets: {e}"))?;
     for tp in &partitions {
         let done = committed.get(tp).copied().filter(|c| *c >= 0).or_else(|| low.get(tp).copied()).unwrap_or(0);
         let end = high.get(tp).copied().unwrap_or(done);
