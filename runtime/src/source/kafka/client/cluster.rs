@@ -133,6 +133,9 @@ impl Cluster {
     }
 
     async fn conn(&mut self, node: i32) -> Result<&mut BrokerConn, KafkaError> {
+        if self.conns.get(&node).is_some_and(BrokerConn::expiring) {
+            self.conns.remove(&node);
+        }
         if !self.conns.contains_key(&node) {
             let address = self.address(node)?;
             let conn = BrokerConn::connect(&address, &self.settings).await?;

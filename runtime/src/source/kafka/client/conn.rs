@@ -27,6 +27,9 @@ pub struct BrokerConn {
     correlation: i32,
     client_id: StrBytes,
     request_timeout: Duration,
+    /// When the broker ends the SASL session (KIP-368); reconnecting before then
+    /// authenticates again instead of having a request cut off.
+    expires_at: Option<tokio::time::Instant>,
 }
 
 impl BrokerConn {
@@ -57,6 +60,7 @@ impl BrokerConn {
                 correlation: 0,
                 client_id: StrBytes::from_string(settings.client_id.clone()),
                 request_timeout: settings.request_timeout,
+                expires_at: None,
             };
             let answer: ApiVersionsResponse = conn.send(&ApiVersionsRequest::default(), 0, None).await?;
             if answer.error_code != 0 {
@@ -72,6 +76,17 @@ impl BrokerConn {
             Ok(result) => result,
             Err(_) => Err(io(format!("no connection within {:?}", settings.request_timeout))),
         }
+    }
+
+    /// Notes that the broker ends this connection's session after `lifetime`.
+    pub fn expire_after(&mut self, lifetime: Duration) {
+        // Reconnect at 80 % of the lifetime, leaving room for a request in flight.
+        self.expires_at = Some(tokio::time::Instant::now() + lifetime.mul_f64(0.8));
+    }
+
+    /// True when the session is about to end and the connection should be replaced.
+    pub fn expiring(&self) -> bool {
+        self.expires_at.is_some_and(|at| tokio::time::Instant::now() >= at)
     }
 
     /// `host:port` of the broker.

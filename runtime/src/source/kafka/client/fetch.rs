@@ -5,42 +5,22 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::fetch_response::AbortedTransaction;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::RecordBatchDecoder;
 
 use super::KafkaError;
 use super::assign::TopicPartition;
 use super::cluster::Cluster;
+pub use super::records::FetchedRecord;
+use super::records::decode_partition;
 
 /// `ListOffsets` timestamp of the oldest retained record.
 pub const EARLIEST: i64 = -2;
 /// `ListOffsets` timestamp of the next record to be written.
 pub const LATEST: i64 = -1;
-/// Size of a v2 record batch's header.
-const BATCH_HEADER: usize = 61;
-
-/// One record as fetched.
-#[derive(Debug, Clone)]
-pub struct FetchedRecord {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Key, `None` when null.
-    pub key: Option<Bytes>,
-    /// Value, `None` for a tombstone.
-    pub value: Option<Bytes>,
-    /// Headers in order.
-    pub headers: Vec<(String, Option<Bytes>)>,
-}
 
 /// The next offset to fetch of each assigned partition.
 #[derive(Debug, Default)]
@@ -187,71 +167,6 @@ impl Fetcher {
         }
         Ok(())
     }
-}
-
-/// Appends the records at or after `position` of one partition's fetched
-/// bytes to `out` and returns the next position. A batch cut off at the end
-/// (the fetch's size limit) is left for the next fetch.
-pub fn decode_partition(
-    (topic, partition): &TopicPartition,
-    position: i64,
-    mut bytes: Bytes,
-    mut aborted: Vec<AbortedTransaction>,
-    out: &mut Vec<FetchedRecord>,
-) -> Result<i64, KafkaError> {
-    aborted.sort_by_key(|a| a.first_offset);
-    let mut aborted = aborted.into_iter().peekable();
-    let mut aborting: HashSet<i64> = HashSet::new();
-    let mut next = position;
-    let bad = |message: String| KafkaError::Protocol(format!("{topic}/{partition}: {message}"));
-    while bytes.len() >= BATCH_HEADER {
-        let header = &bytes[..BATCH_HEADER];
-        let at = |range: std::ops::Range<usize>| &header[range];
-        let base_offset = at(0..8).get_i64();
-        let length = usize::try_from(at(8..12).get_i32()).map_err(|_| bad("negative batch length".to_owned()))?;
-        if bytes.len() < 12 + length {
-            break;
-        }
-        let magic = header[16];
-        if magic != 2 {
-            return Err(bad(format!("record format v{magic} (before Kafka 0.11) is not supported")));
-        }
-        let attributes = at(21..23).get_i16();
-        let last_offset = base_offset + i64::from(at(23..27).get_i32());
-        let producer_id = at(43..51).get_i64();
-        let (transactional, control) = (attributes & 0x10 != 0, attributes & 0x20 != 0);
-        let mut batch = bytes.split_to(12 + length);
-        next = next.max(last_offset + 1);
-        if last_offset < position {
-            continue;
-        }
-        if transactional {
-            while let Some(a) = aborted.next_if(|a| a.first_offset <= last_offset) {
-                aborting.insert(a.producer_id.0);
-            }
-        }
-        let set =
-            RecordBatchDecoder::decode(&mut batch).map_err(|e| bad(format!("record batch at {base_offset}: {e}")))?;
-        if control {
-            // A commit or abort marker ends the producer's transaction.
-            aborting.remove(&producer_id);
-            continue;
-        }
-        if transactional && aborting.contains(&producer_id) {
-            continue;
-        }
-        for record in set.records.into_iter().filter(|r| r.offset >= position) {
-            out.push(FetchedRecord {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: record.offset,
-                key: record.key,
-                value: record.value,
-                headers: record.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            });
-        }
-    }
-    Ok(next)
 }
 
 /// The offsets at `timestamp` ([`EARLIEST`] or [`LATEST`]) of `partitions`, asked of their leaders.

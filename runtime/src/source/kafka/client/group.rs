@@ -3,8 +3,6 @@
 //! the background, commit and read offsets, leave.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
@@ -21,8 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::KafkaError;
 use super::assign::{self, TopicPartition};
 use super::cluster::Cluster;
-use super::conn::BrokerConn;
-use super::settings::Settings;
+use super::heartbeat::Heartbeat;
 
 /// The only assignment strategy offered; every evercache instance speaks it.
 const STRATEGY: &str = "range";
@@ -36,25 +33,6 @@ pub struct Membership {
     generation: i32,
     coordinator: Option<i32>,
     heartbeat: Option<Heartbeat>,
-}
-
-struct Heartbeat {
-    task: tokio::task::JoinHandle<()>,
-    flags: Arc<Flags>,
-}
-
-#[derive(Default)]
-struct Flags {
-    /// The coordinator started a rebalance: rejoin at the next read.
-    rejoin: AtomicBool,
-    /// The coordinator no longer knows this member: its partitions are gone already.
-    lost: AtomicBool,
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Membership {
@@ -71,12 +49,12 @@ impl Membership {
 
     /// True when the group must be (re)joined before reading on.
     pub fn needs_join(&self) -> bool {
-        self.heartbeat.as_ref().is_none_or(|h| h.flags.rejoin.load(Ordering::Relaxed))
+        self.heartbeat.as_ref().is_none_or(Heartbeat::rejoin)
     }
 
     /// True when the coordinator dropped this member: committing would be refused.
     pub fn lost(&self) -> bool {
-        self.heartbeat.as_ref().is_some_and(|h| h.flags.lost.load(Ordering::Relaxed))
+        self.heartbeat.as_ref().is_some_and(Heartbeat::lost)
     }
 
     /// Joins (or rejoins) the group subscribed to `topics` and returns the
@@ -200,13 +178,11 @@ impl Membership {
     fn start_heartbeat(&mut self, cluster: &Cluster) -> Result<(), KafkaError> {
         let coordinator = self.coordinator.ok_or_else(|| KafkaError::Protocol("no coordinator".to_owned()))?;
         let address = cluster.address(coordinator)?;
-        let flags = Arc::new(Flags::default());
         let mut request = HeartbeatRequest::default();
         request.group_id = self.group.clone();
         request.generation_id = self.generation;
         request.member_id = self.member_id.clone();
-        let task = tokio::spawn(heartbeat(address, cluster.settings().clone(), request, flags.clone()));
-        self.heartbeat = Some(Heartbeat { task, flags });
+        self.heartbeat = Some(Heartbeat::start(address, cluster.settings().clone(), request));
         Ok(())
     }
 
@@ -258,7 +234,7 @@ impl Membership {
                         | ResponseError::UnknownMemberId
                 )
             {
-                heartbeat.flags.rejoin.store(true, Ordering::Relaxed);
+                heartbeat.request_rejoin();
             }
             return Err(KafkaError::api("OffsetCommit", error));
         }
@@ -348,7 +324,7 @@ pub async fn find_any(
     Err(last_error)
 }
 
-fn is_coordinator_error(error: ResponseError) -> bool {
+pub(super) fn is_coordinator_error(error: ResponseError) -> bool {
     matches!(
         error,
         ResponseError::NotCoordinator
@@ -359,43 +335,4 @@ fn is_coordinator_error(error: ResponseError) -> bool {
 
 fn millis(duration: Duration) -> i32 {
     i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
-}
-
-/// Heartbeats on a connection of its own, so a long fetch never delays one.
-/// Sets `rejoin` when the group rebalances and `lost` when the member is gone.
-async fn heartbeat(address: String, settings: Arc<Settings>, request: HeartbeatRequest, flags: Arc<Flags>) {
-    let mut conn: Option<BrokerConn> = None;
-    let mut last_ok = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(settings.heartbeat_interval).await;
-        if conn.is_none() {
-            conn = BrokerConn::connect(&address, &settings).await.ok();
-        }
-        let result = match &mut conn {
-            Some(c) => c.request(&request, 3).await.map(|(answer, _)| answer.error_code),
-            None => Err(KafkaError::Io { address: address.clone(), message: "not connected".to_owned() }),
-        };
-        match result.map(ResponseError::try_from_code) {
-            Ok(None) => last_ok = tokio::time::Instant::now(),
-            Ok(Some(ResponseError::RebalanceInProgress)) => flags.rejoin.store(true, Ordering::Relaxed),
-            Ok(Some(error)) => {
-                tracing::info!(address = %address, %error, "heartbeat refused; rejoining the group");
-                if !is_coordinator_error(error) {
-                    flags.lost.store(true, Ordering::Relaxed);
-                }
-                flags.rejoin.store(true, Ordering::Relaxed);
-                return;
-            }
-            Err(e) => {
-                conn = None;
-                tracing::debug!(address = %address, error = %e, "heartbeat failed");
-                if last_ok.elapsed() >= settings.session_timeout {
-                    // The coordinator has dropped this member by now.
-                    flags.lost.store(true, Ordering::Relaxed);
-                    flags.rejoin.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
-        }
-    }
 }

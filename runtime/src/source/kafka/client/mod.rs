@@ -8,7 +8,9 @@ pub mod cluster;
 pub mod conn;
 pub mod fetch;
 pub mod group;
+pub mod heartbeat;
 pub mod produce;
+pub mod records;
 pub mod sasl;
 pub mod settings;
 

@@ -1,6 +1,8 @@
 //! SASL over Kafka's own requests (SaslHandshake v1, then SaslAuthenticate):
 //! PLAIN, and SCRAM-SHA-256/512 as RFC 5802 describes it.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -51,6 +53,9 @@ async fn step(conn: &mut BrokerConn, bytes: Vec<u8>) -> Result<Vec<u8>, KafkaErr
         let detail = answer.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
         // The broker's message says why (e.g. wrong credentials); the password is never in it.
         return Err(KafkaError::Auth { address: conn.address().to_owned(), message: format!("{error}: {detail}") });
+    }
+    if answer.session_lifetime_ms > 0 {
+        conn.expire_after(Duration::from_millis(answer.session_lifetime_ms as u64));
     }
     Ok(answer.auth_bytes.to_vec())
 }
