@@ -24,6 +24,7 @@ cargo run --quiet -p evercache-bench -- capture --rate 200 --seconds 1 --burst 2
 cargo run --quiet -p evercache-bench -- capture --database mariadb --rate 200 --seconds 1 --burst 2000
 cargo run --quiet -p evercache-bench -- plugin-cost --tiny
 cargo run --quiet -p evercache-bench -- read-path --tiny
+cargo run --quiet -p evercache-bench -- kafka-source --tiny
 
 echo "== cargo test"
 cargo test --workspace

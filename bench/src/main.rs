@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release -p evercache-bench -- compare` runs evercache, the
 //! naive worker and the same logic compiled into the host over the same data;
+//! `-- kafka-source` the Kafka source reading a backlog;
 //! `-- capture` measures the built-in capture's commit→cache latency and burst
 //! drain rate; `-- plugin-cost` what compiling, instantiating and calling a
 //! plugin costs; `-- read-path` the read path against Redis and the database.
@@ -11,6 +12,7 @@
 mod capture;
 mod capture_db;
 mod compare;
+mod kafka_source;
 mod keys;
 mod plugin_cost;
 mod read_path;
@@ -31,6 +33,8 @@ enum Workload {
     Capture(capture::Options),
     /// evercache vs the naive worker vs native logic: distinct keys, hot keys, fan-out, steady-rate delay.
     Compare(compare::Options),
+    /// The Kafka source alone: reading and acknowledging a backlog of Debezium changes.
+    KafkaSource(kafka_source::Options),
     /// What a Wasm plugin costs: compile, cache load, instantiate, keys, recompute.
     PluginCost(plugin_cost::Options),
     /// The read path: a herd on one missing key; hit and miss latency beside Redis and the database.
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().workload {
         Workload::Capture(options) => capture::run(options).await,
         Workload::Compare(options) => compare::run(options).await,
+        Workload::KafkaSource(options) => kafka_source::run(options).await,
         Workload::PluginCost(options) => plugin_cost::run(options).await,
         Workload::ReadPath(options) => read_path::run(options).await,
     }

@@ -1,7 +1,7 @@
 //! evercache against the naive worker and against the same logic compiled
 //! into the host, on the same data, in one invocation.
 
-mod entry;
+pub(crate) mod entry;
 mod naive;
 mod native;
 mod runtime;

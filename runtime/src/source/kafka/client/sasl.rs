@@ -31,8 +31,7 @@ pub async fn authenticate(conn: &mut BrokerConn, credentials: &Sasl) -> Result<(
     }
     match credentials.mechanism {
         Mechanism::Plain => {
-            let message = format!("\0{}\0{}", credentials.username, credentials.password);
-            step(conn, message.into_bytes()).await?;
+            step(conn, plain_message(&credentials.username, &credentials.password)).await?;
             Ok(())
         }
         Mechanism::ScramSha256 | Mechanism::ScramSha512 => {
@@ -58,6 +57,11 @@ async fn step(conn: &mut BrokerConn, bytes: Vec<u8>) -> Result<Vec<u8>, KafkaErr
         conn.expire_after(Duration::from_millis(answer.session_lifetime_ms as u64));
     }
     Ok(answer.auth_bytes.to_vec())
+}
+
+/// PLAIN's one message (RFC 4616): no authorization identity, then the user and password.
+fn plain_message(username: &str, password: &str) -> Vec<u8> {
+    format!("\0{username}\0{password}").into_bytes()
 }
 
 fn nonce() -> String {
@@ -175,6 +179,11 @@ mod tests {
         );
         scram.verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
         assert!(scram.verify_server_final(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").is_err());
+    }
+
+    #[test]
+    fn plain_sends_user_and_password_without_an_authorization_identity() {
+        assert_eq!(plain_message("cdc", "pw"), b"\0cdc\0pw");
     }
 
     #[test]
