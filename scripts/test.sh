@@ -25,6 +25,7 @@ cargo run --quiet -p evercache-bench -- capture --database mariadb --rate 200 --
 cargo run --quiet -p evercache-bench -- plugin-cost --tiny
 cargo run --quiet -p evercache-bench -- read-path --tiny
 cargo run --quiet -p evercache-bench -- kafka-source --tiny
+cargo run --quiet -p evercache-bench -- stream-floor --tiny
 
 echo "== cargo test"
 cargo test --workspace

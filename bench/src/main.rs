@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p evercache-bench -- compare` runs evercache, the
 //! naive worker and the same logic compiled into the host over the same data;
-//! `-- kafka-source` the Kafka source reading a backlog;
+//! `-- kafka-source` the Kafka source reading a backlog; `-- stream-floor` how
+//! fast a Redis stream backlog can be read and decoded at all;
 //! `-- capture` measures the built-in capture's commit→cache latency and burst
 //! drain rate; `-- plugin-cost` what compiling, instantiating and calling a
 //! plugin costs; `-- read-path` the read path against Redis and the database.
@@ -17,6 +18,7 @@ mod keys;
 mod plugin_cost;
 mod read_path;
 mod stats;
+mod stream_floor;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,8 @@ enum Workload {
     KafkaSource(kafka_source::Options),
     /// What a Wasm plugin costs: compile, cache load, instantiate, keys, recompute.
     PluginCost(plugin_cost::Options),
+    /// The floor under `compare`: reading a backlog out of a Redis stream, with and without decoding.
+    StreamFloor(stream_floor::Options),
     /// The read path: a herd on one missing key; hit and miss latency beside Redis and the database.
     ReadPath(read_path::Options),
 }
@@ -51,5 +55,6 @@ async fn main() -> anyhow::Result<()> {
         Workload::KafkaSource(options) => kafka_source::run(options).await,
         Workload::PluginCost(options) => plugin_cost::run(options).await,
         Workload::ReadPath(options) => read_path::run(options).await,
+        Workload::StreamFloor(options) => stream_floor::run(options).await,
     }
 }
