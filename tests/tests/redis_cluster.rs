@@ -50,7 +50,15 @@ async fn write_changes(
             pipe.cmd("XADD").arg(&stream).arg("*").arg(pg_key(id)).arg(value.to_string()).ignore();
             appended.fetch_add(1, Ordering::Relaxed);
         }
-        pipe.query_async::<()>(&mut redis).await?;
+        // Like Debezium, retry an append the cluster refused: during a failover
+        // it answers CLUSTERDOWN for a moment, and the rows are already updated.
+        let started = std::time::Instant::now();
+        while let Err(e) = pipe.query_async::<()>(&mut redis).await {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
