@@ -1,6 +1,6 @@
-//! Reading partitions: where each one stands, fetching from each leader, and
-//! turning record batches into records (skipping control records and, when
-//! reading committed, records of aborted transactions).
+//! Reading partitions: where each one stands (committed offsets, or the reset
+//! point through ListOffsets) and fetching from each leader; `records` turns
+//! the fetched batches into records.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
