@@ -1,13 +1,12 @@
 # The evercache runtime with the example plugins, for docker-compose.yml.
 FROM rust:1.95-bookworm AS build
-# cmake builds the bundled librdkafka (the default-on `kafka` feature).
-RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
 COPY . .
 RUN cargo build --release -p evercache && bash scripts/build-plugins.sh
 
 FROM debian:bookworm-slim
+# The system's roots, which TLS connections (Redis, Postgres, MySQL, Kafka) trust by default.
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/evercache /usr/local/bin/evercache
 # The examples' plugins only: the test plugins (testkit, hostile) are never deployed.
