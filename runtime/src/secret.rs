@@ -42,8 +42,8 @@ impl SecretUrl {
     /// The URL with its password replaced by the contents of `file` (without
     /// the trailing newline editors and secret mounts leave).
     pub fn with_password_file(&self, file: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let password = text.trim_end_matches(['\n', '\r']);
+        let password = read_password_file(file)?;
+        let password = password.as_str();
         let mut parsed = url::Url::parse(&self.0).map_err(|e| format!("the url is not a URL: {e}"))?;
         parsed.set_password(Some(password)).map_err(|()| "this url cannot hold a password".to_owned())?;
         Ok(Self(parsed.to_string()))
@@ -53,6 +53,12 @@ impl SecretUrl {
     pub fn is_empty(&self) -> bool {
         self.0.trim().is_empty()
     }
+}
+
+/// The password in `file`, without the trailing newline editors and secret mounts leave.
+pub fn read_password_file(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 impl From<&str> for SecretUrl {

@@ -53,7 +53,7 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub properties: KafkaProperties,
     /// File holding the SASL password, instead of `sasl.password` (relative to
-    /// the runtime file; one trailing newline is ignored).
+    /// the runtime file; trailing newlines are ignored).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
 }
@@ -117,14 +117,7 @@ impl KafkaConfig {
 
     /// The client settings from `properties` and `password_file`.
     pub fn settings(&self) -> Result<Settings, String> {
-        let password = match &self.password_file {
-            Some(file) => {
-                let text =
-                    std::fs::read_to_string(file).map_err(|e| format!("password_file {}: {e}", file.display()))?;
-                Some(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
-            }
-            None => None,
-        };
+        let password = self.password_file.as_deref().map(crate::secret::read_password_file).transpose()?;
         Settings::from_properties(&self.properties.0, password.as_deref())
     }
 
