@@ -13,6 +13,7 @@ use super::{ChangeEvent, Op};
 
 #[cfg(test)]
 mod tests;
+mod wrapper;
 
 /// The Redis sink's stand-in for a null key or value.
 const REDIS_NULL: &str = "default";
@@ -231,10 +232,8 @@ impl Source<'_> {
         if self.connector.as_deref() != Some("postgresql") && self.sequence.is_none() {
             return None;
         }
-        let sequence: Option<[Option<String>; 2]> = self.sequence.as_deref().and_then(|s| serde_json::from_str(s).ok());
-        let parse = |part: &Option<String>| part.as_deref().and_then(|p| p.parse::<u64>().ok());
-        let (commit, lsn) = match &sequence {
-            Some([commit, lsn]) => (parse(commit), parse(lsn).or(self.lsn)),
+        let (commit, lsn) = match self.sequence.as_deref().and_then(sequence_lsns) {
+            Some([commit, lsn]) => (commit, lsn.or(self.lsn)),
             None => (None, self.lsn),
         };
         let lsn = lsn?;
@@ -243,9 +242,36 @@ impl Source<'_> {
     }
 }
 
+/// `sequence`'s two LSNs; a part that is null or not a number is `None`, and
+/// text that is not a pair of them is `None` altogether.
+fn sequence_lsns(text: &str) -> Option<[Option<u64>; 2]> {
+    let lsn = |part: &str| match part.trim() {
+        "null" => Some(None),
+        part => part.strip_prefix('"')?.strip_suffix('"').map(|digits| digits.parse().ok()),
+    };
+    // Debezium writes plain digits; anything fancier (escapes) goes through serde.
+    let plain = || {
+        let (first, second) = text.trim().strip_prefix('[')?.strip_suffix(']')?.split_once(',')?;
+        if text.contains('\\') || second.contains(',') {
+            return None;
+        }
+        Some([lsn(first)?, lsn(second)?])
+    };
+    plain().or_else(|| {
+        let parts: [Option<String>; 2] = serde_json::from_str(text).ok()?;
+        Some(parts.map(|part| part.and_then(|p| p.parse().ok())))
+    })
+}
+
 /// Parses a value, unwrapping `{"schema":…,"payload":…}`; `None` for a null payload.
 fn parse_envelope(text: &str) -> Result<Option<Envelope<'_>>, DecodeError> {
     let invalid = |source| DecodeError::InvalidJson { part: "value", source };
+    // What fails here (a wrapper with more keys, say) is parsed in full below.
+    if let Some(payload) = wrapper::payload(text)
+        && let Ok(envelope) = serde_json::from_str(payload)
+    {
+        return Ok(envelope);
+    }
     let outer: Option<Envelope<'_>> = serde_json::from_str(text).map_err(invalid)?;
     let Some(outer) = outer else { return Ok(None) };
     match (outer.schema, outer.payload) {
@@ -288,6 +314,11 @@ fn decode_key(key: Option<&str>) -> Result<String, DecodeError> {
         payload: Option<&'a RawValue>,
     }
     let invalid = |source| DecodeError::InvalidJson { part: "key", source };
+    if let Some(payload) = wrapper::payload(key)
+        && serde_json::from_str::<&RawValue>(payload).is_ok()
+    {
+        return Ok(payload.to_owned());
+    }
     match serde_json::from_str::<Wrapper<'_>>(key) {
         Ok(Wrapper { schema: Some(_), payload: Some(payload) }) => Ok(payload.get().to_owned()),
         Ok(_) => Ok(key.to_owned()),
