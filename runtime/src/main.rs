@@ -12,6 +12,9 @@ use evercache::source::forward::{DebeziumStreamWriter, forward};
 use evercache::source::{SourceConfig, read_dead_letters, replay_dead_letter};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "evercache", version, about = "Keeps Redis caches correct from the database's change log")]
 struct Cli {
