@@ -52,6 +52,9 @@ pub struct Options {
     /// batch is applied may join the next one.
     #[arg(long, default_value_t = 5_000)]
     max_batch_entries: u32,
+    /// The evercache source's `batch_size`: entries per `XREADGROUP`.
+    #[arg(long, default_value_t = 500)]
+    batch_size: u32,
     /// Run only the workloads whose name contains this, e.g. "hot".
     #[arg(long)]
     only: Option<String>,

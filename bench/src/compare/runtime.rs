@@ -146,6 +146,7 @@ async fn start_runtime(
             .cache("main", redis)
             .redis_stream("events", redis, &[stream.to_owned()], "bench")
             .line(&format!("max_batch_entries = {}", options.max_batch_entries))
+            .line(&format!("batch_size = {}", options.batch_size))
             .build(),
     )?;
     let wiring = "source = \"events\"\ndatabase = \"db\"\ncache = \"main\"\n";
