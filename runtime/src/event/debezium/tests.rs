@@ -178,16 +178,25 @@ fn redis_sink_compact_and_extended_layouts_decode_alike() {
     assert_eq!(a.committed_at_ms, 1637859764960);
 }
 
+/// Every fixture as (file name, text), SOURCES.md left out.
+fn all_fixtures() -> Vec<(String, String)> {
+    let dir = format!("{}/tests/fixtures/debezium", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "SOURCES.md")
+        .map(|name| {
+            let text = fixture(&name);
+            (name, text)
+        })
+        .collect()
+}
+
 #[test]
 fn every_fixture_decodes() {
-    let dir = format!("{}/tests/fixtures/debezium", env!("CARGO_MANIFEST_DIR"));
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
+    for (name, text) in all_fixtures() {
         let decoded = match name.as_str() {
-            "SOURCES.md" => continue,
             n if n.ends_with(".txt") => decode_stream_entry("t", &redis_cli_fields(&text)),
             n if n.contains("_key_") => decode_key(Some(&text)).map(|_| Decoded::Skip(SkipReason::Empty)),
             _ => decode_record("t", None, Some(&text)),
@@ -200,18 +209,11 @@ fn every_fixture_decodes() {
 
 #[test]
 fn the_wrapper_shortcut_decodes_like_the_full_parse() {
-    let dir = format!("{}/tests/fixtures/debezium", env!("CARGO_MANIFEST_DIR"));
     let mut wrapped = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let compact = match name.as_str() {
-            "SOURCES.md" => continue,
-            n if n.ends_with(".txt") => continue,
-            // Written without spaces, as Debezium's JsonConverter writes it.
-            _ => minified(&text),
-        };
+    // The redis-cli listings (.txt) are left out; each JSON file is written
+    // without spaces, as Debezium's JsonConverter writes it.
+    for (name, text) in all_fixtures().into_iter().filter(|(name, _)| !name.ends_with(".txt")) {
+        let compact = minified(&text);
         if !compact.starts_with(r#"{"schema":"#) {
             continue;
         }
