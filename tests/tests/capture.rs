@@ -102,7 +102,7 @@ async fn captured_events_match_what_debezium_emits() -> Result<()> {
     while records.is_empty() {
         records = source.next_batch().await?;
     }
-    source.confirm();
+    source.settled(records.len());
     source.shutdown().await;
     env.drop_capture().await?;
 

@@ -9,7 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::failure::Interrupted;
-use crate::source::{DeadLetter, Source, SourceError, SourceRecord, StreamAcker};
+use crate::source::{Acker, DeadLetter, Source, SourceError, SourceRecord};
 
 /// Wait between attempts at a failing dead-letter or acknowledgement write.
 const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -100,7 +100,7 @@ impl Ledger {
 /// Settles batches in read order on a task of its own, through the source's
 /// acker, until every sender of `inbox` is gone.
 pub(super) async fn settle_in_order(
-    mut acker: StreamAcker,
+    mut acker: Acker,
     mut inbox: mpsc::UnboundedReceiver<Message>,
     shutdown: CancellationToken,
 ) {
@@ -110,7 +110,7 @@ pub(super) async fn settle_in_order(
         ledger.hear(message);
         while !stopped && let Some(ready) = ledger.ready() {
             let settled = match ready {
-                Ok(batch) => settle(Acks::Stream(&mut acker), &batch.records, batch.letters, &shutdown).await,
+                Ok(batch) => settle(Acks::Acker(&mut acker), &batch.records, batch.letters, &shutdown).await,
                 Err(interrupted) => Err(interrupted),
             };
             if settled.is_err() {
@@ -125,28 +125,28 @@ pub(super) async fn settle_in_order(
 /// an acker while the source reads on.
 pub(super) enum Acks<'a> {
     Source(&'a mut Source),
-    Stream(&'a mut StreamAcker),
+    Acker(&'a mut Acker),
 }
 
 impl Acks<'_> {
     fn name(&self) -> &str {
         match self {
             Acks::Source(source) => source.name(),
-            Acks::Stream(acker) => acker.name(),
+            Acks::Acker(acker) => acker.name(),
         }
     }
 
     async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
         match self {
             Acks::Source(source) => source.dead_letter(records, letters).await,
-            Acks::Stream(acker) => acker.dead_letter(records, letters).await,
+            Acks::Acker(acker) => acker.dead_letter(records, letters).await,
         }
     }
 
     async fn ack(&mut self, records: &[SourceRecord]) -> Result<(), SourceError> {
         match self {
             Acks::Source(source) => source.ack(records).await,
-            Acks::Stream(acker) => acker.ack(records).await,
+            Acks::Acker(acker) => acker.ack(records).await,
         }
     }
 }

@@ -79,11 +79,16 @@ impl SourceRunner {
         let mut failures = 0u32;
         let mut seq = 0u64;
         while !shutdown.is_cancelled() {
-            let permit = tokio::select! {
-                permit = unsettled.clone().acquire_owned() => permit,
-                _ = shutdown.cancelled() => break,
+            let waiting = Instant::now();
+            let permit = loop {
+                tokio::select! {
+                    permit = unsettled.clone().acquire_owned() => break Some(permit),
+                    _ = shutdown.cancelled() => break None,
+                    // Every batch read ahead is unsettled: the source hears how long it waits.
+                    _ = tokio::time::sleep(STALL_CHECK) => self.source.stalled(waiting.elapsed()),
+                }
             };
-            let Ok(permit) = permit else { break };
+            let Some(Ok(permit)) = permit else { break };
             let staged = match gather(&mut self.source, &self.pipelines, &self.routes, &workers, read_ahead).await {
                 Ok(staged) => staged,
                 Err(e) => {
@@ -150,7 +155,9 @@ impl SourceRunner {
 /// Reads the next batch: one read, or, where the source allows reading
 /// ahead, reads until the pipelines that are not failing are ready for more
 /// and the last read was not full (a backlog keeps the batch growing, so a hot
-/// row's changes are recomputed once), up to the batch limits. Each read's
+/// row's changes are recomputed once), up to the batch limits. A read after
+/// the first waits only briefly for new records, so what was gathered is not
+/// held back by a source that went quiet. Each read's
 /// records are decoded while the next read is in flight; their keys are
 /// planned on the pipelines' own tasks. A read already started is always
 /// awaited: Redis may have delivered its entries to us.
@@ -163,10 +170,13 @@ async fn gather(
 ) -> Result<Staged, SourceError> {
     let mut staging = Staging::new(pipelines);
     let mut undecoded: Vec<SourceRecord> = Vec::new();
+    let mut first = true;
     loop {
         let decode = async { staging.add(routes, std::mem::take(&mut undecoded)) };
+        let read =
+            async { if std::mem::take(&mut first) { source.next_batch().await } else { source.read_more().await } };
         // `join!` polls the read first, so its command is sent before decoding starts.
-        let (read, ()) = tokio::join!(source.next_batch(), decode);
+        let (read, ()) = tokio::join!(read, decode);
         match read {
             Ok(read) => {
                 let caught_up = read.is_empty();

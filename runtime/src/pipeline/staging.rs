@@ -70,6 +70,8 @@ impl Staging {
     pub(super) fn add(&mut self, routes: &HashMap<String, Vec<usize>>, records: Vec<SourceRecord>) {
         let offset = self.records.len();
         let mut routed: Vec<Routed> = vec![Vec::new(); self.pipelines.len()];
+        // `schema.table`, written anew for each record without allocating.
+        let mut table = String::new();
         for (index, record) in records.iter().enumerate() {
             let index = offset + index;
             self.bytes += record.bytes();
@@ -80,8 +82,11 @@ impl Staging {
             };
             match decoded {
                 Ok(Decoded::Change(event)) => {
-                    let table = format!("{}.{}", event.schema.as_deref().unwrap_or(""), event.table);
-                    match routes.get(&table) {
+                    table.clear();
+                    table.push_str(event.schema.as_deref().unwrap_or(""));
+                    table.push('.');
+                    table.push_str(&event.table);
+                    match routes.get(table.as_str()) {
                         Some(targets) => {
                             let (&last, others) = targets.split_last().expect("a route names at least one pipeline");
                             for &target in others {

@@ -1,7 +1,9 @@
 //! Sources of change records: they yield batches of raw records and acknowledge
 //! them only after the batch's cache writes succeeded.
 
+mod acker;
 pub mod change;
+mod confirmations;
 pub mod dead_letter;
 pub mod forward;
 pub mod health;
@@ -20,6 +22,7 @@ use serde::Deserialize;
 
 use crate::redis_conn::RedisTarget;
 
+pub use acker::{Acker, CaptureAcker};
 pub use change::{CapturedChange, Origin};
 pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
 #[cfg(feature = "kafka")]
@@ -29,6 +32,12 @@ pub use postgres::{PostgresCapture, PostgresCaptureConfig};
 pub use record::{RecordBody, SourceRecord};
 pub use redis_stream::{RedisStreamConfig, RedisStreamSource, StreamAcker};
 pub use snapshot_mode::SnapshotMode;
+
+/// Reads of a capture gathered into one batch at most, once a backlog builds
+/// up (as a Redis Streams source's `max_batch_entries` is ten reads).
+const CAPTURE_READS_PER_BATCH: usize = 10;
+/// Bytes of a capture's records gathered into one batch at most.
+const CAPTURE_MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// `[sources.<name>]` in the runtime file; the kind is chosen by `type`.
 #[derive(Debug, Clone, Deserialize)]
@@ -123,24 +132,41 @@ impl Source {
         }
     }
 
+    /// A read ahead, while a batch is gathered: like [`Self::next_batch`], but
+    /// waits only briefly for new records, so what was gathered is not held
+    /// back by a quiet source.
+    pub async fn read_more(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+        match self {
+            Source::RedisStream(s) => s.read_more().await,
+            Source::Postgres(s) => s.read_more().await,
+            _ => self.next_batch().await,
+        }
+    }
+
     /// How far to read ahead, into the next batch, while the current one is
     /// applied; `None` for no read-ahead. Redis Streams track every entry on
-    /// its own, while the capture confirms one position and so must not read
-    /// past a batch that is not written.
+    /// its own; the Postgres capture confirms each batch's position once it
+    /// and every batch before it are settled.
     pub fn read_ahead(&self) -> Option<ReadAhead> {
         match self {
             Source::RedisStream(s) => {
                 Some(ReadAhead { batch: s.max_batch_entries(), bytes: s.max_batch_bytes(), full_read: s.read_size() })
             }
+            Source::Postgres(s) => Some(ReadAhead {
+                batch: s.batch_size() * CAPTURE_READS_PER_BATCH,
+                bytes: CAPTURE_MAX_BATCH_BYTES,
+                full_read: s.batch_size(),
+            }),
             _ => None,
         }
     }
 
     /// A handle that settles batches from another task while this source
     /// reads on; `None` when batches must be settled on the source itself.
-    pub fn acker(&self) -> Option<StreamAcker> {
+    pub fn acker(&self) -> Option<Acker> {
         match self {
-            Source::RedisStream(s) => Some(s.acker().clone()),
+            Source::RedisStream(s) => Some(Acker::Stream(s.acker().clone())),
+            Source::Postgres(s) => Some(Acker::Capture(s.acker())),
             _ => None,
         }
     }
@@ -161,7 +187,7 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.ack(records).await,
             Source::Postgres(s) => {
-                s.confirm();
+                s.settled(records.len());
                 Ok(())
             }
             Source::MySql(s) => s.confirm().await,

@@ -19,6 +19,9 @@ pub use acker::StreamAcker;
 pub use config::RedisStreamConfig;
 use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
 
+/// How long a read ahead blocks at most: entries gathered meanwhile wait for it.
+const READ_MORE_BLOCK: Duration = Duration::from_millis(5);
+
 /// A running Redis Streams consumer.
 pub struct RedisStreamSource {
     name: String,
@@ -152,7 +155,17 @@ impl RedisStreamSource {
     /// then entries claimed from dead consumers, then new ones, blocking up to
     /// `block`. An empty batch means nothing arrived.
     pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
-        let records = match self.next_records().await {
+        self.next_batch_blocking(self.config.block).await
+    }
+
+    /// A read ahead while a batch is gathered: blocks at most [`READ_MORE_BLOCK`]
+    /// for new entries, so what was gathered is not held back by a quiet stream.
+    pub async fn read_more(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+        self.next_batch_blocking(self.config.block.min(READ_MORE_BLOCK)).await
+    }
+
+    async fn next_batch_blocking(&mut self, block: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        let records = match self.next_records(block).await {
             Ok(records) => records,
             Err(ReadError::GroupMissing) => {
                 self.recreate_groups().await?;
@@ -195,10 +208,10 @@ impl RedisStreamSource {
         self.config.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect()
     }
 
-    async fn next_records(&mut self) -> Result<Vec<SourceRecord>, ReadError> {
+    async fn next_records(&mut self, block: Duration) -> Result<Vec<SourceRecord>, ReadError> {
         while let Some(mut cursor) = self.pending_cursor.take() {
             let ids: Vec<&str> = self.config.streams.iter().map(|s| cursor[s].as_str()).collect();
-            let mut records = self.read(&ids, false).await?;
+            let mut records = self.read(&ids, None).await?;
             if records.is_empty() {
                 tracing::debug!(source = %self.name, "own pending entries drained");
                 break;
@@ -227,14 +240,15 @@ impl RedisStreamSource {
             self.trim().await;
         }
         let new = vec![">"; self.config.streams.len()];
-        self.read(&new, true).await
+        self.read(&new, Some(block)).await
     }
 
-    async fn read(&mut self, ids: &[&str], block: bool) -> Result<Vec<SourceRecord>, ReadError> {
+    async fn read(&mut self, ids: &[&str], block: Option<Duration>) -> Result<Vec<SourceRecord>, ReadError> {
         let mut command = cmd("XREADGROUP");
         command.arg("GROUP").arg(&self.config.group).arg(&self.consumer).arg("COUNT").arg(self.config.batch_size);
-        if block {
-            command.arg("BLOCK").arg(self.config.block.as_millis() as u64);
+        if let Some(block) = block {
+            // BLOCK 0 would wait forever.
+            command.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
         command.arg("STREAMS").arg(&self.config.streams).arg(ids);
         let reply: Result<Value, _> = command.query_async(&mut self.reader).await;

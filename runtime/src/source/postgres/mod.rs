@@ -4,6 +4,7 @@
 //! the commit of the last transaction whose cache writes all succeeded. The
 //! replication and snapshot connections are opened again when lost.
 
+mod config;
 mod pgoutput;
 mod session;
 mod setup;
@@ -12,19 +13,19 @@ mod values;
 mod visibility;
 
 use crate::redis_conn::RedisConn;
-use crate::secret::SecretUrl;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationConfig, ReplicationEvent};
-use serde::Deserialize;
 use serde_json::Value;
 
+use super::acker::CaptureAcker;
+use super::confirmations::Confirmations;
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{CapturedChange, Origin, RecordBody, SourceError, SourceRecord};
 use crate::contract::{ChangeEvent, Op};
 use crate::event::position;
 use crate::source::SnapshotMode;
+pub use config::PostgresCaptureConfig;
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
 pub(crate) use snapshot::DESCRIBE_COLUMNS;
@@ -38,70 +39,6 @@ const RELEASE_AFTER: Duration = Duration::from_secs(5);
 
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
-/// `[sources.<name>]` with `type = "postgres"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresCaptureConfig {
-    /// Postgres URL of a role with REPLICATION and SELECT on the tables, e.g.
-    /// "postgres://evercache_capture@127.0.0.1:5432/shop". Needs `wal_level = logical`.
-    pub url: SecretUrl,
-    /// A file holding the password, which replaces the URL's (e.g. a mounted secret).
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Tables to capture, as "schema.table", e.g. ["public.product"].
-    pub tables: Vec<String>,
-    /// Publication, created for `tables` when missing (default "evercache").
-    #[serde(default = "default_name")]
-    pub publication: String,
-    /// Logical replication slot, created when missing (default "evercache").
-    #[serde(default = "default_name")]
-    pub slot: String,
-    /// "initial" (default): on first start, emit every existing row as a snapshot
-    /// read so the cache is warm; "never": only changes made after the slot exists.
-    #[serde(default)]
-    pub snapshot: SnapshotMode,
-    /// Debezium's `topic.prefix`: the events' `source.name` and the stream names
-    /// `<prefix>.<schema>.<table>` (default: the database name).
-    #[serde(default)]
-    pub topic_prefix: Option<String>,
-    /// Most changes per batch (default 500).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    /// How long a batch waits for more changes once it has one (default "5ms").
-    #[serde(default = "default_batch_delay", with = "humantime_serde")]
-    pub max_batch_delay: Duration,
-    /// Redis URL for dead letters, e.g. "redis://127.0.0.1:6379".
-    pub dead_letter_url: SecretUrl,
-    /// Dead-letter stream; `{stream}` is the record's `<prefix>.<schema>.<table>`
-    /// (default "{stream}:dlq").
-    #[serde(default = "default_dead_letter_stream")]
-    pub dead_letter_stream: String,
-}
-
-impl PostgresCaptureConfig {
-    /// The stream names its records carry, `<prefix>.<schema>.<table>`, one per table.
-    pub fn stream_names(&self) -> Result<Vec<String>, String> {
-        let prefix = match &self.topic_prefix {
-            Some(prefix) => prefix.clone(),
-            None => setup::Target::parse(self.url.expose())?.database,
-        };
-        Ok(self.tables.iter().map(|t| format!("{prefix}.{t}")).collect())
-    }
-}
-
-fn default_name() -> String {
-    "evercache".to_owned()
-}
-fn default_batch_size() -> usize {
-    500
-}
-fn default_batch_delay() -> Duration {
-    Duration::from_millis(5)
-}
-fn default_dead_letter_stream() -> String {
-    "{stream}:dlq".to_owned()
-}
 
 /// The transaction whose changes are streaming.
 #[derive(Debug, Clone, Copy)]
@@ -119,8 +56,10 @@ pub struct PostgresCapture {
     session: Session,
     decoder: Decoder,
     transaction: Option<Transaction>,
-    /// End of the last commit handed out; confirmed once its batch is acked.
+    /// End of the last commit read into the batch being built.
     unconfirmed: Option<u64>,
+    /// Positions of the batches handed out, confirmed as they are settled.
+    confirmations: Confirmations,
     /// Committed transactions in the batch being built.
     batch_xids: Vec<u32>,
     visibility: VisibilityGate,
@@ -202,6 +141,7 @@ impl PostgresCaptureConfig {
             decoder: Decoder::default(),
             transaction: None,
             unconfirmed: None,
+            confirmations: Confirmations::default(),
             batch_xids: Vec::new(),
             visibility,
             batch_size: self.batch_size.max(1),
@@ -220,14 +160,38 @@ impl PostgresCapture {
         &self.name
     }
 
-    /// Reads the next batch of changes as Debezium-compatible records. A batch may
-    /// end inside a large transaction; the slot is then confirmed only up to the
-    /// previous commit, and the rest of the transaction follows in later batches.
+    /// Reads the next batch of changes as Debezium-compatible records, waiting
+    /// up to a second for the first. A batch may end inside a large
+    /// transaction; the slot is then confirmed only up to the previous commit,
+    /// and the rest of the transaction follows in later batches.
     pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+        self.next_batch_within(Duration::from_secs(1)).await
+    }
+
+    /// Like [`Self::next_batch`], waiting at most `max_batch_delay` for the
+    /// first change: a read ahead while a batch is gathered, which must not
+    /// hold back what was gathered when the database is quiet.
+    pub async fn read_more(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+        self.next_batch_within(self.max_batch_delay).await
+    }
+
+    /// A handle that settles handed-out batches from another task, making
+    /// their positions confirmable in read order.
+    pub fn acker(&self) -> CaptureAcker {
+        CaptureAcker::new(&self.name, self.dead_letters.clone(), self.confirmations.clone())
+    }
+
+    /// Most changes per read.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    async fn next_batch_within(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         if let Some(records) = self.snapshot_batch().await? {
+            self.confirmations.handed_out(records.len(), None);
             return Ok(records);
         }
-        let records = self.stream_batch().await?;
+        let records = self.stream_batch(first_wait).await?;
         // A batch that cannot be checked cannot go on: the connection is let go
         // (a server shutting down waits for it) and the stream sends it again.
         if let Err(e) = self.visibility.wait(&self.batch_xids).await {
@@ -236,16 +200,20 @@ impl PostgresCapture {
             return Err(e);
         }
         self.batch_xids.clear();
+        self.confirmations.handed_out(records.len(), self.unconfirmed.take());
         Ok(records)
     }
 
-    async fn stream_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+    async fn stream_batch(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         let mut records = Vec::new();
         let mut deadline: Option<Instant> = None;
+        let started = Instant::now();
         loop {
+            // What the acker settled meanwhile reaches the server with the next status update.
+            self.session.confirm(self.confirmations.confirmable());
             let wait = match deadline {
                 Some(at) => at.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(1),
+                None => (started + first_wait).saturating_duration_since(Instant::now()),
             };
             let event = match self.session.recv(wait, &self.visibility).await {
                 Ok(Some(event)) => event,
@@ -282,8 +250,8 @@ impl PostgresCapture {
                     self.transaction = None;
                     self.unconfirmed = Some(end_lsn.as_u64());
                     if records.is_empty() {
-                        // A transaction with nothing for us: nothing to wait for.
-                        self.confirm();
+                        // A transaction with nothing for us: confirmable with the batches before it.
+                        self.confirmations.handed_out(0, self.unconfirmed.take());
                     } else if records.len() >= self.batch_size {
                         return Ok(records);
                     } else {
@@ -295,7 +263,7 @@ impl PostgresCapture {
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     // Idle and everything handed out is confirmed: let the slot move
                     // on so it does not hold WAL for other databases' traffic.
-                    if records.is_empty() && self.transaction.is_none() && self.unconfirmed.is_none() {
+                    if records.is_empty() && self.transaction.is_none() && self.confirmations.all_settled() {
                         self.session.confirm(wal_end.as_u64());
                     }
                 }
@@ -354,12 +322,17 @@ impl PostgresCapture {
     }
 
     /// The next page of the initial snapshot, or `None` once it is done. The
-    /// marker is set only after the last page's batch was acked (the runner acks
-    /// a batch before asking for the next), so a crash repeats the snapshot.
+    /// marker is set only after every page's batch was settled, so a crash
+    /// repeats the snapshot.
     async fn snapshot_batch(&mut self) -> Result<Option<Vec<SourceRecord>>, SourceError> {
         let Some(snapshot) = &mut self.snapshot else { return Ok(None) };
         let lsn = snapshot.lsn();
         let page = snapshot.next_page(self.batch_size).await?;
+        if page.is_empty() && !self.confirmations.all_settled() {
+            // Pages read ahead are not written yet: the snapshot is not done until they are.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Ok(Some(Vec::new()));
+        }
         if !page.is_empty() {
             let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::clock::now_ms() as i64 };
             return Ok(Some(page.into_iter().map(|change| self.record_in(change, tx, lsn)).collect()));
@@ -375,12 +348,11 @@ impl PostgresCapture {
         Ok(None)
     }
 
-    /// Confirms everything up to the last commit handed out: call only after
-    /// the batches holding it were written.
-    pub fn confirm(&mut self) {
-        if let Some(lsn) = self.unconfirmed.take() {
-            self.session.confirm(lsn);
-        }
+    /// Settles the next `records` handed out, in read order: call only after
+    /// their cache writes succeeded.
+    pub fn settled(&mut self, records: usize) {
+        self.confirmations.settled(records);
+        self.session.confirm(self.confirmations.confirmable());
     }
 
     /// Appends dead letters to Redis.
@@ -390,6 +362,7 @@ impl PostgresCapture {
 
     /// Stops streaming, sending the last confirmed position.
     pub async fn shutdown(&mut self) {
+        self.session.confirm(self.confirmations.confirmable());
         self.session.shutdown().await;
     }
 

@@ -134,7 +134,10 @@ impl Session {
 
     /// Confirms everything up to `lsn` (its changes were written).
     pub(super) fn confirm(&mut self, lsn: u64) {
-        self.confirmed = self.confirmed.max(lsn);
+        if lsn <= self.confirmed {
+            return;
+        }
+        self.confirmed = lsn;
         if let Some(client) = &self.client {
             client.update_applied_lsn(Lsn::from_u64(lsn));
         }

@@ -1,0 +1,104 @@
+//! The built-in capture reads ahead while a batch is applied and confirms a
+//! position only once every batch up to it is written: with the cache down,
+//! the slot stays behind every change not written, so a runtime killed then
+//! loses nothing once it and the cache are back.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::harness::*;
+
+async fn update(pg: &PgPool, schema: &str, ids: std::ops::RangeInclusive<i64>) {
+    sqlx::query(&format!(
+        "update {schema}.item set version = version + 1, name = 'n' || (version + 1) where id between $1 and $2"
+    ))
+    .bind(ids.start())
+    .bind(ids.end())
+    .execute(pg)
+    .await
+    .unwrap();
+}
+
+async fn slot_behind(pg: &PgPool, slot: &str, lsn: &str) -> (bool, String) {
+    sqlx::query_as(
+        "select confirmed_flush_lsn <= $2::pg_lsn, confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
+    )
+    .bind(slot)
+    .bind(lsn)
+    .fetch_one(pg)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_reading_ahead_never_confirms_past_an_unwritten_change() {
+    let name = format!("fault_readahead_{}", std::process::id());
+    let rows = 400;
+    let dir = scratch(&name);
+    let cluster = PgCluster::start(&dir);
+    let pg_url = cluster.url();
+    let pg = PgPool::connect(&pg_url).await.unwrap();
+    create_items(&pg, &name, rows).await;
+    let mut cache = RedisServer::start(&dir);
+    let runtime = RuntimeToml::new()
+        .database("db", &pg_url)
+        .cache("main", &cache.url())
+        .postgres_capture("capture", &pg_url, &[format!("{name}.item")], &name, SHARED_REDIS)
+        // Small reads, so the commits below span many batches read ahead.
+        .line(&format!("snapshot = \"never\"\ntopic_prefix = \"{name}\"\nbatch_size = 20"));
+    let pipeline = testkit_pipeline("capture", &name, &format!("{name}:item"), "", "");
+    let config = write_config(&dir, runtime, &[("items", pipeline)]);
+    let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
+    let redis = connect(&cache.url()).await;
+    // The slot exists once the runtime streams: changes until then are not captured.
+    wait_until("the capture's slot", Duration::from_secs(60), || {
+        let pg = pg.clone();
+        let slot = name.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "select exists (select 1 from pg_replication_slots where slot_name = $1 and active)",
+            )
+            .bind(&slot)
+            .fetch_one(&pg)
+            .await
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    update(&pg, &name, 1..=rows).await;
+    wait_until("the first changes are cached", Duration::from_secs(60), || {
+        let (pg, mut redis, name) = (pg.clone(), redis.clone(), name.clone());
+        async move { mismatches(&pg, &mut redis, &name, &format!("{name}:item")).await.is_empty() }
+    })
+    .await;
+
+    cache.kill();
+    let written: String = sqlx::query_scalar("select pg_current_wal_lsn()::text").fetch_one(&pg).await.unwrap();
+    for first in (1..=rows).step_by(10) {
+        update(&pg, &name, first..=first + 9).await;
+    }
+    // Long enough to read ahead to the limit and hear several keepalives.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (behind, confirmed) = slot_behind(&pg, &name, &written).await;
+    assert!(behind, "the slot was confirmed to {confirmed}, past {written}, with nothing written since");
+
+    process.kill();
+    cache.restart();
+    process.restart();
+    let redis = connect(&cache.url()).await;
+    let started = Instant::now();
+    wait_until("every change is cached after the restart", Duration::from_secs(120), || {
+        let (pg, mut redis, name) = (pg.clone(), redis.clone(), name.clone());
+        async move { mismatches(&pg, &mut redis, &name, &format!("{name}:item")).await.is_empty() }
+    })
+    .await;
+    println!(
+        "capture read-ahead: {} commits made while the cache was down; the slot stayed at {confirmed} (≤ {written}); \
+         killed, cache and runtime restarted: every row cached {:.1?} later",
+        rows / 10,
+        started.elapsed()
+    );
+    process.stop();
+    drop(redis);
+}
