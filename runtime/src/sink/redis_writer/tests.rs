@@ -29,6 +29,18 @@ fn prefix(test: &str) -> String {
     format!("t{}:sink:{test}", std::process::id())
 }
 
+/// Removes a test's keys and their metadata, so thousands of them do not slow
+/// every later `KEYS` on the shared Redis.
+async fn clear(cache: &RedisCache, prefix: &str) {
+    let mut c = cache.connection();
+    for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap();
+        for chunk in keys.chunks(1000) {
+            redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut c).await.unwrap();
+        }
+    }
+}
+
 fn version(position: &str) -> KeyVersion {
     KeyVersion { position: position.into(), kind: VersionKind::Change, committed_at_ms: 11, read_at_ms: 22 }
 }
@@ -220,6 +232,7 @@ async fn a_thousand_keys_in_one_call_and_script_reload() {
     let big = Entry::Hash((0..10_000).map(|i| (format!("f{i}"), i.to_string())).collect());
     w.write("p@1", &[put(&format!("{p}:big"), big, "pg:1")]).await.unwrap();
     assert_eq!(c.hlen::<_, usize>(format!("{p}:big")).await.unwrap(), 10_000);
+    clear(&cache, &p).await;
 }
 
 #[tokio::test]
@@ -255,4 +268,5 @@ async fn a_fan_out_batch_goes_in_several_round_trips_and_a_retry_counts_written_
     let last: String = c.get(format!("{p}:{}", count - 1)).await.unwrap();
     assert_eq!(last, (count - 1).to_string());
     assert_eq!(w.write("p@1", &writes).await.unwrap(), WriteReport { applied: 0, deleted: 0, stale: count });
+    clear(&cache, &p).await;
 }
