@@ -26,6 +26,8 @@ cargo run --quiet -p evercache-bench -- plugin-cost --tiny
 cargo run --quiet -p evercache-bench -- read-path --tiny
 cargo run --quiet -p evercache-bench -- kafka-source --tiny
 cargo run --quiet -p evercache-bench -- stream-floor --tiny
+cargo build --quiet -p evercache   # the backlog bench runs the evercache binary as its own process
+cargo run --quiet -p evercache-bench -- backlog --tiny
 
 echo "== cargo test"
 cargo test --workspace

@@ -145,6 +145,8 @@ pub async fn run(options: Options) -> Result<()> {
     db.cleanup(NAME).await;
     let mut conn = redis.get_multiplexed_async_connection().await?;
     redis::cmd("DEL").arg(format!("{NAME}:binlog")).query_async::<()>(&mut conn).await?;
+    // A burst leaves a key per row, which would slow every KEYS scan after it.
+    crate::keys::delete_prefix(&mut conn, NAME).await?;
 
     println!("{} → testkit plugin → Redis, {} commits at {offered:.0}/s offered", db.label(), latencies.len());
     println!("| measure | value |");

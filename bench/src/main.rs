@@ -7,9 +7,11 @@
 //! fast a Redis stream backlog can be read and decoded at all;
 //! `-- capture` measures the built-in capture's commit→cache latency and burst
 //! drain rate; `-- plugin-cost` what compiling, instantiating and calling a
-//! plugin costs; `-- read-path` the read path against Redis and the database.
+//! plugin costs; `-- read-path` the read path against Redis and the database;
+//! `-- backlog` the `evercache` binary's peak memory while draining backlogs.
 //! `--tiny` keeps a workload's harness working in CI.
 
+mod backlog;
 mod capture;
 mod capture_db;
 mod compare;
@@ -31,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Workload {
+    /// The `evercache` binary draining stream backlogs of several sizes: rate and peak resident memory.
+    Backlog(backlog::Options),
     /// Built-in capture (Postgres or MariaDB): commit→cache latency and burst drain rate.
     Capture(capture::Options),
     /// evercache vs the naive worker vs native logic: distinct keys, hot keys, fan-out, steady-rate delay.
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match Cli::parse().workload {
+        Workload::Backlog(options) => backlog::run(options).await,
         Workload::Capture(options) => capture::run(options).await,
         Workload::Compare(options) => compare::run(options).await,
         Workload::KafkaSource(options) => kafka_source::run(options).await,
