@@ -95,12 +95,13 @@ pub async fn run(mut options: Options) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} MB | {:.1} s | {:.0} | {} MB | {} MB |",
+            "| {} | {} MB | {:.1} s | {:.0} | {} | {} MB |",
             r.entries,
             r.backlog_bytes >> 20,
             r.elapsed.as_secs_f64(),
             f64::from(r.entries) / r.elapsed.as_secs_f64(),
-            r.early_rss_kb / 1024,
+            // A backlog drained between two samples has no 10 % figure.
+            if r.early_rss_kb == 0 { "–".to_owned() } else { format!("{} MB", r.early_rss_kb / 1024) },
             r.peak_rss_kb / 1024
         );
     }
