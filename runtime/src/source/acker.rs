@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::confirmations::Confirmations;
+use super::confirmations::Settle;
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord, StreamAcker};
 
@@ -48,16 +48,16 @@ impl Acker {
 }
 
 /// A capture's acker: dead letters go to Redis, and the capture confirms what
-/// [`Confirmations`] says is settled.
+/// its [`super::confirmations::Confirmations`] say is settled.
 #[derive(Clone)]
 pub struct CaptureAcker {
     name: Arc<str>,
     dead_letters: DeadLetterWriter,
-    confirmations: Confirmations,
+    confirmations: Arc<dyn Settle>,
 }
 
 impl CaptureAcker {
-    pub(super) fn new(name: &str, dead_letters: DeadLetterWriter, confirmations: Confirmations) -> Self {
+    pub(super) fn new(name: &str, dead_letters: DeadLetterWriter, confirmations: Arc<dyn Settle>) -> Self {
         Self { name: Arc::from(name), dead_letters, confirmations }
     }
 }

@@ -2,37 +2,61 @@
 //! hands out several batches before the first is settled: a batch's position
 //! becomes confirmable only once it and every batch before it are settled.
 //! Batches settle in read order, so counting settled records tells which.
+//! Positions are handed out in log order, so the last one settled is the newest.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Shared by a capture, which hands batches out, and its acker, which settles
-/// them; cheap to clone.
-#[derive(Clone, Default)]
-pub struct Confirmations(Arc<Mutex<State>>);
+/// them; cheap to clone. `P` is the log's position (an LSN, a binlog position).
+pub struct Confirmations<P>(Arc<Mutex<State<P>>>);
 
-#[derive(Default)]
-struct State {
+impl<P> Clone for Confirmations<P> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<P> Default for Confirmations<P> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(State { handed_out: 0, settled: 0, waiting: VecDeque::new(), confirmable: None })))
+    }
+}
+
+struct State<P> {
     handed_out: u64,
     settled: u64,
     /// Per batch handed out and not settled: the count of records handed out
     /// by its end, and the position it makes confirmable.
-    waiting: VecDeque<(u64, Option<u64>)>,
+    waiting: VecDeque<(u64, Option<P>)>,
     /// The newest position with every batch before it settled.
-    confirmable: u64,
+    confirmable: Option<P>,
 }
 
-impl Confirmations {
+/// What an acker needs of a capture's [`Confirmations`], whatever its positions.
+pub trait Settle: Send + Sync {
+    /// The next `records` handed out were settled, in read order.
+    fn settled(&self, records: usize);
+}
+
+impl<P: Clone + Send> Settle for Confirmations<P> {
+    fn settled(&self, records: usize) {
+        Confirmations::settled(self, records);
+    }
+}
+
+impl<P: Clone> Confirmations<P> {
     /// A batch of `records` was handed out; `position` (the end of its last
     /// commit) may be confirmed once it is settled. A batch of none is never
     /// settled: its position goes with the batch before it, or is confirmable
     /// now when there is none.
-    pub fn handed_out(&self, records: usize, position: Option<u64>) {
+    pub fn handed_out(&self, records: usize, position: Option<P>) {
         let mut state = self.state();
         if records == 0 {
+            let Some(position) = position else { return };
             match state.waiting.back_mut() {
-                Some((_, last)) => *last = (*last).max(position),
-                None => state.confirmable = state.confirmable.max(position.unwrap_or(0)),
+                Some((_, last)) => *last = Some(position),
+                None => state.confirmable = Some(position),
             }
             return;
         }
@@ -45,17 +69,18 @@ impl Confirmations {
     pub fn settled(&self, records: usize) {
         let mut state = self.state();
         state.settled += records as u64;
-        while let Some(&(end, position)) = state.waiting.front()
-            && end <= state.settled
+        while let Some((end, _)) = state.waiting.front()
+            && *end <= state.settled
         {
-            state.waiting.pop_front();
-            state.confirmable = state.confirmable.max(position.unwrap_or(0));
+            if let Some((_, Some(position))) = state.waiting.pop_front() {
+                state.confirmable = Some(position);
+            }
         }
     }
 
-    /// The newest position with every batch before it settled (0 for none).
-    pub fn confirmable(&self) -> u64 {
-        self.state().confirmable
+    /// The newest position with every batch before it settled.
+    pub fn confirmable(&self) -> Option<P> {
+        self.state().confirmable.clone()
     }
 
     /// Whether every record handed out is settled.
@@ -63,7 +88,7 @@ impl Confirmations {
         self.state().waiting.is_empty()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State<P>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -74,42 +99,42 @@ mod tests {
 
     #[test]
     fn a_position_waits_for_its_batch_and_every_batch_before_it() {
-        let confirmations = Confirmations::default();
+        let confirmations = Confirmations::<u64>::default();
         confirmations.handed_out(3, Some(100));
         confirmations.handed_out(2, None);
         confirmations.handed_out(4, Some(300));
-        assert_eq!(confirmations.confirmable(), 0);
+        assert_eq!(confirmations.confirmable(), None);
         confirmations.settled(3);
-        assert_eq!(confirmations.confirmable(), 100);
+        assert_eq!(confirmations.confirmable(), Some(100));
         confirmations.settled(2);
-        assert_eq!(confirmations.confirmable(), 100, "a batch ending inside a transaction confirms nothing new");
+        assert_eq!(confirmations.confirmable(), Some(100), "a batch ending inside a transaction confirms nothing new");
         assert!(!confirmations.all_settled());
         confirmations.settled(4);
-        assert_eq!(confirmations.confirmable(), 300);
+        assert_eq!(confirmations.confirmable(), Some(300));
         assert!(confirmations.all_settled());
     }
 
     #[test]
     fn batches_settled_together_confirm_the_last_position() {
-        let confirmations = Confirmations::default();
+        let confirmations = Confirmations::<u64>::default();
         confirmations.handed_out(3, Some(100));
         confirmations.handed_out(2, Some(200));
         confirmations.handed_out(1, Some(250));
         confirmations.settled(5);
-        assert_eq!(confirmations.confirmable(), 200);
+        assert_eq!(confirmations.confirmable(), Some(200));
         confirmations.settled(1);
-        assert_eq!(confirmations.confirmable(), 250);
+        assert_eq!(confirmations.confirmable(), Some(250));
     }
 
     #[test]
     fn a_commit_with_nothing_for_us_goes_with_the_batch_before_it() {
-        let confirmations = Confirmations::default();
+        let confirmations = Confirmations::<u64>::default();
         confirmations.handed_out(0, Some(50));
-        assert_eq!(confirmations.confirmable(), 50, "nothing is waiting: confirmable now");
+        assert_eq!(confirmations.confirmable(), Some(50), "nothing is waiting: confirmable now");
         confirmations.handed_out(2, Some(100));
         confirmations.handed_out(0, Some(120));
-        assert_eq!(confirmations.confirmable(), 50);
+        assert_eq!(confirmations.confirmable(), Some(50));
         confirmations.settled(2);
-        assert_eq!(confirmations.confirmable(), 120);
+        assert_eq!(confirmations.confirmable(), Some(120));
     }
 }

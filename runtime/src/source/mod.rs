@@ -39,6 +39,11 @@ const CAPTURE_READS_PER_BATCH: usize = 10;
 /// Bytes of a capture's records gathered into one batch at most.
 const CAPTURE_MAX_BATCH_BYTES: usize = 32 << 20;
 
+/// A capture's read-ahead limits: ten reads of `batch_size` at most.
+fn capture_read_ahead(batch_size: usize) -> ReadAhead {
+    ReadAhead { batch: batch_size * CAPTURE_READS_PER_BATCH, bytes: CAPTURE_MAX_BATCH_BYTES, full_read: batch_size }
+}
+
 /// `[sources.<name>]` in the runtime file; the kind is chosen by `type`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
@@ -139,25 +144,25 @@ impl Source {
         match self {
             Source::RedisStream(s) => s.read_more().await,
             Source::Postgres(s) => s.read_more().await,
-            _ => self.next_batch().await,
+            Source::MySql(s) => s.read_more().await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.next_batch().await,
         }
     }
 
     /// How far to read ahead, into the next batch, while the current one is
     /// applied; `None` for no read-ahead. Redis Streams track every entry on
-    /// its own; the Postgres capture confirms each batch's position once it
-    /// and every batch before it are settled.
+    /// its own; a built-in capture confirms each read's position once it and
+    /// every read before it are settled.
     pub fn read_ahead(&self) -> Option<ReadAhead> {
         match self {
             Source::RedisStream(s) => {
                 Some(ReadAhead { batch: s.max_batch_entries(), bytes: s.max_batch_bytes(), full_read: s.read_size() })
             }
-            Source::Postgres(s) => Some(ReadAhead {
-                batch: s.batch_size() * CAPTURE_READS_PER_BATCH,
-                bytes: CAPTURE_MAX_BATCH_BYTES,
-                full_read: s.batch_size(),
-            }),
-            _ => None,
+            Source::Postgres(s) => Some(capture_read_ahead(s.batch_size())),
+            Source::MySql(s) => Some(capture_read_ahead(s.batch_size())),
+            #[cfg(feature = "kafka")]
+            Source::Kafka(_) => None,
         }
     }
 
@@ -167,7 +172,9 @@ impl Source {
         match self {
             Source::RedisStream(s) => Some(Acker::Stream(s.acker().clone())),
             Source::Postgres(s) => Some(Acker::Capture(s.acker())),
-            _ => None,
+            Source::MySql(s) => Some(Acker::Capture(s.acker())),
+            #[cfg(feature = "kafka")]
+            Source::Kafka(_) => None,
         }
     }
 
@@ -190,7 +197,7 @@ impl Source {
                 s.settled(records.len());
                 Ok(())
             }
-            Source::MySql(s) => s.confirm().await,
+            Source::MySql(s) => s.settled(records.len()).await,
             #[cfg(feature = "kafka")]
             Source::Kafka(s) => s.ack(records).await,
         }

@@ -64,10 +64,13 @@ pub struct MySqlCaptureConfig {
     /// How often an idle server sends a heartbeat, so a dead connection is noticed (default "1s").
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat: Duration,
-    /// Most changes per batch (default 500).
+    /// Most changes per read (default 500). While a batch is applied the
+    /// capture reads on, and up to ten reads join the next batch, so a backlog
+    /// is applied in bigger batches.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// How long a batch waits for more changes once it has one (default "5ms").
+    /// How long a read waits for more changes once it has one, and how long a
+    /// read ahead waits for a first one (default "5ms").
     #[serde(default = "default_batch_delay", with = "humantime_serde")]
     pub max_batch_delay: Duration,
     /// Redis URL for dead letters and the resume position, e.g. "redis://127.0.0.1:6379".
@@ -199,6 +202,7 @@ impl MySqlCaptureConfig {
             store,
             transaction: None,
             unconfirmed: None,
+            confirmations: Default::default(),
             confirmed: position.clone(),
             stored: position,
             stored_at: Instant::now(),

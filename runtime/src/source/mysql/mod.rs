@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use mysql_async::binlog::events::EventData;
 
+use super::acker::CaptureAcker;
+use super::confirmations::Confirmations;
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord};
 use change::{mariadb_gtid, truncated_table};
@@ -67,8 +69,10 @@ pub struct MySqlCapture {
     session: BinlogSession,
     store: PositionStore,
     transaction: Option<Transaction>,
-    /// The end of the last commit handed out; stored once its batch is acked.
+    /// The end of the last commit read into the batch being built.
     unconfirmed: Option<BinlogPosition>,
+    /// Positions of the batches handed out, confirmed as they are settled.
+    confirmations: Confirmations<BinlogPosition>,
     /// The newest position whose changes were all written.
     confirmed: BinlogPosition,
     stored: BinlogPosition,
@@ -101,14 +105,38 @@ impl MySqlCapture {
     }
 
     /// Reads the next batch of changes as Debezium-compatible records: snapshot
-    /// pages first (when one runs), then the binlog. A batch may end inside a
-    /// large transaction; the position is then stored only up to the previous
-    /// commit, and the rest of the transaction follows in later batches.
+    /// pages first (when one runs), then the binlog, waiting up to a second for
+    /// a first change. A batch may end inside a large transaction; the
+    /// position is then stored only up to the previous commit, and the rest of
+    /// the transaction follows in later batches.
     pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+        self.next_batch_within(Duration::from_secs(1)).await
+    }
+
+    /// Like [`Self::next_batch`], waiting at most `max_batch_delay` for a first
+    /// change: a read ahead while a batch is gathered, which must not hold back
+    /// what was gathered when the database is quiet.
+    pub async fn read_more(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
+        self.next_batch_within(self.max_batch_delay).await
+    }
+
+    /// A handle that settles handed-out batches from another task, making
+    /// their positions confirmable in read order.
+    pub fn acker(&self) -> CaptureAcker {
+        CaptureAcker::new(&self.name, self.dead_letters.clone(), Arc::new(self.confirmations.clone()))
+    }
+
+    /// Most changes per read.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    async fn next_batch_within(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         if let Some(records) = self.snapshot_batch().await? {
+            self.confirmations.handed_out(records.len(), None);
             return Ok(records);
         }
-        let (records, gate_at) = self.stream_batch().await?;
+        let (records, gate_at) = self.stream_batch(first_wait).await?;
         // A change read from the binlog may not be visible to a new transaction
         // yet (the engine commits after the binlog is written): wait until it is,
         // so a recompute never reads the value from before it.
@@ -119,10 +147,14 @@ impl MySqlCapture {
             self.session.release("the visibility check failed");
             return Err(e);
         }
+        self.confirmations.handed_out(records.len(), self.unconfirmed.take());
         Ok(records)
     }
 
-    async fn stream_batch(&mut self) -> Result<(Vec<SourceRecord>, Option<BinlogPosition>), SourceError> {
+    async fn stream_batch(
+        &mut self,
+        first_wait: Duration,
+    ) -> Result<(Vec<SourceRecord>, Option<BinlogPosition>), SourceError> {
         let mut records = Vec::new();
         // The end of the last event that gave this batch a record: once a
         // consistent snapshot reaches it, every transaction in the batch is visible
@@ -133,8 +165,11 @@ impl MySqlCapture {
         // stream; an empty batch still ends after a second, and a batch takes
         // what is already buffered past its deadline for at most another one.
         let started = Instant::now();
-        let idle_until = started + Duration::from_secs(1);
+        let idle_until = started + first_wait;
         loop {
+            // What the acker settled meanwhile: the session, the catalogue and the stored position follow it.
+            self.take_confirmable();
+            self.store_due(STORE_EVERY).await;
             let until = deadline.unwrap_or(idle_until);
             if Instant::now() >= until + Duration::from_secs(1) {
                 break;
@@ -217,10 +252,9 @@ impl MySqlCapture {
                 let position = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid };
                 self.last_commit_ms = u64::from(header.timestamp()) * 1000;
                 if records.is_empty() {
-                    // A transaction with nothing for us: nothing to wait for.
-                    self.catalogue.confirm(position.ordinal());
-                    self.confirmed = position.clone();
-                    self.session.confirm(&position);
+                    // A transaction with nothing for us: confirmable with the batches before it.
+                    self.confirmations.handed_out(0, Some(position));
+                    self.take_confirmable();
                     self.store_due(IDLE_STORE_EVERY).await;
                     continue;
                 }
@@ -243,13 +277,18 @@ impl MySqlCapture {
     }
 
     /// The next page of the initial snapshot, or `None` once it is done. Its
-    /// completion is stored only after the last page's batch was acked (the
-    /// runner acks a batch before asking for the next), so a crash repeats it.
+    /// completion is stored only after every page's batch was settled, so a
+    /// crash repeats it.
     async fn snapshot_batch(&mut self) -> Result<Option<Vec<SourceRecord>>, SourceError> {
         let Some(snapshot) = &mut self.snapshot else { return Ok(None) };
         let page = snapshot.next_page(self.batch_size).await?;
         if !page.is_empty() {
             return Ok(Some(page));
+        }
+        if !self.confirmations.all_settled() {
+            // Pages read ahead are not written yet: the snapshot is not done until they are.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Ok(Some(Vec::new()));
         }
         let position = snapshot.position().await?;
         self.snapshot = None;
@@ -275,18 +314,27 @@ impl MySqlCapture {
         self.catalogue.rewind();
     }
 
-    /// Stores everything up to the last commit handed out: call only after
-    /// the batches holding it were written.
-    pub async fn confirm(&mut self) -> Result<(), SourceError> {
-        if let Some(position) = self.unconfirmed.take() {
-            self.session.confirm(&position);
-            self.catalogue.confirm(position.ordinal());
-            self.confirmed = position;
-            if self.stored_at.elapsed() >= STORE_EVERY {
-                self.store_now().await?;
-            }
+    /// Settles the next `records` handed out, in read order: call only after
+    /// their cache writes succeeded.
+    pub async fn settled(&mut self, records: usize) -> Result<(), SourceError> {
+        self.confirmations.settled(records);
+        if self.take_confirmable() && self.stored_at.elapsed() >= STORE_EVERY {
+            self.store_now().await?;
         }
         Ok(())
+    }
+
+    /// Moves the confirmed position to the newest one settled; true when it moved.
+    fn take_confirmable(&mut self) -> bool {
+        match self.confirmations.confirmable() {
+            Some(position) if position.ordinal() > self.confirmed.ordinal() => {
+                self.session.confirm(&position);
+                self.catalogue.confirm(position.ordinal());
+                self.confirmed = position;
+                true
+            }
+            _ => false,
+        }
     }
 
     async fn store_now(&mut self) -> Result<(), SourceError> {
@@ -326,6 +374,7 @@ impl MySqlCapture {
 
     /// Stores the last confirmed position and closes the connection.
     pub async fn shutdown(&mut self) {
+        self.take_confirmable();
         if self.stored != self.confirmed
             && let Err(e) = self.store_now().await
         {

@@ -59,7 +59,7 @@ pub struct PostgresCapture {
     /// End of the last commit read into the batch being built.
     unconfirmed: Option<u64>,
     /// Positions of the batches handed out, confirmed as they are settled.
-    confirmations: Confirmations,
+    confirmations: Confirmations<u64>,
     /// Committed transactions in the batch being built.
     batch_xids: Vec<u32>,
     visibility: VisibilityGate,
@@ -178,7 +178,7 @@ impl PostgresCapture {
     /// A handle that settles handed-out batches from another task, making
     /// their positions confirmable in read order.
     pub fn acker(&self) -> CaptureAcker {
-        CaptureAcker::new(&self.name, self.dead_letters.clone(), self.confirmations.clone())
+        CaptureAcker::new(&self.name, self.dead_letters.clone(), std::sync::Arc::new(self.confirmations.clone()))
     }
 
     /// Most changes per read.
@@ -210,7 +210,7 @@ impl PostgresCapture {
         let started = Instant::now();
         loop {
             // What the acker settled meanwhile reaches the server with the next status update.
-            self.session.confirm(self.confirmations.confirmable());
+            self.session.confirm(self.confirmations.confirmable().unwrap_or(0));
             let wait = match deadline {
                 Some(at) => at.saturating_duration_since(Instant::now()),
                 None => (started + first_wait).saturating_duration_since(Instant::now()),
@@ -352,7 +352,7 @@ impl PostgresCapture {
     /// their cache writes succeeded.
     pub fn settled(&mut self, records: usize) {
         self.confirmations.settled(records);
-        self.session.confirm(self.confirmations.confirmable());
+        self.session.confirm(self.confirmations.confirmable().unwrap_or(0));
     }
 
     /// Appends dead letters to Redis.
@@ -362,7 +362,7 @@ impl PostgresCapture {
 
     /// Stops streaming, sending the last confirmed position.
     pub async fn shutdown(&mut self) {
-        self.session.confirm(self.confirmations.confirmable());
+        self.session.confirm(self.confirmations.confirmable().unwrap_or(0));
         self.session.shutdown().await;
     }
 
