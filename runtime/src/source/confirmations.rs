@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Shared by a capture, which hands batches out, and its acker, which settles
 /// them; cheap to clone. `P` is the log's position (an LSN, a binlog position).
@@ -27,8 +28,8 @@ struct State<P> {
     handed_out: u64,
     settled: u64,
     /// Per batch handed out and not settled: the count of records handed out
-    /// by its end, and the position it makes confirmable.
-    waiting: VecDeque<(u64, Option<P>)>,
+    /// by its end, the position it makes confirmable, and when it was handed out.
+    waiting: VecDeque<(u64, Option<P>, Instant)>,
     /// The newest position with every batch before it settled.
     confirmable: Option<P>,
 }
@@ -55,24 +56,24 @@ impl<P: Clone> Confirmations<P> {
         if records == 0 {
             let Some(position) = position else { return };
             match state.waiting.back_mut() {
-                Some((_, last)) => *last = Some(position),
+                Some((_, last, _)) => *last = Some(position),
                 None => state.confirmable = Some(position),
             }
             return;
         }
         state.handed_out += records as u64;
         let end = state.handed_out;
-        state.waiting.push_back((end, position));
+        state.waiting.push_back((end, position, Instant::now()));
     }
 
     /// The next `records` handed out were settled, in read order.
     pub fn settled(&self, records: usize) {
         let mut state = self.state();
         state.settled += records as u64;
-        while let Some((end, _)) = state.waiting.front()
+        while let Some((end, ..)) = state.waiting.front()
             && *end <= state.settled
         {
-            if let Some((_, Some(position))) = state.waiting.pop_front() {
+            if let Some((_, Some(position), _)) = state.waiting.pop_front() {
                 state.confirmable = Some(position);
             }
         }
@@ -86,6 +87,11 @@ impl<P: Clone> Confirmations<P> {
     /// Whether every record handed out is settled.
     pub fn all_settled(&self) -> bool {
         self.state().waiting.is_empty()
+    }
+
+    /// How long the oldest batch not settled has been out (zero for none).
+    pub fn oldest_unsettled(&self) -> Duration {
+        self.state().waiting.front().map_or(Duration::ZERO, |(.., at)| at.elapsed())
     }
 
     fn state(&self) -> MutexGuard<'_, State<P>> {
@@ -112,6 +118,7 @@ mod tests {
         confirmations.settled(4);
         assert_eq!(confirmations.confirmable(), Some(300));
         assert!(confirmations.all_settled());
+        assert_eq!(confirmations.oldest_unsettled(), Duration::ZERO);
     }
 
     #[test]

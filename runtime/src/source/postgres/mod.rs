@@ -187,6 +187,15 @@ impl PostgresCapture {
     }
 
     async fn next_batch_within(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        // A batch handed out long ago is still not written (the database or a
+        // plugin holds it up): reading ahead stops and the replication connection
+        // is let go, so a server shutting down is not held by it; reading
+        // resumes from the confirmed position once the batch is settled.
+        if self.confirmations.oldest_unsettled() >= RELEASE_AFTER {
+            self.session.release("a batch has been applied for longer than 5s");
+            tokio::time::sleep(first_wait.min(Duration::from_millis(100))).await;
+            return Ok(Vec::new());
+        }
         if let Some(records) = self.snapshot_batch().await? {
             self.confirmations.handed_out(records.len(), None);
             return Ok(records);
