@@ -133,7 +133,20 @@ impl RedisCluster {
                 let info = self.cli(port, &["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
             }) && self.open_slots().is_empty()
+                && self.nodes_agree()
         });
+    }
+
+    /// `redis-cli --cluster check` finds no error: every node's view of the
+    /// slots agrees. Each node can report itself ok while a promoted replica
+    /// has not yet heard of a slot its old shard took last, and
+    /// `redis-cli --cluster reshard` refuses to start until the views agree.
+    fn nodes_agree(&self) -> bool {
+        let Some(port) = self.primaries().into_iter().next() else { return false };
+        Command::new("redis-cli")
+            .args(["--cluster", "check", &format!("127.0.0.1:{port}")])
+            .output()
+            .is_ok_and(|out| out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("[ERR]"))
     }
 
     fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
