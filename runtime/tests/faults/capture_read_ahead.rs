@@ -11,6 +11,7 @@ use mysql_async::prelude::Queryable;
 use sqlx::PgPool;
 
 use crate::harness::*;
+use crate::mariadb_items;
 
 async fn update(pg: &PgPool, schema: &str, ids: std::ops::RangeInclusive<i64>) {
     sqlx::query(&format!(
@@ -119,13 +120,7 @@ async fn a_binlog_capture_reading_ahead_never_stores_past_an_unwritten_change() 
     let server = MariaDbServer::start(&dir);
     let url = server.url();
     let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&url).unwrap());
-    let mut conn = pool.get_conn().await.unwrap();
-    conn.query_drop(format!(
-        "create database `{name}`; create table `{name}`.item (id bigint primary key, name text, version bigint not null);
-         insert into `{name}`.item select seq, 'v0', 0 from `{name}`.seq_1_to_{rows}"
-    ))
-    .await
-    .unwrap();
+    mariadb_items::create_items(&pool, &name, rows as u64).await;
     let mut cache = RedisServer::start(&dir);
     let mut shared = connect(SHARED_REDIS).await;
     let position_key = format!("{name}:binlog");
@@ -151,20 +146,9 @@ async fn a_binlog_capture_reading_ahead_never_stores_past_an_unwritten_change() 
             .unwrap();
         }
     };
-    let cached = |redis: redis::aio::MultiplexedConnection| {
+    let cached = |mut redis: redis::aio::MultiplexedConnection| {
         let (pool, name, prefix) = (pool.clone(), name.clone(), prefix.clone());
-        async move {
-            let mut conn = pool.get_conn().await.unwrap();
-            let rows: Vec<(i64, String, i64)> =
-                conn.query(format!("select id, name, version from `{name}`.item order by id")).await.unwrap();
-            let keys: Vec<String> = rows.iter().map(|(id, _, _)| format!("{prefix}:{id}")).collect();
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut redis.clone()).await.unwrap_or_default();
-            rows.iter().zip(values).all(|((id, name, version), value)| {
-                let expected = (*version > 0).then(|| serde_json::json!({"id": id, "name": name, "version": version}));
-                value.as_deref().and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()) == expected
-            })
-        }
+        async move { mariadb_items::mismatches(&pool, &mut redis, &name, &prefix).await == 0 }
     };
     // The capture stores its first position once it streams; changes from then on are read.
     wait_until("the capture's first stored position", Duration::from_secs(60), || {

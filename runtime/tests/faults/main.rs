@@ -10,6 +10,7 @@ mod capture_read_ahead;
 mod harness;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod mariadb_items;
 mod mariadb_restarts;
 mod poison;
 mod postgres_restarts;

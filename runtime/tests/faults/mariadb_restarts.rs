@@ -8,32 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use redis::aio::MultiplexedConnection;
-use serde_json::{Value, json};
 
 use crate::harness::*;
+use crate::mariadb_items::{create_items, mismatches};
 use evercache_test_kit::mariadb_server::MariaDbServer;
-
-/// Keys whose cached JSON differs from the database's row (a row never
-/// updated, version 0, must have no key).
-async fn mismatches(pool: &mysql_async::Pool, redis: &mut MultiplexedConnection, db: &str, prefix: &str) -> usize {
-    let Ok(mut conn) = pool.get_conn().await else { return usize::MAX };
-    let Ok(rows) = conn
-        .query::<(i64, Option<String>, i64), _>(format!("select id, name, version from `{db}`.item order by id"))
-        .await
-    else {
-        return usize::MAX;
-    };
-    let keys: Vec<String> = rows.iter().map(|(id, _, _)| format!("{prefix}:{id}")).collect();
-    let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(redis).await.unwrap_or_default();
-    rows.iter()
-        .zip(cached)
-        .filter(|((id, name, version), value)| {
-            let expected = (*version > 0).then(|| json!({ "id": id, "name": name, "version": version }));
-            value.as_deref().and_then(|v| serde_json::from_str::<Value>(v).ok()) != expected
-        })
-        .count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_restarts_and_evercache_kills_under_binlog_load_lose_nothing() {
@@ -43,14 +21,7 @@ async fn mariadb_restarts_and_evercache_kills_under_binlog_load_lose_nothing() {
     let mut server = MariaDbServer::start(&dir);
     let url = server.url();
     let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&url).unwrap());
-    let mut conn = pool.get_conn().await.unwrap();
-    conn.query_drop(format!(
-        "create database `{name}`; create table `{name}`.item (id bigint primary key, name text, version bigint not null);
-         insert into `{name}`.item select seq, 'v0', 0 from `{name}`.seq_1_to_{rows}"
-    ))
-    .await
-    .unwrap();
-    drop(conn);
+    create_items(&pool, &name, rows).await;
     let mut redis = connect(SHARED_REDIS).await;
     clear_prefix(&mut redis, &name).await;
     let port = free_port();
