@@ -151,6 +151,34 @@ fn plan(pipeline: Arc<Pipeline>) -> Planner {
 pub(super) async fn joined<T>(task: JoinHandle<T>) -> T {
     match task.await {
         Ok(out) => out,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Nothing aborts these tasks: only a runtime shutting down cancels them,
+        // and it drops the caller next.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::joined;
+
+    #[tokio::test]
+    async fn a_cancelled_task_leaves_its_caller_waiting_instead_of_panicking() {
+        let task = tokio::spawn(std::future::pending::<()>());
+        let cancel = task.abort_handle();
+        let caller = tokio::spawn(joined(task));
+        cancel.abort();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!caller.is_finished(), "the caller neither panicked nor returned");
+        caller.abort();
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_task_is_the_callers() {
+        let task = tokio::spawn(async { panic!("planner broke") });
+        let caller = tokio::spawn(joined(task)).await;
+        assert!(caller.is_err_and(|e| e.is_panic()));
     }
 }
