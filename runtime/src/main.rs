@@ -248,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(name, s)| (name.clone(), s.clone()))
                 .context("no `type = \"postgres\"` or `type = \"mysql\"` source (with that name) in the config")?;
             let shutdown = CancellationToken::new();
-            watch_signals(shutdown.clone());
+            watch_signals(shutdown.clone(), "draining in-flight batches");
             let mut capture = capture.build(&name).await?;
             let mut writer = DebeziumStreamWriter::connect(&redis_url, schemas).await.context("connecting to Redis")?;
             let written = forward(&mut capture, &mut writer, &shutdown).await;
@@ -265,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let shutdown = CancellationToken::new();
-            watch_signals(shutdown.clone());
+            watch_signals(shutdown.clone(), "draining in-flight batches");
             let runtime = tokio::select! {
                 built = Runtime::build(config) => built.context("startup failed")?,
                 _ = shutdown.cancelled() => {
@@ -372,7 +372,7 @@ async fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
 /// Installs the SIGINT/SIGTERM handlers before returning, so a signal during
 /// startup is not fatal: the first one cancels `shutdown` (drain), a second
 /// one aborts at once.
-fn watch_signals(shutdown: CancellationToken) {
+fn watch_signals(shutdown: CancellationToken, draining: &'static str) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
@@ -380,7 +380,7 @@ fn watch_signals(shutdown: CancellationToken) {
     };
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("shutdown requested; draining in-flight batches (signal again to abort)");
+        tracing::info!("shutdown requested; {draining} (signal again to abort)");
         shutdown.cancel();
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::warn!("second signal; aborting without draining");
@@ -405,7 +405,9 @@ fn init_logging(format: LogFormat) {
 async fn resync_all(pipeline: &evercache::pipeline::Pipeline, options: ResyncAllOptions) -> anyhow::Result<()> {
     let name = pipeline.name().to_owned();
     let started = std::time::Instant::now();
-    let done = evercache::read::resync_all::resync_all(pipeline, options, |state| {
+    let stop = CancellationToken::new();
+    watch_signals(stop.clone(), "stopping after the page in hand, its progress saved");
+    let done = evercache::read::resync_all::resync_all(pipeline, options, &stop, |state| {
         eprintln!(
             "resync{}: {} ({}/{}): {} rows, {} keys: {} stored, {} deleted, {} left to a change",
             if state.resumed { " (resumed)" } else { "" },

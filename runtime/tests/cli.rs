@@ -130,10 +130,49 @@ fn resync_repairs_wrong_values_in_place_and_keeps_their_version() {
         );
     }
     assert_eq!(redis_cli(&["EXISTS", "evercache:resync:items"]), "0", "no progress is left behind");
-    for id in 1..=5 {
-        let key = format!("{name}:item:{id}");
-        redis_cli(&["DEL", &key, &format!("{{{key}}}:meta")]);
+
+    // One --all per pipeline at a time: a held lease refuses a second run.
+    let lease = "{evercache:resync:items}:lease";
+    redis_cli(&["SET", lease, "host-b, pid 7, started 2026-12-04T10:00:00Z", "PX", "60000"]);
+    let all = ["resync", "--config", config.to_str().unwrap(), "--pipeline", "items", "--all", "--page-size", "1"];
+    let out = evercache(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "another `resync --all` of pipeline 'items' is running (host-b, pid 7, started 2026-12-04T10:00:00Z)"
+        ),
+        "{stderr}"
+    );
+    redis_cli(&["DEL", lease]);
+
+    // SIGINT stops it after the page in hand: progress kept, lease let go.
+    // The table then holds rows 1 and 3..=20000.
+    psql(&format!("insert into {name}.item select g, 'row', 1 from generate_series(6, 20000) g"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evercache")).args(all).stderr(Stdio::piped()).spawn().unwrap();
+    let _guard = KillOnDrop(child.id());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("resync: ") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no progress line");
     }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(!child.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("stopped; its progress is saved: run it again to go on"), "{rest}");
+    assert!(rest.contains("stopped on request"), "{rest}");
+    assert_eq!(redis_cli(&["EXISTS", lease]), "0", "the lease is let go");
+    assert_eq!(redis_cli(&["EXISTS", "evercache:resync:items"]), "1", "the progress is kept");
+    let out = evercache(&["resync", "--config", config.to_str().unwrap(), "--pipeline", "items", "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("'items' (resumed): 19999 rows"), "{stdout}");
+    redis_cli(&[
+        "EVAL",
+        &format!("for _, k in ipairs(redis.call('KEYS', '*{name}:item:*')) do redis.call('DEL', k) end"),
+        "0",
+    ]);
     psql(&format!("drop schema {name} cascade"));
 }
 

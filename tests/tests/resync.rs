@@ -7,17 +7,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use evercache::config::Config;
+use evercache::read::resync::ResyncError;
 use evercache::read::resync_all::{ResyncAllOptions, ResyncProgress, progress_key, resync_all};
+use evercache::read::resync_lease::lease_key;
 use evercache::runtime::Runtime;
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key};
 use evercache_e2e::mariadb::MariaDb;
 use evercache_e2e::{REDIS_URL, Running, RuntimeToml, TestEnv, wait_until};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `resync --all` of `pipeline` in a runtime of its own, as the CLI does;
-/// with `stop_after_rows`, drops it (an interruption) once that many rows are
+/// with `stop_after_rows`, stops it (as a signal does) once that many rows are
 /// done, and returns `None`.
 async fn resync(
     config: &Config,
@@ -28,7 +31,8 @@ async fn resync(
     let runtime = Runtime::build(config.clone()).await?;
     let pipeline = runtime.pipeline(pipeline).context("the pipeline")?;
     let (pages, mut heard) = tokio::sync::mpsc::unbounded_channel();
-    let run = resync_all(&pipeline, options, move |state| {
+    let stop = CancellationToken::new();
+    let run = resync_all(&pipeline, options, &stop, move |state| {
         let _ = pages.send(state.rows);
     });
     tokio::pin!(run);
@@ -39,12 +43,15 @@ async fn resync(
                 while let Ok(rows) = heard.try_recv() {
                     rows_per_page.push(rows);
                 }
-                return Ok((Some(done?), rows_per_page));
+                return match done {
+                    Err(ResyncError::Stopped) if stop.is_cancelled() => Ok((None, rows_per_page)),
+                    done => Ok((Some(done?), rows_per_page)),
+                };
             }
             Some(rows) = heard.recv() => {
                 rows_per_page.push(rows);
                 if stop_after_rows.is_some_and(|stop| rows >= stop) {
-                    return Ok((None, rows_per_page));
+                    stop.cancel();
                 }
             }
         }
@@ -252,4 +259,71 @@ async fn resync_all_reads_a_mariadb_table_and_goes_on_after_an_interruption() ->
     wait_rows_cached(&env, &rows).await?;
     env.clear_redis().await?;
     maria.drop_database().await
+}
+
+/// One `--all` per pipeline: a second run is refused with who holds the lease;
+/// a stopped run frees it at once; a run whose lease was taken over stops
+/// without overwriting the new holder's progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_resync_all_runs_per_pipeline() -> Result<()> {
+    let mut env = TestEnv::with_items("resync_lease", 600).await?;
+    let (stream, prefix) = (env.stream("item"), env.prefix.clone());
+    let config =
+        env.config(&env.runtime_toml(std::slice::from_ref(&stream), ""), &[(&prefix, &env.testkit_pipeline(""))])?;
+    let runtime = Runtime::build(config.clone()).await?;
+    let pipeline = runtime.pipeline(&prefix).context("the pipeline")?;
+    let options = ResyncAllOptions { page_size: 50, restart: false };
+    let lease = lease_key(&progress_key(&prefix))?;
+    let mut redis = env.redis.clone();
+
+    let (stop, (pages, mut heard)) = (CancellationToken::new(), tokio::sync::mpsc::unbounded_channel());
+    let first = resync_all(&pipeline, options, &stop, move |state| {
+        let _ = pages.send(state.rows);
+    });
+    tokio::pin!(first);
+    tokio::select! {
+        done = &mut first => anyhow::bail!("the first run ended before its first page was heard: {done:?}"),
+        _ = heard.recv() => {}
+    }
+    let refused = resync_all(&pipeline, options, &CancellationToken::new(), |_| {}).await;
+    let Err(ResyncError::Running { holder, expires_in, .. }) = &refused else {
+        anyhow::bail!("a second run while the first holds the lease: {refused:?}");
+    };
+    ensure!(holder.contains(&format!("pid {}", std::process::id())), "the refusal names the holder: {holder}");
+    ensure!(*expires_in > Duration::ZERO, "and when its lease expires");
+    println!("refused: {}", refused.as_ref().unwrap_err());
+    stop.cancel();
+    let stopped = first.await;
+    ensure!(matches!(stopped, Err(ResyncError::Stopped)), "{stopped:?}");
+    let held: bool = redis::cmd("EXISTS").arg(&lease).query_async(&mut redis).await?;
+    ensure!(!held, "a stopped run lets its lease go");
+    let saved = saved_progress(&env, &prefix).await?.context("a stopped run keeps its progress")?;
+
+    // Another holder takes the lease over mid-run (as after this run stalled
+    // past its lease): the run stops at its next save and leaves both alone.
+    let (pages, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let never = CancellationToken::new();
+    let taken_over = resync_all(&pipeline, options, &never, move |state| {
+        let _ = pages.send(state.rows);
+    });
+    tokio::pin!(taken_over);
+    let resumed_at = tokio::select! {
+        done = &mut taken_over => anyhow::bail!("the run ended before its first page was heard: {done:?}"),
+        rows = heard.recv() => rows.context("a page")?,
+    };
+    ensure!(resumed_at > saved["rows"].as_u64().context("rows")?, "the run went on from the stopped one's progress");
+    redis::cmd("SET").arg(&lease).arg("another run").query_async::<()>(&mut redis).await?;
+    let before = saved_progress(&env, &prefix).await?;
+    let lost = taken_over.await;
+    ensure!(matches!(lost, Err(ResyncError::LeaseLost { .. })), "{lost:?}");
+    ensure!(saved_progress(&env, &prefix).await? == before, "the progress is not overwritten");
+    let holder: Option<String> = redis::cmd("GET").arg(&lease).query_async(&mut redis).await?;
+    ensure!(holder.as_deref() == Some("another run"), "the new holder's lease is left alone: {holder:?}");
+
+    redis::cmd("DEL").arg(&lease).query_async::<()>(&mut redis).await?;
+    let done = resync_all(&pipeline, options, &CancellationToken::new(), |_| {}).await?;
+    ensure!(done.resumed && done.rows == 600, "{done:?}");
+    let left: i64 = redis::cmd("EXISTS").arg(&lease).arg(progress_key(&prefix)).query_async(&mut redis).await?;
+    ensure!(left == 0, "a finished run removes its lease and its progress");
+    env.clear_redis().await
 }

@@ -11,6 +11,7 @@ mod fill_lock;
 mod refresh;
 pub mod resync;
 pub mod resync_all;
+pub mod resync_lease;
 pub mod table_scan;
 
 use std::collections::HashMap;

@@ -3,6 +3,7 @@
 //! a value that a change wrote after the resync read the key's metadata.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::table_scan::ScanError;
 use crate::pipeline::{Pipeline, RepairError, RepairKey, RepairReport};
@@ -40,6 +41,33 @@ pub enum ResyncError {
         /// The Redis error.
         source: SinkError,
     },
+    /// Another `--all` of the pipeline holds its lease.
+    #[error(
+        "another `resync --all` of pipeline '{pipeline}' is running ({holder}); wait for it to finish, or, if it died, for its lease to expire in {}s",
+        expires_in.as_secs_f64().ceil()
+    )]
+    Running {
+        /// The pipeline.
+        pipeline: String,
+        /// Who holds the lease.
+        holder: String,
+        /// When the lease expires unless renewed.
+        expires_in: Duration,
+    },
+    /// This run's lease expired (unrenewed for its whole lifetime) or was taken.
+    #[error(
+        "the `resync --all` lease of pipeline '{pipeline}' went unrenewed for {}s and another run may have taken over; this run stopped without saving more progress",
+        ttl.as_secs()
+    )]
+    LeaseLost {
+        /// The pipeline.
+        pipeline: String,
+        /// The lease's lifetime.
+        ttl: Duration,
+    },
+    /// Asked to stop (a signal); the progress up to the last page is saved.
+    #[error("stopped on request")]
+    Stopped,
 }
 
 /// Repairs `keys` through `pipeline`, `recompute_batch` keys per plugin call;

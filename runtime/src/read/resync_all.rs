@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::resync::{ResyncError, repair_chunk};
+use super::resync_lease::ResyncLease;
 use super::table_scan::{ScanCursor, ScanError, ScannedRow, TableScan};
 use crate::clock::now_ms;
 use crate::contract::{ChangeEvent, Op};
 use crate::pipeline::{Pipeline, RepairError, RepairReport};
+use crate::query::QueryRunner;
 use crate::redis_conn::RedisConn;
 use crate::sink::SinkError;
 
@@ -109,14 +112,39 @@ impl ResyncProgress {
 }
 
 /// Repairs every key of `pipeline`'s tables, resuming a saved run unless
-/// `options.restart`; `progress` hears the totals after every page.
+/// `options.restart`; `progress` hears the totals after every page. Only one
+/// run per pipeline at a time holds its lease; `stop` ends a run between
+/// pages, its progress saved.
 pub async fn resync_all(
     pipeline: &Pipeline,
     options: ResyncAllOptions,
-    mut progress: impl FnMut(&ResyncProgress),
+    stop: &CancellationToken,
+    progress: impl FnMut(&ResyncProgress),
 ) -> Result<ResyncProgress, ResyncError> {
     let database =
         pipeline.database().ok_or_else(|| ResyncError::NoDatabase { pipeline: pipeline.name().to_owned() })?;
+    let key = progress_key(pipeline.name());
+    let mut lease = ResyncLease::acquire(&pipeline.cache().connection(), pipeline.name(), &key).await?;
+    match run(pipeline, &database, options, stop, &mut lease, progress).await {
+        Ok(done) => {
+            lease.finish(&key).await?;
+            Ok(done)
+        }
+        Err(e) => {
+            lease.release().await;
+            Err(e)
+        }
+    }
+}
+
+async fn run(
+    pipeline: &Pipeline,
+    database: &QueryRunner,
+    options: ResyncAllOptions,
+    stop: &CancellationToken,
+    lease: &mut ResyncLease,
+    mut progress: impl FnMut(&ResyncProgress),
+) -> Result<ResyncProgress, ResyncError> {
     let config = pipeline.config();
     let mut conn = pipeline.cache().connection();
     let key = progress_key(pipeline.name());
@@ -139,7 +167,7 @@ pub async fn resync_all(
     while let Some(table) = state.current_table().map(str::to_owned) {
         let mut retry = Retry::new();
         let scan = loop {
-            match TableScan::describe(&database, &table).await {
+            match TableScan::describe(database, &table).await {
                 Err(e @ ScanError::Database { .. }) if retry.again(e.to_string()).await => continue,
                 other => break other?,
             }
@@ -149,6 +177,10 @@ pub async fn resync_all(
                 "the table has no primary key; it is paged by row position, so rows moved meanwhile are left to their changes");
         }
         loop {
+            if stop.is_cancelled() {
+                return Err(ResyncError::Stopped);
+            }
+            lease.check()?;
             let mut retry = Retry::new();
             let page = loop {
                 match scan.page(&state.cursor, options.page_size.max(1)).await {
@@ -170,14 +202,13 @@ pub async fn resync_all(
             state.rows += page.rows.len() as u64;
             state.keys += fresh.len() as u64;
             state.cursor = page.next;
-            save(&mut conn, &key, &state).await?;
+            save(lease, &key, &state).await?;
             progress(&state);
         }
         state.table += 1;
         state.cursor = ScanCursor::Start;
-        save(&mut conn, &key, &state).await?;
+        save(lease, &key, &state).await?;
     }
-    let _: () = conn.del(&key).await.map_err(|e| ResyncError::Progress { key, source: SinkError::redis(e) })?;
     Ok(state)
 }
 
@@ -297,12 +328,12 @@ async fn load(conn: &mut RedisConn, key: &str) -> Result<Option<ResyncProgress>,
     }))
 }
 
-async fn save(conn: &mut RedisConn, key: &str, state: &ResyncProgress) -> Result<(), ResyncError> {
+async fn save(lease: &mut ResyncLease, key: &str, state: &ResyncProgress) -> Result<(), ResyncError> {
     let text = serde_json::to_string(state).unwrap_or_default();
     let mut retry = Retry::new();
     loop {
-        match conn.set::<_, _, ()>(key, &text).await {
-            Ok(()) => return Ok(()),
+        match lease.save(key, &text).await {
+            Ok(()) => return lease.check(),
             Err(e) if retry.again(e.to_string()).await => {}
             Err(e) => return Err(ResyncError::Progress { key: key.to_owned(), source: SinkError::redis(e) }),
         }
