@@ -263,7 +263,8 @@ async fn resync_all_reads_a_mariadb_table_and_goes_on_after_an_interruption() ->
 
 /// One `--all` per pipeline: a second run is refused with who holds the lease;
 /// a stopped run frees it at once; a run whose lease was taken over stops
-/// without overwriting the new holder's progress.
+/// without overwriting the new holder's progress; a lease that vanished is
+/// taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_resync_all_runs_per_pipeline() -> Result<()> {
     let mut env = TestEnv::with_items("resync_lease", 600).await?;
@@ -320,8 +321,19 @@ async fn only_one_resync_all_runs_per_pipeline() -> Result<()> {
     let holder: Option<String> = redis::cmd("GET").arg(&lease).query_async(&mut redis).await?;
     ensure!(holder.as_deref() == Some("another run"), "the new holder's lease is left alone: {holder:?}");
 
+    // A lease that vanished (Redis restarted without persistence) is taken again.
     redis::cmd("DEL").arg(&lease).query_async::<()>(&mut redis).await?;
-    let done = resync_all(&pipeline, options, &CancellationToken::new(), |_| {}).await?;
+    let (pages, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let last = resync_all(&pipeline, options, &never, move |state| {
+        let _ = pages.send(state.rows);
+    });
+    tokio::pin!(last);
+    tokio::select! {
+        done = &mut last => anyhow::bail!("the run ended before its first page was heard: {done:?}"),
+        _ = heard.recv() => {}
+    }
+    redis::cmd("DEL").arg(&lease).query_async::<()>(&mut redis).await?;
+    let done = last.await?;
     ensure!(done.resumed && done.rows == 600, "{done:?}");
     let left: i64 = redis::cmd("EXISTS").arg(&lease).arg(progress_key(&prefix)).query_async(&mut redis).await?;
     ensure!(left == 0, "a finished run removes its lease and its progress");

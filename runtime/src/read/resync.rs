@@ -54,9 +54,10 @@ pub enum ResyncError {
         /// When the lease expires unless renewed.
         expires_in: Duration,
     },
-    /// This run's lease expired (unrenewed for its whole lifetime) or was taken.
+    /// This run's lease lapsed (unrenewed for its whole lifetime) and another
+    /// run took it.
     #[error(
-        "the `resync --all` lease of pipeline '{pipeline}' went unrenewed for {}s and another run may have taken over; this run stopped without saving more progress",
+        "another `resync --all` of pipeline '{pipeline}' took over the lease after this run left it unrenewed for {}s; this run stopped without saving more progress",
         ttl.as_secs()
     )]
     LeaseLost {

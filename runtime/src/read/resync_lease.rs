@@ -1,6 +1,6 @@
 //! One `resync --all` per pipeline at a time: a lease in the pipeline's cache,
 //! renewed while the resync runs, that expires by itself when its holder dies.
-//! Progress is saved only while the lease is still this run's, so a run that
+//! Progress is saved only while no other run holds the lease, so a run that
 //! stalled past its lease cannot overwrite the progress of the run that took
 //! over.
 
@@ -21,24 +21,31 @@ pub const LEASE_TTL: Duration = Duration::from_secs(15);
 /// Renewed this often, so two renewals can fail before the lease expires.
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 
+// A lease that vanished (Redis restarted without persistence, or it lapsed
+// with nobody taking it over) is taken again: only another holder stops a run.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+        "local holder = redis.call('GET', KEYS[1])
+         if holder and holder ~= ARGV[1] then return 0 end
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+         return 1",
     )
 });
 
 static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        "local holder = redis.call('GET', KEYS[1])
+         if holder and holder ~= ARGV[1] then return 0 end
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
          redis.call('SET', KEYS[2], ARGV[3])
-         redis.call('PEXPIRE', KEYS[1], ARGV[2])
          return 1",
     )
 });
 
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        "local holder = redis.call('GET', KEYS[1])
+         if holder and holder ~= ARGV[1] then return 0 end
          redis.call('DEL', KEYS[2])
          redis.call('DEL', KEYS[1])
          return 1",
@@ -99,7 +106,7 @@ impl ResyncLease {
         Ok(Self { conn, pipeline: pipeline.to_owned(), key, holder, lost, renewer, released: false })
     }
 
-    /// Fails once a renewal found the lease gone or taken.
+    /// Fails once a renewal or a save found the lease taken by another run.
     pub fn check(&self) -> Result<(), ResyncError> {
         if self.lost.load(Ordering::Relaxed) {
             return Err(self.lost_error());
@@ -107,7 +114,7 @@ impl ResyncLease {
         Ok(())
     }
 
-    /// Saves `progress` under `progress_key` if the lease is still this run's.
+    /// Saves `progress` under `progress_key` unless another run holds the lease.
     pub async fn save(&mut self, progress_key: &str, progress: &str) -> Result<(), redis::RedisError> {
         let saved: i64 = SAVE
             .key(&self.key)
@@ -166,7 +173,7 @@ async fn renew(mut conn: RedisConn, key: String, holder: String, lost: Arc<Atomi
             RENEW.key(&key).arg(&holder).arg(LEASE_TTL.as_millis() as u64).invoke_async(&mut conn).await;
         match renewed {
             Ok(0) => {
-                tracing::warn!(lease = %key, "resync: the lease expired or was taken; stopping at the next page");
+                tracing::warn!(lease = %key, "resync: another run took the lease; stopping at the next page");
                 lost.store(true, Ordering::Relaxed);
                 return;
             }
