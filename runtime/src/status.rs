@@ -106,7 +106,8 @@ impl Facts {
 /// Probes every source and cache of a configuration.
 pub struct Probes {
     sources: Vec<LagProbe>,
-    caches: Vec<(String, RedisTarget, Option<RedisConn>)>,
+    /// Each cache, its connection once made, and whether the last round found it down.
+    caches: Vec<(String, RedisTarget, Option<RedisConn>, bool)>,
 }
 
 impl Probes {
@@ -122,7 +123,7 @@ impl Probes {
         for (name, cache) in &config.runtime.caches {
             crate::tls::redis_certificates(cache.tls.as_ref())
                 .map_err(|message| SourceError::BadConfig { source_name: name.clone(), message })?;
-            caches.push((name.clone(), cache.target(), None));
+            caches.push((name.clone(), cache.target(), None, false));
         }
         Ok(Self { sources, caches })
     }
@@ -137,8 +138,12 @@ impl Probes {
                 Err(e) => SourceFacts { source, up: false, error: Some(e.to_string()), lags: Vec::new() },
             });
         }
-        for (cache, target, conn) in &mut self.caches {
-            let info = cache_info(target, conn).await;
+        for (cache, target, conn, down) in &mut self.caches {
+            // The whole call is bounded: a fresh connection retries with backoff.
+            let info = tokio::time::timeout(PROBE_TIMEOUT, cache_info(target, conn))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+            *down = info.is_err();
             if info.is_err() {
                 *conn = None;
             }
@@ -156,11 +161,15 @@ impl Probes {
         facts
     }
 
-    /// A connection to cache `name`, for the pipelines' status hashes.
+    /// A connection to cache `name`, for the pipelines' status hashes; none
+    /// while the last round found the cache down.
     pub async fn cache_conn(&mut self, name: &str) -> Option<RedisConn> {
-        let (_, target, conn) = self.caches.iter_mut().find(|(n, _, _)| n == name)?;
+        let (_, target, conn, down) = self.caches.iter_mut().find(|(n, ..)| n == name)?;
+        if *down {
+            return None;
+        }
         if conn.is_none() {
-            *conn = target.connect(PROBE_TIMEOUT).await.ok();
+            *conn = tokio::time::timeout(PROBE_TIMEOUT, target.connect(PROBE_TIMEOUT)).await.ok().and_then(Result::ok);
         }
         conn.clone()
     }

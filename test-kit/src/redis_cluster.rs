@@ -117,6 +117,43 @@ impl RedisCluster {
         }
     }
 
+    /// Valkey 8.1 replicates slot marks to replicas, and replicas were seen
+    /// keeping one after the move had finished, which `redis-cli --cluster
+    /// check` and `reshard` count as an open slot. A replica refuses
+    /// `CLUSTER SETSLOT`, but its primary replicates `SETSLOT <slot> STABLE`
+    /// to it, and on a primary without the mark that changes nothing.
+    fn clear_replicas_stale_marks(&self) {
+        let marks = |line: &str| -> Vec<String> {
+            line.split_whitespace().filter(|f| f.starts_with('[')).map(str::to_owned).collect()
+        };
+        for port in self.live_ports() {
+            let nodes = self.cli(port, &["CLUSTER", "NODES"]);
+            let Some(me) = nodes.lines().find(|l| l.contains("myself")) else { continue };
+            let fields: Vec<&str> = me.split_whitespace().collect();
+            if fields.get(2).is_none_or(|flags| flags.contains("master")) || !me.contains('[') {
+                continue;
+            }
+            let Some(primary) = fields.get(3).and_then(|id| nodes.lines().find(|l| l.starts_with(id))) else {
+                continue;
+            };
+            let Some(primary_port) = primary
+                .split_whitespace()
+                .nth(1)
+                .and_then(|address| address.split(['@', ':']).nth(1))
+                .and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let primary_nodes = self.cli(primary_port, &["CLUSTER", "NODES"]);
+            let live = primary_nodes.lines().find(|l| l.contains("myself")).map(marks).unwrap_or_default();
+            for mark in marks(me).into_iter().filter(|m| !live.contains(m)) {
+                if let Some(slot) = mark.trim_start_matches('[').split('-').next() {
+                    self.cli(primary_port, &["CLUSTER", "SETSLOT", slot, "STABLE"]);
+                }
+            }
+        }
+    }
+
     /// SIGKILLs a node.
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster");
@@ -128,33 +165,57 @@ impl RedisCluster {
 
     /// Waits until every live node agrees the cluster is ok and serves all slots.
     pub fn wait_settled(&self) {
-        self.wait_for("the cluster to settle", || {
-            self.live_ports().iter().all(|&port| {
-                let info = self.cli(port, &["CLUSTER", "INFO"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
-            }) && self.open_slots().is_empty()
-                && self.nodes_agree()
+        let mut problem = String::new();
+        self.wait_for_with("the cluster to settle", &mut problem, |problem| {
+            *problem = match self.unsettled() {
+                Some(why) => why,
+                None => return true,
+            };
+            false
         });
     }
 
-    /// `redis-cli --cluster check` finds no error: every node's view of the
-    /// slots agrees. Each node can report itself ok while a promoted replica
-    /// has not yet heard of a slot its old shard took last, and
-    /// `redis-cli --cluster reshard` refuses to start until the views agree.
-    fn nodes_agree(&self) -> bool {
-        let Some(port) = self.primaries().into_iter().next() else { return false };
-        Command::new("redis-cli")
-            .args(["--cluster", "check", &format!("127.0.0.1:{port}")])
-            .output()
-            .is_ok_and(|out| out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("[ERR]"))
+    /// What keeps the cluster from being settled, if anything.
+    fn unsettled(&self) -> Option<String> {
+        self.clear_replicas_stale_marks();
+        for port in self.live_ports() {
+            let info = self.cli(port, &["CLUSTER", "INFO"]);
+            if !(info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")) {
+                return Some(format!("127.0.0.1:{port} says: {}", info.lines().take(4).collect::<Vec<_>>().join(", ")));
+            }
+        }
+        let open = self.open_slots();
+        if !open.is_empty() {
+            return Some(format!("slots still migrating: {open:?}"));
+        }
+        self.nodes_disagree()
+    }
+
+    /// What `redis-cli --cluster check` finds wrong, if anything: each node
+    /// can report itself ok while a promoted replica has not yet heard of a
+    /// slot its old shard took last, and `redis-cli --cluster reshard` refuses
+    /// to start until every node's view of the slots agrees.
+    fn nodes_disagree(&self) -> Option<String> {
+        let Some(port) = self.primaries().into_iter().next() else { return Some("no primary answers".to_owned()) };
+        let out = match Command::new("redis-cli").args(["--cluster", "check", &format!("127.0.0.1:{port}")]).output() {
+            Ok(out) => out,
+            Err(e) => return Some(format!("redis-cli --cluster check: {e}")),
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        (!out.status.success() || text.contains("[ERR]")).then(|| format!("redis-cli --cluster check: {text}"))
     }
 
     fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        self.wait_for_with(what, &mut String::new(), |_| done());
+    }
+
+    /// Polls `done` for a minute; it leaves why it is not done yet in `problem`.
+    fn wait_for_with(&self, what: &str, problem: &mut String, mut done: impl FnMut(&mut String) -> bool) {
         let start = Instant::now();
-        while !done() {
+        while !done(problem) {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}; logs in {}",
+                "timed out waiting for {what} ({problem}); logs in {}",
                 self.dir.display()
             );
             std::thread::sleep(Duration::from_millis(100));

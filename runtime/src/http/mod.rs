@@ -162,8 +162,10 @@ pub async fn serve(listener: TcpListener, config: HttpConfig, watched: Watched, 
     let _ = probing.await;
 }
 
+/// Probes the sources and caches every `probe_interval`. Readiness is judged
+/// on a tick of its own from the latest facts and the pipelines' live figures,
+/// so a probe waiting on an unreachable cache never leaves the verdict stale.
 async fn probe_loop(ops: Arc<Ops>, http: HttpConfig, config: Config, shutdown: CancellationToken) {
-    let mut lag_watch = LagWatch::default();
     let mut probes = match Probes::new(&config) {
         Ok(probes) => probes,
         Err(e) => {
@@ -171,18 +173,14 @@ async fn probe_loop(ops: Arc<Ops>, http: HttpConfig, config: Config, shutdown: C
             return;
         }
     };
+    let judging = tokio::spawn(judge_loop(ops.clone(), http.clone(), shutdown.clone()));
     while !shutdown.is_cancelled() {
         let facts = probes.collect().await;
         for source in facts.sources.iter().filter(|s| !s.up) {
             tracing::debug!(source = %source.source, error = source.error.as_deref().unwrap_or(""), "source probe failed");
         }
         facts.publish();
-        let verdict = lag_watch.judge(now_ms(), http.stuck_after, Some(&facts), &ops.sources, &ops.pipelines);
-        for reason in &verdict.reasons {
-            tracing::debug!(%reason, "not ready");
-        }
         *ops.facts.write().unwrap_or_else(|e| e.into_inner()) = Some(facts);
-        *ops.readiness.write().unwrap_or_else(|e| e.into_inner()) = verdict;
         save_all(&ops, &mut probes, true).await;
         if let Some(handle) = crate::metrics::install() {
             handle.run_upkeep();
@@ -192,7 +190,28 @@ async fn probe_loop(ops: Arc<Ops>, http: HttpConfig, config: Config, shutdown: C
             _ = tokio::time::sleep(http.probe_interval) => {}
         }
     }
+    let _ = judging.await;
     save_all(&ops, &mut probes, false).await;
+}
+
+async fn judge_loop(ops: Arc<Ops>, http: HttpConfig, shutdown: CancellationToken) {
+    let mut lag_watch = LagWatch::default();
+    let mut reasons = Vec::new();
+    while !shutdown.is_cancelled() {
+        let facts = ops.facts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let verdict = lag_watch.judge(now_ms(), http.stuck_after, facts.as_ref(), &ops.sources, &ops.pipelines);
+        if verdict.reasons != reasons {
+            for reason in &verdict.reasons {
+                tracing::debug!(%reason, "not ready");
+            }
+            reasons.clone_from(&verdict.reasons);
+        }
+        *ops.readiness.write().unwrap_or_else(|e| e.into_inner()) = verdict;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(http.probe_interval) => {}
+        }
+    }
 }
 
 /// Leaves each pipeline's figures, and why it is not ready, in its cache for `evercache status`.

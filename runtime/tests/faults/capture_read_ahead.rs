@@ -55,21 +55,7 @@ async fn a_capture_reading_ahead_never_confirms_past_an_unwritten_change() {
     let config = write_config(&dir, runtime, &[("items", pipeline)]);
     let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
     let redis = connect(&cache.url()).await;
-    // The slot exists once the runtime streams: changes until then are not captured.
-    wait_until("the capture's slot", Duration::from_secs(60), || {
-        let pg = pg.clone();
-        let slot = name.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>(
-                "select exists (select 1 from pg_replication_slots where slot_name = $1 and active)",
-            )
-            .bind(&slot)
-            .fetch_one(&pg)
-            .await
-            .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_slot_active(&pg, &name).await;
     update(&pg, &name, 1..=rows).await;
     wait_until("the first changes are cached", Duration::from_secs(60), || {
         let (pg, mut redis, name) = (pg.clone(), redis.clone(), name.clone());

@@ -237,6 +237,24 @@ pub fn item_event(schema: &str, op: &str, id: i64, lsn: u64) -> (String, String)
     (json!({ "id": id }).to_string(), value.to_string())
 }
 
+/// Waits until a capture streams from `slot`: changes made before it
+/// created the slot are not captured.
+pub async fn wait_slot_active(pg: &PgPool, slot: &str) {
+    wait_until("the capture's slot", Duration::from_secs(60), || {
+        let (pg, slot) = (pg.clone(), slot.to_owned());
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "select exists (select 1 from pg_replication_slots where slot_name = $1 and active)",
+            )
+            .bind(&slot)
+            .fetch_one(&pg)
+            .await
+            .unwrap_or(false)
+        }
+    })
+    .await;
+}
+
 /// Creates `<schema>.item(id, name, version)` with `rows` rows.
 pub async fn create_items(pg: &PgPool, schema: &str, rows: i64) {
     sqlx::raw_sql(&format!(

@@ -6,6 +6,7 @@
 //! `cargo test -p evercache --test faults -- --nocapture --test-threads=1`.
 
 mod black_hole;
+mod cache_down;
 mod capture_read_ahead;
 mod harness;
 #[cfg(feature = "kafka")]
