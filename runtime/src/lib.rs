@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod contract;
 pub mod event;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

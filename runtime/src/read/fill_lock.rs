@@ -9,7 +9,8 @@ use redis::Script;
 use crate::redis_conn::RedisConn;
 use crate::sink::{SinkError, companion_key};
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+/// Deletes `KEYS[1]` only while it holds `ARGV[1]`, the holder's token.
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 });
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use redis::Script;
 use tokio::task::JoinHandle;
 
+use super::fill_lock::RELEASE;
 use super::resync::ResyncError;
 use crate::redis_conn::RedisConn;
 use crate::sink::{SinkError, companion_key};
@@ -52,10 +53,6 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
-});
-
 /// The key of the lease on `progress_key`, in its cluster slot.
 pub fn lease_key(progress_key: &str) -> Result<String, SinkError> {
     companion_key(progress_key, "lease")
@@ -81,7 +78,8 @@ impl ResyncLease {
         let key =
             lease_key(progress_key).map_err(|source| ResyncError::Progress { key: progress_key.to_owned(), source })?;
         let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let holder = format!("{}, pid {}, started {started}", host(), std::process::id());
+        let host = crate::host::name().unwrap_or_else(|| "an unnamed host".to_owned());
+        let holder = format!("{host}, pid {}, started {started}", std::process::id());
         let mut conn = conn.clone();
         let taken: Option<String> = redis::cmd("SET")
             .arg(&key)
@@ -188,13 +186,4 @@ async fn release(mut conn: RedisConn, key: String, holder: String) {
     if let Err(e) = released {
         tracing::warn!(lease = %key, error = %e, "resync: the lease is left to expire");
     }
-}
-
-fn host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "an unnamed host".to_owned())
 }

@@ -8,6 +8,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// How long a handed-out batch may stay unsettled before a capture lets its
+/// log connection go, so a server shutting down or failing over is not held
+/// by it; reading resumes from the confirmed position.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(5);
+
+/// What a capture says when it lets its connection go for that reason.
+pub const RELEASE_REASON: &str = "a batch has been applied for longer than 5s";
+
 /// Shared by a capture, which hands batches out, and its acker, which settles
 /// them; cheap to clone. `P` is the log's position (an LSN, a binlog position).
 pub struct Confirmations<P>(Arc<Mutex<State<P>>>);
@@ -92,6 +100,11 @@ impl<P: Clone> Confirmations<P> {
     /// How long the oldest batch not settled has been out (zero for none).
     pub fn oldest_unsettled(&self) -> Duration {
         self.state().waiting.front().map_or(Duration::ZERO, |(.., at)| at.elapsed())
+    }
+
+    /// The oldest batch not settled has been out for [`RELEASE_AFTER`].
+    pub fn overdue(&self) -> bool {
+        self.oldest_unsettled() >= RELEASE_AFTER
     }
 
     fn state(&self) -> MutexGuard<'_, State<P>> {

@@ -111,12 +111,7 @@ async fn create_group(conn: &mut RedisConn, stream: &str, group: &str) -> Result
 }
 
 fn default_consumer() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "local".to_owned());
+    let host = crate::host::name().unwrap_or_else(|| "local".to_owned());
     format!("evercache-{host}")
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use mysql_async::binlog::events::EventData;
 
 use super::acker::CaptureAcker;
-use super::confirmations::Confirmations;
+use super::confirmations::{Confirmations, RELEASE_AFTER, RELEASE_REASON};
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord};
 use change::{mariadb_gtid, truncated_table};
@@ -43,10 +43,6 @@ use visibility::VisibilityGate;
 
 /// MariaDB's GTID event, unknown to the binlog parser.
 const MARIADB_GTID_EVENT: u8 = 162;
-
-/// How long a handed-out batch may stay unsettled before the binlog
-/// connection is released, so a restarting server is not held by it.
-const RELEASE_AFTER: Duration = Duration::from_secs(5);
 
 /// Most often the position of idle traffic (transactions on other tables) is stored.
 const IDLE_STORE_EVERY: Duration = Duration::from_secs(1);
@@ -136,8 +132,8 @@ impl MySqlCapture {
         // plugin holds it up): reading ahead stops and the binlog connection
         // is let go, so a server shutting down is not held by it; reading
         // resumes from the confirmed position once the batch is settled.
-        if self.confirmations.oldest_unsettled() >= RELEASE_AFTER {
-            self.session.release("a batch has been applied for longer than 5s");
+        if self.confirmations.overdue() {
+            self.session.release(RELEASE_REASON);
             tokio::time::sleep(first_wait.min(Duration::from_millis(100))).await;
             return Ok(Vec::new());
         }
@@ -311,7 +307,7 @@ impl MySqlCapture {
     /// settled: past [`RELEASE_AFTER`] the binlog connection is let go.
     pub fn stalled(&mut self, waiting: Duration) {
         if waiting >= RELEASE_AFTER {
-            self.session.release("a batch has been applied for longer than 5s");
+            self.session.release(RELEASE_REASON);
         }
     }
 

@@ -19,7 +19,7 @@ use pgwire_replication::{Lsn, ReplicationConfig, ReplicationEvent};
 use serde_json::Value;
 
 use super::acker::CaptureAcker;
-use super::confirmations::Confirmations;
+use super::confirmations::{Confirmations, RELEASE_AFTER, RELEASE_REASON};
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{CapturedChange, Origin, RecordBody, SourceError, SourceRecord};
 use crate::contract::{ChangeEvent, Op};
@@ -32,10 +32,6 @@ pub(crate) use snapshot::DESCRIBE_COLUMNS;
 use snapshot::Snapshot;
 pub(crate) use values::debezium_value;
 use visibility::VisibilityGate;
-
-/// How long a handed-out batch may stay unsettled before the replication
-/// connection is released (see [`PostgresCapture::stalled`]).
-const RELEASE_AFTER: Duration = Duration::from_secs(5);
 
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -191,8 +187,8 @@ impl PostgresCapture {
         // plugin holds it up): reading ahead stops and the replication connection
         // is let go, so a server shutting down is not held by it; reading
         // resumes from the confirmed position once the batch is settled.
-        if self.confirmations.oldest_unsettled() >= RELEASE_AFTER {
-            self.session.release("a batch has been applied for longer than 5s");
+        if self.confirmations.overdue() {
+            self.session.release(RELEASE_REASON);
             tokio::time::sleep(first_wait.min(Duration::from_millis(100))).await;
             return Ok(Vec::new());
         }
@@ -295,7 +291,7 @@ impl PostgresCapture {
     /// resumes from the slot's confirmed position.
     pub fn stalled(&mut self, waiting: Duration) {
         if waiting >= RELEASE_AFTER {
-            self.session.release("a batch has been applied for longer than 5s");
+            self.session.release(RELEASE_REASON);
         }
     }
 
