@@ -77,13 +77,15 @@ if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_databas
   say "postgres: creating database test"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'create database test'
 fi
-mariadb_sql() { mysql -h 127.0.0.1 -P 3306 -u root --batch --skip-column-names -e "$1" 2>/dev/null; }
+mariadb_sql() { mysql -h 127.0.0.1 -P 3306 -u root --connect-timeout=5 --batch --skip-column-names -e "$1" 2>/dev/null; }
 mariadb_up() { mariadb_sql 'select 1' | grep -q 1; }
+# Alive on its socket: a fresh install lets root in only there, not over TCP yet.
+mariadb_alive() { $SUDO mysqladmin ping >/dev/null 2>&1; }
 mariadb_start() {
   # No service manager here: mariadbd runs detached, as the packaged one does.
   $SUDO mkdir -p /run/mysqld && $SUDO chown mysql:mysql /run/mysqld
   $SUDO setsid /usr/sbin/mariadbd --user=mysql </dev/null >/dev/null 2>&1 &
-  wait_for mariadb mariadb_up
+  wait_for mariadb mariadb_alive
 }
 if mariadb_up; then
   say "mariadb: running"
@@ -91,13 +93,17 @@ else
   if [ ! -x /usr/sbin/mariadbd ]; then
     apt_install mariadb-server mariadb-client
   fi
-  if ! mariadb_up; then
+  if ! mariadb_alive; then
     say "mariadb: starting"
     mariadb_start
   fi
   if ! mariadb_up; then
-    # A fresh Debian install lets root in only through the socket.
-    $SUDO mysql -u root -e "create user if not exists 'root'@'127.0.0.1'; grant all on *.* to 'root'@'127.0.0.1' with grant option"
+    # A fresh Debian install lets root in only through the socket, and the server
+    # names a loopback client 'localhost'; let root in there without a password
+    # as well (local development only).
+    say "mariadb: letting root log in over loopback without a password (local development only)"
+    $SUDO mysql -u root -e "alter user 'root'@'localhost' identified via unix_socket or mysql_native_password using password('');
+      create user if not exists 'root'@'127.0.0.1'; grant all on *.* to 'root'@'127.0.0.1' with grant option"
     wait_for "mariadb root login" mariadb_up
   fi
 fi
