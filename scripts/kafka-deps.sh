@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
-# What the Kafka source and its tests need: the build packages for the bundled
-# librdkafka (build-deps.sh) and the `tansu` Kafka-protocol broker the tests
-# start on loopback (no JVM needed). Idempotent; installs only what is missing.
+# What the Kafka and Debezium suites need: the build packages for the bundled
+# librdkafka the tests produce with (build-deps.sh), the Java parts from Maven
+# Central (java-parts.sh: Apache Kafka with Connect and Debezium's Postgres
+# connector, Debezium Server), and the suite's shared Kafka broker started
+# (kafka.sh: 127.0.0.1:19092), so no test waits for a JVM to start.
+# Idempotent; installs only what is missing.
 set -euo pipefail
-bash "$(dirname "$0")/build-deps.sh"
-
-export PATH="$HOME/.cargo/bin:$PATH"
-# The security tests need tansu's Postgres storage (SCRAM credentials); a tansu
-# installed without it is replaced.
-with_postgres() {
-  grep -q '"tansu [^"]*":{[^}]*"features":\[[^]]*"postgres"' "$HOME/.cargo/.crates2.json" 2>/dev/null
-}
-if tansu --version >/dev/null 2>&1 && with_postgres; then
-  echo "kafka-deps: tansu: $(tansu --version 2>&1 | head -n 1)"
-else
-  # Takes 12-15 minutes on 2 cores, once; the binary lands in ~/.cargo/bin and is reused.
-  echo "kafka-deps: tansu: installing (cargo install tansu --locked --features dynostore,postgres)"
-  cargo install tansu --locked --features dynostore,postgres
-fi
+here="$(dirname "$0")"
+bash "$here/build-deps.sh"
+bash "$here/java-parts.sh" kafka >/dev/null
+bash "$here/java-parts.sh" debezium-server >/dev/null
+bash "$here/kafka.sh"

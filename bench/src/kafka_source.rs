@@ -1,5 +1,5 @@
-//! The Kafka source alone: produce a backlog of Debezium changes to a private
-//! `tansu` broker (in memory), then time the source reading and acknowledging
+//! The Kafka source alone: produce a backlog of Debezium changes to the
+//! suite's Apache Kafka broker (scripts/kafka.sh), then time the source reading and acknowledging
 //! it, batch by batch, as a pipeline does (each ack commits the offsets).
 
 use std::sync::Arc;
@@ -10,8 +10,9 @@ use bytes::Bytes;
 use clap::Args;
 use evercache::source::KafkaConfig;
 use evercache::source::kafka::client::Cluster;
+use evercache::source::kafka::client::admin;
 use evercache::source::kafka::client::produce::{OutRecord, produce};
-use evercache_test_kit::tansu::Tansu;
+use evercache_test_kit::kafka_broker::KafkaBroker;
 use serde_json::json;
 
 use crate::compare::entry;
@@ -39,9 +40,14 @@ pub struct Options {
 /// Runs the workload and prints its figures.
 pub async fn run(options: Options) -> Result<()> {
     let records = if options.tiny { 2_000 } else { options.records };
-    let broker = Tansu::start()?;
-    let topic = "bench.bench_compare.item";
-    broker.create_topic(topic, options.partitions)?;
+    let broker = KafkaBroker::shared()?;
+    // A topic of this run's own on the shared broker, so every run reads only its records.
+    let topic = &format!("bench{}.bench_compare.item", std::process::id());
+    let settings = Arc::new(
+        evercache::source::kafka::client::Settings::from_properties(&Default::default(), None)
+            .map_err(anyhow::Error::msg)?,
+    );
+    admin::create_topic(&mut Cluster::new(&broker.address(), settings), topic, options.partitions, &[]).await?;
     let config: KafkaConfig = serde_json::from_value(json!({
         "brokers": broker.address(),
         "topics": [topic],
@@ -87,7 +93,7 @@ pub async fn run(options: Options) -> Result<()> {
     source.shutdown().await;
     let per_record = bytes / records.max(1);
     println!(
-        "kafka-source: {records} records of ~{per_record} B (schema wrapper: {}), {} partitions, tansu in memory",
+        "kafka-source: {records} records of ~{per_record} B (schema wrapper: {}), {} partitions, Apache Kafka 4.4",
         options.schema_wrapper, options.partitions
     );
     println!(

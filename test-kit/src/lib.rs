@@ -1,7 +1,7 @@
 //! What every test crate and the bench share: where the repository and the
 //! built plugins are, the runtime file built section by section, waiting for a
-//! condition, free loopback ports, a private Kafka-protocol broker and a private
-//! MariaDB server. It does not depend on the runtime, so the runtime's own
+//! condition, free loopback ports, Apache Kafka brokers and a private MariaDB
+//! server. It does not depend on the runtime, so the runtime's own
 //! integration tests can use it too.
 
 use std::path::{Path, PathBuf};
@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 pub mod certs;
+pub mod kafka_broker;
 pub mod mariadb_server;
 pub mod pg_cluster;
 pub mod redis_cluster;
-pub mod tansu;
-pub mod tls_front;
 
 /// The Redis (or Valkey) every suite uses: the local Redis started by
 /// `scripts/dev-services.sh`, or `EVERCACHE_TEST_REDIS_URL` when set (the test

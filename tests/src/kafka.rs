@@ -1,12 +1,15 @@
-//! A private Kafka-protocol broker for a test: `tansu` with in-memory storage on
-//! a free loopback port, plus a producer, offset/topic inspection and helpers to
-//! drive the Kafka source directly.
+//! Apache Kafka for a test: the suite's shared broker (or a private one for a
+//! test that restarts it), a producer (librdkafka, a client independent of
+//! evercache's own), topic creation, offset and topic inspection, and helpers
+//! to drive the Kafka source directly.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use evercache::source::kafka::client::{Cluster, Settings, admin};
 use evercache::source::{KafkaConfig, RecordBody, SourceRecord};
-use evercache_test_kit::tansu::{Tansu, TansuOptions};
+use evercache_test_kit::kafka_broker::KafkaBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -17,10 +20,9 @@ use crate::{PG_URL, REDIS_URL, RuntimeToml, TestEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A private broker and a producer for it.
+/// A broker and a producer for it.
 pub struct Broker {
-    tansu: Tansu,
-    options: TansuOptions,
+    kafka: KafkaBroker,
     producer: FutureProducer,
 }
 
@@ -40,38 +42,65 @@ pub struct ReadRecord {
 }
 
 impl Broker {
-    /// Starts a broker on a free loopback port and waits until it accepts connections.
-    pub fn start() -> Result<Self> {
-        Self::start_with(TansuOptions::default())
+    /// The suite's shared broker (started when it is not running); a test
+    /// keeps to topics and groups named after its own prefix.
+    pub fn shared() -> Result<Self> {
+        Self::with(KafkaBroker::shared()?)
     }
 
-    /// Starts a broker with `options` (e.g. Postgres storage, which survives a restart).
-    pub fn start_with(mut options: TansuOptions) -> Result<Self> {
-        let tansu = Tansu::start_with(&options)?;
-        options.port = Some(tansu.port());
+    /// A broker of the test's own, for a test that restarts it.
+    pub fn private(extra: &[&str]) -> Result<Self> {
+        Self::with(KafkaBroker::private(extra)?)
+    }
+
+    fn with(kafka: KafkaBroker) -> Result<Self> {
         let producer = ClientConfig::new()
-            .set("bootstrap.servers", tansu.address())
+            .set("bootstrap.servers", kafka.address())
             .set("message.timeout.ms", "10000")
+            .set("acks", "all")
             .create()?;
-        Ok(Self { tansu, options, producer })
+        Ok(Self { kafka, producer })
     }
 
-    /// Kills the broker, waits `down`, and starts it again on the same port and storage.
+    /// Kills the broker, waits `down`, and starts it again on the same ports and data.
     pub fn restart(&mut self, down: Duration) -> Result<()> {
-        self.tansu.kill();
-        std::thread::sleep(down);
-        self.tansu = Tansu::start_with(&self.options)?;
-        Ok(())
+        self.kafka.restart(down)
+    }
+
+    /// The broker itself (listeners, CA).
+    pub fn kafka(&self) -> &KafkaBroker {
+        &self.kafka
     }
 
     /// `host:port` for `brokers =`.
     pub fn address(&self) -> String {
-        self.tansu.address()
+        self.kafka.address()
     }
 
     /// Creates a topic with `partitions` partitions.
-    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        self.tansu.create_topic(name, partitions)
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        self.create_topic_with(name, partitions, &[]).await
+    }
+
+    /// Creates a topic with `partitions` partitions and topic settings.
+    pub async fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
+        let settings = Settings::from_properties(&Default::default(), None).map_err(anyhow::Error::msg)?;
+        let mut cluster = Cluster::new(&self.address(), Arc::new(settings));
+        admin::create_topic(&mut cluster, name, partitions, configs).await?;
+        // The partitions' leaders are known to metadata a moment after creation.
+        let start = Instant::now();
+        loop {
+            cluster.refresh(Some(&[name.to_owned()]), false).await?;
+            let ready = cluster
+                .topics()
+                .get(name)
+                .is_some_and(|p| p.len() == partitions as usize && p.values().all(|l| *l >= 0));
+            if ready {
+                return Ok(());
+            }
+            ensure!(start.elapsed() < TIMEOUT, "topic {name} has no leaders after {TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Produces one record to a given partition and waits for the broker's ack.
@@ -210,43 +239,4 @@ pub fn source_config(broker: &Broker, topics: &[String], group: &str, batch_size
         "block": "200ms",
         "properties": { "session.timeout.ms": "10000" },
     }))?)
-}
-
-/// A database of the test's own holding tansu's schema, dropped on drop.
-pub struct TansuDatabase {
-    name: String,
-}
-
-impl TansuDatabase {
-    /// Creates (or recreates) database `name` with tansu's schema.
-    pub async fn create(name: &str) -> Result<Self> {
-        let admin = sqlx::PgPool::connect(PG_URL).await?;
-        sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&admin).await?;
-        sqlx::raw_sql(&format!("create database {name}")).execute(&admin).await?;
-        let url = format!("{}/{name}", PG_URL.rsplit_once('/').map_or(PG_URL, |(base, _)| base));
-        let db = sqlx::PgPool::connect(&url).await?;
-        sqlx::raw_sql(include_str!("../fixtures/tansu/postgres-schema.sql")).execute(&db).await?;
-        db.close().await;
-        Ok(Self { name: name.to_owned() })
-    }
-
-    /// `--storage-engine` for tansu.
-    pub fn storage_url(&self) -> String {
-        // tansu would check Postgres's own certificate, which is not what this test is about.
-        format!("{}/{}?sslmode=disable", PG_URL.rsplit_once('/').map_or(PG_URL, |(base, _)| base), self.name)
-    }
-}
-
-impl Drop for TansuDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let admin = sqlx::PgPool::connect(PG_URL).await.ok()?;
-                sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&admin).await.ok()
-            })
-        })
-        .join();
-    }
 }

@@ -1,8 +1,7 @@
-//! The Kafka source against a real Kafka-protocol broker (`tansu`, in memory, on
-//! a private loopback port): multi-partition topics, per-key order, commits only
+//! The Kafka source against Apache Kafka (the suite's shared broker; a private
+//! one for the restart): multi-partition topics, per-key order, commits only
 //! after writes, restart from committed offsets, a group rebalance between two
-//! instances, tombstones, the dead-letter topic, and a broker restart (on
-//! tansu's Postgres storage, which keeps records and offsets across it).
+//! instances, tombstones, the dead-letter topic, and a broker restart under load.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -13,11 +12,8 @@ use evercache::source::KafkaConfig;
 use evercache::source::kafka::lag::consumer_lag;
 use evercache::source::lag::{LagProbe, SourceLag};
 use evercache_e2e::debezium::{next_lsn, pg_change, pg_key, with_schema};
-use evercache_e2e::kafka::{
-    Broker, TansuDatabase, field, kafka_runtime_toml, partition_offset, read_records, source_config,
-};
+use evercache_e2e::kafka::{Broker, field, kafka_runtime_toml, partition_offset, read_records, source_config};
 use evercache_e2e::{Running, TestEnv, wait_until};
-use evercache_test_kit::tansu::TansuOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -82,9 +78,9 @@ async fn produce_item(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_partition_topic_tombstones_and_restart_from_committed_offsets() -> Result<()> {
     let env = item_env("kafka_resume").await?;
-    let broker = Broker::start()?;
+    let broker = Broker::shared()?;
     let topic = env.stream("item");
-    broker.create_topic(&topic, 3)?;
+    broker.create_topic(&topic, 3).await?;
     let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
     let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
     let key = |id: i64| format!("{}:item:{id}", env.prefix);
@@ -137,9 +133,9 @@ async fn multi_partition_topic_tombstones_and_restart_from_committed_offsets() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_partition_order_and_headers_reach_the_decoder() -> Result<()> {
     evercache_e2e::init_logging();
-    let broker = Broker::start()?;
+    let broker = Broker::shared()?;
     let topic = format!("t{}_order.public.item", std::process::id());
-    broker.create_topic(&topic, 3)?;
+    broker.create_topic(&topic, 3).await?;
     for seq in 0..40 {
         for key in 0..6 {
             let value = json!({ "key": key, "seq": seq }).to_string();
@@ -149,7 +145,8 @@ async fn per_partition_order_and_headers_reach_the_decoder() -> Result<()> {
     }
     // A regular expression subscription, and batches far smaller than the backlog.
     let pattern = format!("^{}$", topic.replace('.', "\\."));
-    let config = source_config(&broker, &[pattern], "order", 7)?;
+    let group = format!("order{}", std::process::id());
+    let config = source_config(&broker, &[pattern], &group, 7)?;
     let records = read_records(&config, "order", 240).await?;
     assert_eq!(records.len(), 240, "every record once");
 
@@ -166,7 +163,7 @@ async fn per_partition_order_and_headers_reach_the_decoder() -> Result<()> {
         assert_eq!(field(record, "__debezium.oldkey"), Some("{\"id\":0}"), "headers reach the decoder");
     }
     assert_eq!(last_offset.len(), 3, "all partitions read");
-    for (committed, end) in broker.committed_and_end("order", &topic, 3)? {
+    for (committed, end) in broker.committed_and_end(&group, &topic, 3)? {
         assert_eq!(committed, end, "committed up to the end after the acks");
     }
     Ok(())
@@ -219,10 +216,11 @@ async fn wait_seen(seen: &Seen, count: usize, what: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_between_two_instances_loses_nothing() -> Result<()> {
     evercache_e2e::init_logging();
-    let broker = Broker::start()?;
+    let broker = Broker::shared()?;
     let topic = format!("t{}_rebalance.public.item", std::process::id());
-    broker.create_topic(&topic, 4)?;
-    let config = source_config(&broker, std::slice::from_ref(&topic), "rebalance", 5)?;
+    broker.create_topic(&topic, 4).await?;
+    let group = format!("rebalance{}", std::process::id());
+    let config = source_config(&broker, std::slice::from_ref(&topic), &group, 5)?;
     let seen = Arc::new(Mutex::new(Vec::new()));
 
     let stop_a = CancellationToken::new();
@@ -250,7 +248,7 @@ async fn a_rebalance_between_two_instances_loses_nothing() -> Result<()> {
     a.await??;
     produce_round(&broker, &topic, round).await?;
     wait_seen(&seen, produced + 40, "instance b reads everything after a left").await?;
-    wait_committed(&broker, "rebalance", &topic, 4).await?;
+    wait_committed(&broker, &group, &topic, 4).await?;
     stop_b.cancel();
     b.await??;
 
@@ -267,11 +265,11 @@ async fn a_rebalance_between_two_instances_loses_nothing() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_go_to_the_dead_letter_topic_with_the_reason() -> Result<()> {
     let env = item_env("kafka_dlq").await?;
-    let broker = Broker::start()?;
+    let broker = Broker::shared()?;
     let topic = env.stream("item");
     let dead_letters = format!("{topic}.dlq");
-    broker.create_topic(&topic, 2)?;
-    broker.create_topic(&dead_letters, 1)?;
+    broker.create_topic(&topic, 2).await?;
+    broker.create_topic(&dead_letters, 1).await?;
     let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
     let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline("fail_ids = \"13\""))])?;
 
@@ -330,9 +328,9 @@ async fn wait_all(env: &TestEnv, name: &str, version: i64) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runtime_instances_share_the_partitions_and_hand_them_over() -> Result<()> {
     let env = item_env("kafka_group").await?;
-    let broker = Broker::start()?;
+    let broker = Broker::shared()?;
     let topic = env.stream("item");
-    broker.create_topic(&topic, 4)?;
+    broker.create_topic(&topic, 4).await?;
     let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
     let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
     env.sql("insert into item select g, 'v0', 0 from generate_series(1, 20) g").await?;
@@ -361,10 +359,11 @@ async fn two_runtime_instances_share_the_partitions_and_hand_them_over() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_dead_letter_topic_blocks_the_commit_until_it_exists() -> Result<()> {
     let env = item_env("kafka_dlq_wait").await?;
-    let broker = Broker::start()?;
+    // Topics are not created on first use here, as on many production clusters.
+    let broker = Broker::private(&["auto.create.topics.enable=false"])?;
     let topic = env.stream("item");
     let dead_letters = format!("{topic}.dlq");
-    broker.create_topic(&topic, 1)?;
+    broker.create_topic(&topic, 1).await?;
     let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
     let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
     env.sql("insert into item values (1, 'one', 1)").await?;
@@ -378,7 +377,7 @@ async fn an_unwritable_dead_letter_topic_blocks_the_commit_until_it_exists() -> 
     let offsets = broker.committed_and_end(&env.prefix, &topic, 1)?;
     ensure!(offsets[0].0 < offsets[0].1, "committed while the dead letter was not written: {offsets:?}");
 
-    broker.create_topic(&dead_letters, 1)?;
+    broker.create_topic(&dead_letters, 1).await?;
     wait_committed(&broker, &env.prefix, &topic, 1).await?;
     let letters = broker.read_all(&dead_letters, 1, 1)?;
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -390,12 +389,10 @@ async fn an_unwritable_dead_letter_topic_blocks_the_commit_until_it_exists() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_rides_out_a_broker_restart() -> Result<()> {
     let env = item_env("kafka_broker_restart").await?;
-    // Postgres storage keeps topics, records and group offsets across the restart.
-    let database = TansuDatabase::create(&env.prefix).await?;
-    let mut broker =
-        Broker::start_with(TansuOptions { storage: Some(database.storage_url()), ..TansuOptions::default() })?;
+    // A broker of the test's own: its log keeps topics, records and group offsets across the restart.
+    let mut broker = Broker::private(&[])?;
     let topic = env.stream("item");
-    broker.create_topic(&topic, 2)?;
+    broker.create_topic(&topic, 2).await?;
     let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
     let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
     let key = |id: i64| format!("{}:item:{id}", env.prefix);
@@ -424,7 +421,6 @@ async fn the_source_rides_out_a_broker_restart() -> Result<()> {
 }
 
 /// Waits until the group's lag, as evercache's own probe reads it, is zero.
-/// (librdkafka's metadata requests time out against tansu's Postgres storage.)
 async fn wait_no_lag(broker: &Broker, group: &str, topic: &str) -> Result<()> {
     let config = source_config(broker, &[topic.to_owned()], group, 100)?;
     wait_until(&format!("{topic} fully committed by {group}"), WAIT, || {
@@ -433,4 +429,54 @@ async fn wait_no_lag(broker: &Broker, group: &str, topic: &str) -> Result<()> {
     })
     .await
     .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_with_offset_gaps_is_read_to_its_end() -> Result<()> {
+    let env = item_env("kafka_compact").await?;
+    let broker = Broker::shared()?;
+    let topic = env.stream("item");
+    // Segments roll and are cleaned within a second, as `cleanup.policy=compact` topics are in production, only faster.
+    let compact = [
+        ("cleanup.policy", "compact"),
+        ("segment.ms", "100"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("min.compaction.lag.ms", "0"),
+        ("delete.retention.ms", "100"),
+    ];
+    broker.create_topic_with(&topic, 1, &compact).await?;
+    let runtime_toml = kafka_runtime_toml(&env, &broker, std::slice::from_ref(&topic), "");
+    let config = env.config(&runtime_toml, &[("items", &env.testkit_pipeline(""))])?;
+
+    env.sql("insert into item select g, 'v3', 3 from generate_series(1, 10) g").await?;
+    for version in 1..=3 {
+        for id in 1..=10 {
+            produce_item(&broker, &env, &topic, 1, "u", item(id, &format!("v{version}"), version)).await?;
+        }
+        // A new segment per round, so the older rounds can be compacted away.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    env.sql("delete from item where id = 10").await?;
+    produce_item(&broker, &env, &topic, 1, "d", json!({ "id": 10 })).await?;
+    broker.produce(&topic, 0, Some(&evercache_e2e::debezium::pg_key(10)), None, &[]).await?;
+    let produced = 32;
+    let (shared, name) = (&broker, &topic);
+    let compacted = wait_until("the topic compacted", WAIT, || async move {
+        let read = shared.read_all(name, 1, produced)?.len();
+        if read >= produced {
+            // Roll the active segment so the cleaner gets to it.
+            shared.produce(name, 0, Some("{\"id\":0}"), None, &[]).await?;
+        }
+        Ok(read < produced)
+    })
+    .await;
+    ensure!(compacted.is_ok(), "the broker never compacted the topic: {compacted:?}");
+
+    let running = Running::start(config).await?;
+    for id in 1..=9 {
+        wait_json(&env, &format!("{}:item:{id}", env.prefix), Some(&item(id, "v3", 3))).await?;
+    }
+    wait_json(&env, &format!("{}:item:10", env.prefix), None).await?;
+    wait_no_lag(&broker, &env.prefix, &topic).await?;
+    running.stop().await
 }

@@ -1,12 +1,14 @@
-//! The Kafka source under SIGKILL: a consumer killed while it works resumes
-//! from the committed offsets and skips nothing. Needs the `tansu` broker
-//! (scripts/kafka-deps.sh installs it).
+//! The Kafka source under SIGKILL: three instances share a group's partitions,
+//! and one killed while it works is replaced by a rebalance; its partitions
+//! resume from the committed offsets and nothing is skipped. Runs on the suite's shared
+//! Apache Kafka broker (scripts/kafka.sh), on topics and a group of its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use evercache_test_kit::tansu::Tansu;
+use evercache::source::kafka::client::{Cluster, Settings, admin};
+use evercache_test_kit::kafka_broker::KafkaBroker;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -18,20 +20,20 @@ use crate::next_lsn;
 
 const PARTITIONS: i32 = 3;
 
-/// A private broker, and the group offsets the check reads from it.
+/// The shared broker, and the group offsets the check reads from it.
 struct Broker {
-    tansu: Tansu,
     address: String,
 }
 
 impl Broker {
     fn start() -> Self {
-        let tansu = Tansu::start().expect("tansu");
-        Self { address: tansu.address(), tansu }
+        Self { address: KafkaBroker::shared().expect("the suite's Kafka broker").address() }
     }
 
-    fn create_topic(&self, topic: &str) {
-        self.tansu.create_topic(topic, PARTITIONS).expect("create topic");
+    async fn create_topic(&self, topic: &str) {
+        let settings = Settings::from_properties(&Default::default(), None).expect("settings");
+        let mut cluster = Cluster::new(&self.address, Arc::new(settings));
+        admin::create_topic(&mut cluster, topic, PARTITIONS, &[]).await.expect("create topic");
     }
 
     /// Per partition: committed offset of `group` and high watermark.
@@ -67,7 +69,7 @@ async fn a_kafka_consumer_killed_under_load_resumes_from_committed_offsets() {
     let dir = scratch(&name);
     let broker = Broker::start();
     let topic = format!("{name}.{name}.item");
-    broker.create_topic(&topic);
+    broker.create_topic(&topic).await;
     let pg = PgPool::connect(SHARED_PG).await.unwrap();
     create_items(&pg, &name, rows).await;
     let mut redis = connect(SHARED_REDIS).await;
@@ -83,7 +85,9 @@ async fn a_kafka_consumer_killed_under_load_resumes_from_committed_offsets() {
         .line("block = \"200ms\"\nproperties = { \"session.timeout.ms\" = \"6000\" }");
     let prefix = format!("{name}:item");
     let config = write_config(&dir, runtime, &[("items", testkit_pipeline("events", &name, &prefix, "", ""))]);
-    let mut process = RuntimeProcess::start(&config, &dir.join("runtime.log"));
+    // Three instances in one group share the partitions; one of them is SIGKILLed at a time.
+    let mut processes: Vec<RuntimeProcess> =
+        (0..3).map(|n| RuntimeProcess::start(&config, &dir.join(format!("runtime-{n}.log")))).collect();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("message.timeout.ms", "10000")
@@ -118,7 +122,7 @@ async fn a_kafka_consumer_killed_under_load_resumes_from_committed_offsets() {
     let mut kills = 0;
     while !done.load(Ordering::SeqCst) || kills < 3 {
         tokio::time::sleep(Duration::from_millis(1_000 + rng.below(2_000))).await;
-        process.restart();
+        processes[rng.below(3) as usize].restart();
         kills += 1;
     }
     writer.await.unwrap();
@@ -133,12 +137,15 @@ async fn a_kafka_consumer_killed_under_load_resumes_from_committed_offsets() {
     })
     .await;
     println!(
-        "[kafka SIGKILL] {updates} row changes over {rows} keys produced to {PARTITIONS} partitions while the runtime \
-         was SIGKILLed {kills} times and restarted in the same group; it converged {:.1?} after the last write from \
-         the committed offsets: every key equals the database, every partition committed to its end",
+        "[kafka SIGKILL] {updates} row changes over {rows} keys produced to {PARTITIONS} partitions of Apache Kafka \
+         while one of three instances in one group was SIGKILLed and restarted {kills} times; they converged {:.1?} \
+         after the last write from the committed offsets: every key equals the database, every partition committed \
+         to its end",
         settle.elapsed()
     );
-    process.stop();
+    for process in &mut processes {
+        process.stop();
+    }
     clear_prefix(&mut redis, &name).await;
     let _ = sqlx::query(&format!("drop schema if exists {name} cascade")).execute(&pg).await;
 }

@@ -63,16 +63,29 @@ impl SkipReason {
     }
 }
 
+/// What a dead letter for undecodable bytes tells the operator to configure.
+const EXPECTED_CONVERTER: &str = "evercache reads JSON as Kafka Connect's JsonConverter writes it \
+     (key.converter and value.converter = org.apache.kafka.connect.json.JsonConverter, schemas on or off) \
+     or Debezium Server's `json` format";
+
 /// Why a record could not be decoded; such records are dead-lettered.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The key or value is not valid JSON (or not the expected shape).
-    #[error("{part} is not a valid Debezium JSON document: {source}")]
+    #[error("{part} is not a valid Debezium JSON document: {source}; {EXPECTED_CONVERTER}")]
     InvalidJson {
         /// "key" or "value".
         part: &'static str,
         /// The parser's error, with line and column.
         source: serde_json::Error,
+    },
+    /// The key or value was written by a converter other than JSON's.
+    #[error("{part} was written by another converter: {found}; {EXPECTED_CONVERTER}")]
+    OtherConverter {
+        /// "key" or "value".
+        part: &'static str,
+        /// What the bytes look like.
+        found: String,
     },
     /// An `op` this decoder does not know.
     #[error("unknown op '{0}' (expected c, u, d, r, t or m)")]
@@ -119,6 +132,9 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
     let Some(value) = value.map(str::trim).filter(|v| *v != REDIS_NULL) else {
         return Ok(Decoded::Skip(SkipReason::Tombstone));
     };
+    if let Some(found) = other_converter(value) {
+        return Err(DecodeError::OtherConverter { part: "value", found });
+    }
     let Some(envelope) = parse_envelope(value)? else {
         return Ok(Decoded::Skip(SkipReason::Tombstone));
     };
@@ -144,7 +160,7 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
         key: decode_key(key)?,
         before: row(envelope.before),
         after: row(envelope.after),
-        position: source.position(),
+        position: source.position(op == Op::SnapshotRead),
         committed_at_ms: source.ts_ms.or(envelope.ts_ms).unwrap_or(0),
     }))
 }
@@ -210,8 +226,8 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn position(&self) -> String {
-        if let Some(position) = self.postgres_position() {
+    fn position(&self, snapshot_read: bool) -> String {
+        if let Some(position) = self.postgres_position(snapshot_read) {
             return position;
         }
         if let (Some(file), Some(pos)) = (&self.file, self.pos)
@@ -228,7 +244,7 @@ impl Source<'_> {
     }
 
     /// `sequence` is `["<lastCommitLsn>","<lsn>"]` as a string; either part may be null.
-    fn postgres_position(&self) -> Option<String> {
+    fn postgres_position(&self, snapshot_read: bool) -> Option<String> {
         if self.connector.as_deref() != Some("postgresql") && self.sequence.is_none() {
             return None;
         }
@@ -237,8 +253,17 @@ impl Source<'_> {
             None => (None, self.lsn),
         };
         let lsn = lsn?;
-        // Without a commit LSN the change's own LSN is the best order available.
-        Some(position::postgres(commit.unwrap_or(lsn), lsn))
+        let commit = match commit {
+            Some(commit) => commit,
+            // Debezium's snapshot reads carry `[null, <LSN where the snapshot began>]`,
+            // and a transaction open across the snapshot is streamed after it with
+            // changes before that LSN (and, first streamed, no commit LSN), so a
+            // snapshot read ranks below every streamed change, as the capture's do.
+            None if snapshot_read => 0,
+            // Without a commit LSN the change's own LSN is the best order available.
+            None => lsn,
+        };
+        Some(position::postgres(commit, lsn))
     }
 }
 
@@ -313,6 +338,9 @@ fn decode_key(key: Option<&str>) -> Result<String, DecodeError> {
         #[serde(default, borrow)]
         payload: Option<&'a RawValue>,
     }
+    if let Some(found) = other_converter(key) {
+        return Err(DecodeError::OtherConverter { part: "key", found });
+    }
     let invalid = |source| DecodeError::InvalidJson { part: "key", source };
     if let Some(payload) = wrapper::payload(key)
         && serde_json::from_str::<&RawValue>(payload).is_ok()
@@ -325,6 +353,33 @@ fn decode_key(key: Option<&str>) -> Result<String, DecodeError> {
         // A scalar key (not an object) is still a key.
         Err(_) => serde_json::from_str::<&RawValue>(key).map(|_| key.to_owned()).map_err(invalid),
     }
+}
+
+/// Names the serialisation of bytes that are not JSON but a known other
+/// converter's, as seen through a lossy UTF-8 decoding: the Confluent wire format
+/// (a zero magic byte, then a 4-byte big-endian schema id) of Avro, Protobuf and
+/// JSON Schema converters, and Kafka Connect's `StringConverter` rendering of a
+/// struct (`Struct{id=1}`).
+fn other_converter(text: &str) -> Option<String> {
+    let mut chars = text.chars();
+    if chars.next() == Some('\0') {
+        let id: Option<Vec<u32>> = chars.take(4).map(|c| (c as u32 <= 0x7f).then_some(c as u32)).collect();
+        let id = match id {
+            Some(bytes) if bytes.len() == 4 => bytes.iter().fold(0u32, |id, b| id << 8 | b).to_string(),
+            _ => "unreadable".to_owned(),
+        };
+        return Some(format!(
+            "the Confluent wire format (magic byte 0, schema id {id}), as Avro, Protobuf or JSON Schema \
+             converters with a schema registry write it"
+        ));
+    }
+    if text.starts_with("Struct{") {
+        return Some(format!(
+            "text `{}`, as Kafka Connect's StringConverter renders a struct",
+            text.chars().take(60).collect::<String>()
+        ));
+    }
+    None
 }
 
 /// A row image as JSON text, `None` when absent or null.

@@ -325,3 +325,43 @@ fn a_change_the_capture_could_not_decode_is_an_error_never_a_skip() {
     assert!(matches!(err, DecodeError::Capture(_)), "{err}");
     assert!(err.to_string().contains("LSN 0/16B3748"), "{err}");
 }
+
+#[test]
+fn bytes_of_another_converter_name_it_and_the_converter_expected() {
+    // Avro through a schema registry: magic byte 0, schema id 7, then the Avro body.
+    let avro = String::from_utf8_lossy(&[0, 0, 0, 0, 7, 0x02, 0x06, 0xfe]).into_owned();
+    let err = decode_record("shop.public.product", Some(r#"{"id":1}"#), Some(&avro)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, DecodeError::OtherConverter { part: "value", .. }), "{text}");
+    assert!(text.contains("Confluent wire format") && text.contains("schema id 7"), "{text}");
+    assert!(text.contains("org.apache.kafka.connect.json.JsonConverter"), "{text}");
+
+    let value = r#"{"op":"c","after":{"id":1},"source":{"schema":"public","table":"product","lsn":1}}"#;
+    let err = decode_record("shop.public.product", Some("Struct{id=1}"), Some(value)).unwrap_err();
+    assert!(
+        err.to_string().contains("key was written by another converter") && err.to_string().contains("StringConverter"),
+        "{err}"
+    );
+    let err = decode_record("shop.public.product", Some("{not json"), Some(value)).unwrap_err();
+    assert!(err.to_string().contains("JsonConverter"), "plain bad JSON names the converter too: {err}");
+}
+
+#[test]
+fn a_postgres_snapshot_read_ranks_below_a_transaction_streamed_after_the_snapshot() {
+    // What Debezium 3.6.1 sent (tests/tests/debezium_kafka.rs): the snapshot began at
+    // LSN 32602808; a transaction open across it had changed the row at 32602576.
+    let position = |op: &str, sequence: &str, lsn: u64| {
+        let value = format!(
+            r#"{{"before":null,"after":{{"id":1}},"op":"{op}","source":{{"connector":"postgresql","schema":"public","table":"product","sequence":"{sequence}","lsn":{lsn}}}}}"#
+        );
+        change(decode_record("shop.public.product", Some(r#"{"id":1}"#), Some(&value))).position
+    };
+    let snapshot = position("r", r#"[null,\"32602808\"]"#, 32602808);
+    let streamed = position("u", r#"[null,\"32602576\"]"#, 32602576);
+    assert!(snapshot < streamed, "{snapshot} ranks below {streamed}");
+    assert_eq!(snapshot, position::postgres(0, 32602808));
+    assert_eq!(streamed, position::postgres(32602576, 32602576), "a change without a commit LSN: its own LSN");
+    let later = position("u", r#"[\"32603000\",\"32602900\"]"#, 32602900);
+    assert_eq!(later, position::postgres(32603000, 32602900), "with a commit LSN, as before");
+    assert_eq!(position("r", r#"[\"4096\",\"4000\"]"#, 4000), position::postgres(4096, 4000), "the capture's reads");
+}

@@ -1,8 +1,10 @@
 //! A Kafka client in Rust over the one rustls stack: connections with TLS and
 //! SASL (`conn`, `sasl`), cluster metadata (`cluster`), consumer-group
-//! membership (`group`, `assign`), fetching (`fetch`) and producing (`produce`).
+//! membership (`group`, `assign`), fetching (`fetch`), producing (`produce`)
+//! and creating topics (`admin`).
 //! The wire format is the `kafka-protocol` crate's.
 
+pub mod admin;
 pub mod assign;
 pub mod cluster;
 pub mod conn;

@@ -57,7 +57,11 @@ pub async fn produce(cluster: &mut Cluster, topic: &str, records: &[OutRecord]) 
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: batch.len() as i64,
-            sequence: -1,
+            // No idempotence: the batch's base sequence must be -1. The encoder
+            // derives it from the first record and starts a new batch wherever
+            // offset − sequence changes, and Kafka refuses more than one batch
+            // per partition (InvalidRecord), so the sequence follows the offset.
+            sequence: batch.len() as i32 - 1,
             timestamp: now,
             key: record.key.clone(),
             value: record.value.clone(),
@@ -73,16 +77,9 @@ pub async fn produce(cluster: &mut Cluster, topic: &str, records: &[OutRecord]) 
         let leader = cluster
             .leader(topic, partition)
             .ok_or_else(|| KafkaError::api("Produce", ResponseError::LeaderNotAvailable).context(topic))?;
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &batch,
-            &RecordEncodeOptions { version: 2, compression: Compression::None },
-        )
-        .map_err(|e| KafkaError::Protocol(format!("encoding a record batch: {e}")))?;
         let mut data = PartitionProduceData::default();
         data.index = partition;
-        data.records = Some(buf.freeze());
+        data.records = Some(encode_batch(&batch)?);
         by_leader.entry(leader).or_default().push(data);
     }
     for (leader, partitions) in by_leader {
@@ -104,9 +101,52 @@ pub async fn produce(cluster: &mut Cluster, topic: &str, records: &[OutRecord]) 
             if let Some(error) = ResponseError::try_from_code(response.error_code) {
                 // A moved leader or a new topic shows up in the next metadata.
                 cluster.forget_topic(topic);
-                return Err(KafkaError::api("Produce", error).context(topic));
+                // The broker says why it refused a batch (e.g. which record was invalid).
+                let why = response.error_message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
+                return Err(KafkaError::api("Produce", error).context(&format!("{topic}{why}")));
             }
         }
     }
     Ok(())
+}
+
+/// One partition's records as the one record batch Kafka accepts per partition.
+fn encode_batch(records: &[Record]) -> Result<Bytes, KafkaError> {
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, records, &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .map_err(|e| KafkaError::Protocol(format!("encoding a record batch: {e}")))?;
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    use super::*;
+
+    #[test]
+    fn a_partitions_records_are_one_batch_without_a_sequence() {
+        let records: Vec<Record> = (0..3)
+            .map(|n| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: n,
+                sequence: n as i32 - 1,
+                timestamp: 0,
+                key: None,
+                value: Some(Bytes::from("v")),
+                headers: IndexMap::new(),
+            })
+            .collect();
+        let mut encoded = encode_batch(&records).unwrap();
+        let batches = RecordBatchDecoder::decode_batch_info(&mut encoded.clone()).unwrap();
+        assert_eq!(batches.len(), 1, "Kafka refuses a second batch for one partition");
+        assert_eq!((batches[0].record_count, batches[0].base_sequence), (3, -1));
+        assert_eq!(RecordBatchDecoder::decode(&mut encoded).unwrap().records.len(), 3);
+    }
 }
