@@ -56,7 +56,8 @@ impl Broker {
     fn with(kafka: KafkaBroker) -> Result<Self> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", kafka.address())
-            .set("message.timeout.ms", "10000")
+            // Long enough to ride out a broker restart, as a real producer's retries do.
+            .set("message.timeout.ms", "60000")
             .set("acks", "all")
             .create()?;
         Ok(Self { kafka, producer })
@@ -65,6 +66,11 @@ impl Broker {
     /// Kills the broker, waits `down`, and starts it again on the same ports and data.
     pub fn restart(&mut self, down: Duration) -> Result<()> {
         self.kafka.restart(down)
+    }
+
+    /// The test's producer (librdkafka, `acks=all`), for a task of its own.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.clone()
     }
 
     /// The broker itself (listeners, CA).
@@ -112,11 +118,23 @@ impl Broker {
         value: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Result<i64> {
+        self.produce_bytes(topic, partition, key.map(str::as_bytes), value.map(str::as_bytes), headers).await
+    }
+
+    /// Produces one record of raw bytes (another converter's, say) and waits for the broker's ack.
+    pub async fn produce_bytes(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<i64> {
         let mut owned = OwnedHeaders::new();
         for (name, value) in headers {
             owned = owned.insert(Header { key: name, value: Some(*value) });
         }
-        let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).partition(partition).headers(owned);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(partition).headers(owned);
         if let Some(key) = key {
             record = record.key(key);
         }

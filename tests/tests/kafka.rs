@@ -279,12 +279,39 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason() -> Result<()>
     let unknown_op = pg_change("x", &env.prefix, "item", None, Some(item(1, "one", 1)), next_lsn());
     broker.produce(&topic, 1, Some(&pg_key(1)), Some(&unknown_op.to_string()), &[]).await?;
     produce_item(&broker, &env, &topic, 2, "c", item(13, "thirteen", 1)).await?;
+    // What a connector configured with another converter writes: Avro in the
+    // Confluent wire format (magic 0, schema id 42), and a StringConverter key.
+    broker.produce_bytes(&topic, 0, Some(br#"{"id":1}"#), Some(&[0, 0, 0, 0, 42, 2, 6, 0xfe, 0xff]), &[]).await?;
+    let good = pg_change("c", &env.prefix, "item", None, Some(item(1, "one", 1)), next_lsn()).to_string();
+    broker.produce(&topic, 1, Some("Struct{id=1}"), Some(&good), &[]).await?;
     produce_item(&broker, &env, &topic, 2, "c", item(1, "one", 1)).await?;
     let running = Running::start(config).await?;
 
     wait_json(&env, &format!("{}:item:1", env.prefix), Some(&item(1, "one", 1))).await?;
     wait_committed(&broker, &env.prefix, &topic, 2).await?;
-    let letters = broker.read_all(&dead_letters, 1, 3)?;
+    let letters = broker.read_all(&dead_letters, 1, 5)?;
+    assert_eq!(letters.len(), 5, "{letters:?}");
+    let errors: Vec<String> = (0..5)
+        .map(|i| {
+            letters[i]
+                .headers
+                .iter()
+                .find(|(n, _)| n == "__evercache.error")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let avro = errors.iter().find(|e| e.contains("Confluent wire format")).context("Avro letter")?;
+    assert!(avro.contains("schema id 42") && avro.contains("JsonConverter"), "{avro}");
+    let string_key = errors.iter().find(|e| e.contains("StringConverter")).context("string-key letter")?;
+    assert!(string_key.starts_with("key was written by another converter"), "{string_key}");
+    let letters: Vec<_> = letters
+        .into_iter()
+        .filter(|l| {
+            let error = l.headers.iter().find(|(n, _)| n == "__evercache.error").map(|(_, v)| v.as_str()).unwrap_or("");
+            !error.contains("another converter")
+        })
+        .collect();
     assert_eq!(letters.len(), 3, "{letters:?}");
     let header = |i: usize, name: &str| {
         letters[i].headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
@@ -407,14 +434,38 @@ async fn the_source_rides_out_a_broker_restart() -> Result<()> {
     }
     wait_no_lag(&broker, &env.prefix, &topic).await?;
 
-    // Down for longer than a heartbeat interval, so the runtime sees it gone.
-    broker.restart(Duration::from_secs(4))?;
-    env.sql("update item set name = 'v2', version = 2").await?;
+    // Writers keep changing rows while the broker is SIGKILLed and down for
+    // longer than a heartbeat interval; their producer (acks=all) buffers and
+    // retries, as Kafka Connect's does, until the broker is back.
+    let producer = broker.producer();
+    let writer = {
+        let (env_pg, topic, prefix) = (env.pg.clone(), topic.clone(), env.prefix.clone());
+        tokio::spawn(async move {
+            for version in 2..=40i64 {
+                sqlx::query(&format!("update {prefix}.item set name = 'v{version}', version = {version}"))
+                    .execute(&env_pg)
+                    .await?;
+                for id in 1..=4i64 {
+                    let after = item(id, &format!("v{version}"), version);
+                    let change =
+                        with_schema(pg_change("u", &prefix, "item", None, Some(after), next_lsn())).to_string();
+                    let key = with_schema(json!({ "id": id })).to_string();
+                    let record = rdkafka::producer::FutureRecord::to(&topic)
+                        .partition((id % 2) as i32)
+                        .key(&key)
+                        .payload(&change);
+                    producer.send(record, Duration::from_secs(60)).await.map_err(|(e, _)| e)?;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| broker.restart(Duration::from_secs(4)))?;
+    writer.await??;
     for id in 1..=4 {
-        produce_item(&broker, &env, &topic, 2, "u", item(id, "v2", 2)).await?;
-    }
-    for id in 1..=4 {
-        wait_json(&env, &key(id), Some(&item(id, "v2", 2))).await?;
+        wait_json(&env, &key(id), Some(&item(id, "v40", 40))).await?;
     }
     wait_no_lag(&broker, &env.prefix, &topic).await?;
     running.stop().await
