@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub mod debezium;
+pub mod debezium_server;
 pub mod http;
 pub mod kafka;
 pub mod mariadb;
