@@ -8,6 +8,14 @@
 set -euo pipefail
 here="$(dirname "$0")"
 bash "$here/build-deps.sh"
+# kafka-connect.sh talks to Connect's REST API with curl and jq and looks into jars with unzip.
+missing=()
+for tool in jq curl unzip; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "kafka-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 bash "$here/java-parts.sh" kafka >/dev/null
 bash "$here/java-parts.sh" debezium-server >/dev/null
 bash "$here/kafka.sh"

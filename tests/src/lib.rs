@@ -19,6 +19,7 @@ pub mod debezium;
 pub mod debezium_server;
 pub mod http;
 pub mod kafka;
+pub mod kafka_connect;
 pub mod mariadb;
 
 use evercache_test_kit::SETUP_HINT;
