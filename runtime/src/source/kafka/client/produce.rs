@@ -48,29 +48,7 @@ pub async fn produce(cluster: &mut Cluster, topic: &str, records: &[OutRecord]) 
     for record in records {
         let partition = partitions[record.partition_hint as usize % partitions.len()];
         let batch = by_partition.entry(partition).or_default();
-        batch.push(Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: batch.len() as i64,
-            // No idempotence: the batch's base sequence must be -1. The encoder
-            // derives it from the first record and starts a new batch wherever
-            // offset − sequence changes, and Kafka refuses more than one batch
-            // per partition (InvalidRecord), so the sequence follows the offset.
-            sequence: batch.len() as i32 - 1,
-            timestamp: now,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            headers: record
-                .headers
-                .iter()
-                .map(|(k, v)| (StrBytes::from_string(k.clone()), Some(v.clone())))
-                .collect::<IndexMap<_, _>>(),
-        });
+        batch.push(to_record(record, batch.len(), now));
     }
     let mut by_leader: BTreeMap<i32, Vec<PartitionProduceData>> = BTreeMap::new();
     for (partition, batch) in by_partition {
@@ -110,6 +88,33 @@ pub async fn produce(cluster: &mut Cluster, topic: &str, records: &[OutRecord]) 
     Ok(())
 }
 
+/// `out` as the `position`-th record of its partition's batch, written at `timestamp`.
+fn to_record(out: &OutRecord, position: usize, timestamp: i64) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: position as i64,
+        // No idempotence: the batch's base sequence must be -1. The encoder
+        // derives it from the first record and starts a new batch wherever
+        // offset − sequence changes, and Kafka refuses more than one batch
+        // per partition (InvalidRecord), so the sequence follows the offset.
+        sequence: position as i32 - 1,
+        timestamp,
+        key: out.key.clone(),
+        value: out.value.clone(),
+        headers: out
+            .headers
+            .iter()
+            .map(|(k, v)| (StrBytes::from_string(k.clone()), Some(v.clone())))
+            .collect::<IndexMap<_, _>>(),
+    }
+}
+
 /// One partition's records as the one record batch Kafka accepts per partition.
 fn encode_batch(records: &[Record]) -> Result<Bytes, KafkaError> {
     let mut buf = BytesMut::new();
@@ -126,23 +131,8 @@ mod tests {
 
     #[test]
     fn a_partitions_records_are_one_batch_without_a_sequence() {
-        let records: Vec<Record> = (0..3)
-            .map(|n| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: n,
-                sequence: n as i32 - 1,
-                timestamp: 0,
-                key: None,
-                value: Some(Bytes::from("v")),
-                headers: IndexMap::new(),
-            })
-            .collect();
+        let out = OutRecord { key: None, value: Some(Bytes::from("v")), headers: Vec::new(), partition_hint: 0 };
+        let records: Vec<Record> = (0..3).map(|n| to_record(&out, n, 0)).collect();
         let mut encoded = encode_batch(&records).unwrap();
         let batches = RecordBatchDecoder::decode_batch_info(&mut encoded.clone()).unwrap();
         assert_eq!(batches.len(), 1, "Kafka refuses a second batch for one partition");
