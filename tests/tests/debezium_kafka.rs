@@ -266,17 +266,13 @@ async fn warm_and_invalidate_pipelines_follow_real_debezium() -> Result<()> {
     let delays = commit_to_cache(&env, 100).await?;
     println!("commit → cache over 100 single-row updates: p50 {:?}, p99 {:?}", delays[49], delays[98]);
 
-    // A TRUNCATE: the warm pipeline recomputes every key it owns (all gone);
-    // the invalidate pipeline owns no keys and shop-product's `keys` needs a
-    // row, so it dead-letters the record (the one expected dead letter).
+    // A TRUNCATE: the warm pipeline recomputes every key it owns (all gone),
+    // the invalidate pipeline deletes every page it owns; nothing is dead-lettered.
     env.sql("truncate product").await?;
     wait_until("warm keys gone", WAIT, || async { Ok(cached(&env, "product").await?.is_empty()) }).await?;
-    wait_until("the truncate dead-lettered", WAIT, || async { Ok(connect::end_offset(&dlq(&env))? > 0) }).await?;
-    let letters = connect::read_topic(&dlq(&env))?;
-    let header = |name: &str| letters[0].headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    ensure!(letters.len() == 1 && letters[0].payload()["op"] == "t", "one dead letter, the truncate: {letters:?}");
-    ensure!(header("__evercache.pipeline").as_deref() == Some("product-pages"), "{letters:?}");
-    println!("dead letter: {:?}", header("__evercache.error"));
+    wait_until("pages gone", WAIT, || async { Ok(cached(&env, "product-page").await?.is_empty()) }).await?;
+    all_committed(&env, &topics[..2]).await?;
+    ensure!(connect::end_offset(&dlq(&env))? == 0, "nothing dead-lettered: {:?}", connect::read_topic(&dlq(&env))?);
 
     running.stop().await?;
     connect::delete_topics(&[dlq(&env)]).await?;

@@ -375,3 +375,38 @@ async fn fills_racing_changes_never_leave_a_stale_value() -> Result<()> {
     ensure!(env.dead_letters(&stream).await?.is_empty(), "no dead letters");
     running.stop().await
 }
+
+/// Pages the application caches itself, owned by an invalidate pipeline: a
+/// truncate deletes every one of them, and the read path never fills one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidate_pipeline_deletes_its_keys_on_a_truncate_and_never_fills_them() -> Result<()> {
+    let mut env = TestEnv::with_items("reads_invalidate", 3).await?;
+    let stream = env.stream("item");
+    let pipeline = format!("on_change = \"invalidate\"\n{}", owning_pipeline(&env));
+    let config =
+        env.config(&env.runtime_toml(std::slice::from_ref(&stream), HTTP), &[("reads_invalidate", &pipeline)])?;
+    let running = Running::start(config).await?;
+    let addr = running.http.context("no listener")?;
+    let prefix = env.prefix.clone();
+    for id in 1..=3 {
+        redis::cmd("SET").arg(format!("{prefix}:item:{id}")).arg("page").query_async::<()>(&mut env.redis).await?;
+    }
+    let (code, body) = read(addr, &format!("{prefix}:item:1")).await?;
+    ensure!(code == 404, "{body}");
+    ensure!(
+        body["error"].as_str().unwrap_or_default().contains("invalidates its keys and does not fill them"),
+        "{body}"
+    );
+
+    env.sql("truncate item").await?;
+    let truncate = pg_change("t", &prefix, "item", None, None, next_lsn());
+    env.xadd_compact(&stream, "null", &truncate.to_string()).await?;
+    wait_until("every owned page deleted", WAIT, || {
+        let mut redis = env.redis.clone();
+        let pattern = format!("{prefix}:item:*");
+        async move { Ok(redis::cmd("KEYS").arg(pattern).query_async::<Vec<String>>(&mut redis).await?.is_empty()) }
+    })
+    .await?;
+    ensure!(env.dead_letters(&stream).await?.is_empty(), "no dead letters");
+    running.stop().await
+}

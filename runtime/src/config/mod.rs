@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pipeline::config::{OnChange, PipelineConfig};
+use crate::pipeline::config::PipelineConfig;
 use crate::pipeline::reload::ReloadConfig;
 use crate::plugin::SandboxConfig;
 use crate::query::DatabaseConfig;
@@ -287,13 +287,6 @@ fn check_pipeline(runtime: &RuntimeConfig, file: &Path, pipeline: &PipelineConfi
         if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
             return Err(invalid("tables", format!("\"{table}\" is not of the form \"schema.table\"")));
         }
-    }
-    if pipeline.on_change == OnChange::Invalidate && !pipeline.key_patterns.is_empty() {
-        return Err(invalid(
-            "key_patterns",
-            "an `on_change = \"invalidate\"` pipeline does not recompute keys, so it cannot fill them on a read"
-                .to_owned(),
-        ));
     }
     if pipeline.max_attempts == 0 {
         return Err(invalid("max_attempts", "must be at least 1".to_owned()));

@@ -285,7 +285,7 @@ async fn read_key(State(ops): State<Arc<Ops>>, Path(key): Path<String>) -> Respo
         }
         Err(e) => {
             let code = match &e {
-                ReadError::NoOwner { .. } => StatusCode::NOT_FOUND,
+                ReadError::NoOwner { .. } | ReadError::NotFilled { .. } => StatusCode::NOT_FOUND,
                 ReadError::Recompute(_) => StatusCode::BAD_GATEWAY,
                 ReadError::Cache(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ReadError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

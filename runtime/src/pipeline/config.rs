@@ -44,10 +44,12 @@ pub struct PipelineConfig {
     pub tables: Vec<String>,
     /// The cache keys this pipeline owns, e.g. ["product:*"] (`*` any run of
     /// characters, `?` one, `\` escapes): the read path (`GET /v1/keys/…`)
-    /// fills a missing key through the pipeline whose pattern it matches, and a
-    /// `TRUNCATE` of one of its tables recomputes every key it owns in the cache
-    /// (found by `SCAN`). Patterns of two pipelines may not overlap. Default:
-    /// none (keys cannot be read through; a truncate goes to the plugin's `keys`).
+    /// fills a missing key through the pipeline whose pattern it matches (an
+    /// `on_change = "invalidate"` pipeline never fills: such a read is a 404),
+    /// and a `TRUNCATE` of one of its tables recomputes (or, invalidating,
+    /// deletes) every key it owns in the cache (found by `SCAN`). Patterns of
+    /// two pipelines may not overlap. Default: none (keys cannot be read
+    /// through; a truncate goes to the plugin's `keys`).
     #[serde(default)]
     pub key_patterns: Vec<KeyPattern>,
     /// "recompute" (default) or "invalidate".

@@ -28,7 +28,7 @@ use fill_batch::FillBatches;
 use fill_lock::FillLock;
 use refresh::RefreshAhead;
 
-use crate::pipeline::{Pipeline, RepairKey};
+use crate::pipeline::{OnChange, Pipeline, RepairKey};
 
 /// How a read was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +64,14 @@ pub enum ReadError {
         key: String,
         /// Every pipeline's patterns.
         patterns: String,
+    },
+    /// The key belongs to an `on_change = "invalidate"` pipeline, which deletes keys and never fills them.
+    #[error("key \"{key}\" belongs to pipeline {pipeline}, which invalidates its keys and does not fill them")]
+    NotFilled {
+        /// The key.
+        key: String,
+        /// The owning pipeline.
+        pipeline: String,
     },
     /// The plugin could not recompute the key; nothing was written.
     #[error("{0}")]
@@ -129,7 +137,12 @@ impl ReadPath {
     }
 
     fn owner(&self, key: &str) -> Result<&Arc<Pipeline>, ReadError> {
-        self.pipelines.iter().find(|p| p.owns(key)).ok_or_else(|| {
+        let owner = self.pipelines.iter().find(|p| p.owns(key));
+        // An invalidate pipeline owns its keys only to delete them on a truncate; it never fills one.
+        if let Some(pipeline) = owner.filter(|p| p.config().on_change == OnChange::Invalidate) {
+            return Err(ReadError::NotFilled { key: key.to_owned(), pipeline: pipeline.name().to_owned() });
+        }
+        owner.ok_or_else(|| {
             let patterns: Vec<String> = self
                 .pipelines
                 .iter()
