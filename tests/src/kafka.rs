@@ -6,17 +6,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use evercache::source::kafka::client::{Cluster, Settings, admin};
+use evercache::source::kafka::lag::consumer_lag;
 use evercache::source::{KafkaConfig, RecordBody, SourceRecord};
 use evercache_test_kit::kafka_broker::KafkaBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::{PG_URL, REDIS_URL, RuntimeToml, TestEnv};
+use crate::debezium::{next_lsn, pg_change, with_schema};
+use crate::{PG_URL, REDIS_URL, RuntimeToml, TestEnv, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -257,4 +259,78 @@ pub fn source_config(broker: &Broker, topics: &[String], group: &str, batch_size
         "block": "200ms",
         "properties": { "session.timeout.ms": "10000" },
     }))?)
+}
+
+/// How long a Kafka test waits for a condition.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// An `item` row as the testkit plugin caches it.
+pub fn item(id: i64, name: &str, version: i64) -> Value {
+    json!({ "id": id, "name": name, "version": version })
+}
+
+/// A test environment with an `item` table.
+pub async fn item_env(name: &str) -> Result<TestEnv> {
+    let env = TestEnv::new(name).await?;
+    env.sql("create table item (id bigint primary key, name text, version bigint)").await?;
+    Ok(env)
+}
+
+/// Does `key` exist in the cache?
+pub async fn exists(env: &TestEnv, key: &str) -> Result<bool> {
+    Ok(redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut env.redis.clone()).await? == 1)
+}
+
+/// Waits until `key` holds `expected` as JSON (`None`: absent).
+pub async fn wait_json(env: &TestEnv, key: &str, expected: Option<&Value>) -> Result<()> {
+    let what = format!("{key} == {expected:?}");
+    wait_until(&what, WAIT, || {
+        let mut redis = env.redis.clone();
+        let key = key.to_owned();
+        let expected = expected.cloned();
+        async move {
+            let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+            Ok(value.and_then(|v| serde_json::from_str::<Value>(&v).ok()) == expected)
+        }
+    })
+    .await
+    .map(drop)
+}
+
+/// Waits until the group committed every partition up to its end.
+pub async fn wait_committed(broker: &Broker, group: &str, topic: &str, partitions: i32) -> Result<()> {
+    wait_until(&format!("{topic} fully committed by {group}"), WAIT, || {
+        let offsets = broker.committed_and_end(group, topic, partitions);
+        async move { Ok(offsets?.iter().all(|(committed, end)| committed == end)) }
+    })
+    .await
+    .map(drop)
+}
+
+/// Produces a Debezium change of `item` keyed by id to partition `id % partitions`.
+pub async fn produce_item(
+    broker: &Broker,
+    env: &TestEnv,
+    topic: &str,
+    partitions: i32,
+    op: &str,
+    row: Value,
+) -> Result<()> {
+    let id = row["id"].as_i64().context("row id")?;
+    let (before, after) = if op == "d" { (Some(json!({ "id": id })), None) } else { (None, Some(row)) };
+    let change = with_schema(pg_change(op, &env.prefix, "item", before, after, next_lsn()));
+    let key = with_schema(json!({ "id": id })).to_string();
+    broker.produce(topic, (id % partitions as i64) as i32, Some(&key), Some(&change.to_string()), &[]).await?;
+    Ok(())
+}
+
+/// Waits until the group's lag, as evercache's own probe reads it, is zero.
+pub async fn wait_no_lag(broker: &Broker, group: &str, topic: &str) -> Result<()> {
+    let config = source_config(broker, &[topic.to_owned()], group, 100)?;
+    wait_until(&format!("{topic} fully committed by {group}"), WAIT, || {
+        let config = config.clone();
+        async move { Ok(consumer_lag(&config).await.map_err(anyhow::Error::msg)?.iter().all(|(_, lag)| *lag == 0)) }
+    })
+    .await
+    .map(drop)
 }

@@ -33,7 +33,8 @@ fn epoch() -> NaiveDate {
 /// Converts one text-format value of type `oid` (modifier `typmod`).
 pub fn debezium_value(oid: u32, typmod: i32, text: String) -> Value {
     let converted = match oid {
-        BOOL => Some(Value::Bool(text == "t")),
+        // pgoutput sends `t`/`f`; a snapshot's `col::text` gives `true`/`false`.
+        BOOL => Some(Value::Bool(text == "t" || text == "true")),
         INT2 | INT4 | INT8 | OID => text.parse::<i64>().ok().map(Value::from),
         FLOAT4 | FLOAT8 => text.parse::<f64>().ok().and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
         BYTEA => text
@@ -128,6 +129,8 @@ mod tests {
     #[test]
     fn scalar_encodings_match_debezium_defaults() {
         assert_eq!(v(BOOL, -1, "t"), json!(true));
+        assert_eq!(v(BOOL, -1, "true"), json!(true), "the snapshot's bool::text");
+        assert_eq!(v(BOOL, -1, "false"), json!(false));
         assert_eq!(v(INT8, -1, "-42"), json!(-42));
         assert_eq!(v(FLOAT8, -1, "2.5"), json!(2.5));
         assert_eq!(v(1700, -1, "29.99"), json!("29.99"));
