@@ -1,5 +1,6 @@
-//! Producing records (the dead-letter topic's): one batch per partition,
-//! acknowledged by all in-sync replicas.
+//! Producing records (the dead-letter topic's): one batch per partition in a
+//! request, each under the broker's message size limit, acknowledged by all
+//! in-sync replicas.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,10 @@ use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEnc
 
 use super::KafkaError;
 use super::cluster::Cluster;
+
+/// A batch's size budget, under Kafka's default `max.message.bytes` (1 MiB):
+/// a bigger batch is refused whole (MessageTooLarge).
+const MAX_BATCH_BYTES: usize = 900 * 1024;
 
 /// How long the broker may wait for the replicas before answering.
 const ACK_TIMEOUT_MS: i32 = 30_000;
@@ -44,48 +49,81 @@ pub async fn produce(cluster: &mut Cluster, topic: &str, records: &[OutRecord]) 
         _ => return Err(KafkaError::api("Metadata", ResponseError::UnknownTopicOrPartition).context(topic)),
     };
     let now = chrono::Utc::now().timestamp_millis();
-    let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    // Each partition's records in batches under the broker's message size limit.
+    let mut by_partition: BTreeMap<i32, Vec<Vec<Record>>> = BTreeMap::new();
+    let mut filling: BTreeMap<i32, usize> = BTreeMap::new();
     for record in records {
         let partition = partitions[record.partition_hint as usize % partitions.len()];
-        let batch = by_partition.entry(partition).or_default();
+        let size = record_size(record);
+        let batches = by_partition.entry(partition).or_default();
+        let bytes = filling.entry(partition).or_default();
+        if batches.is_empty() || (*bytes + size > MAX_BATCH_BYTES && !batches.last().is_some_and(Vec::is_empty)) {
+            batches.push(Vec::new());
+            *bytes = 0;
+        }
+        *bytes += size;
+        let batch = batches.last_mut().expect("pushed above");
         batch.push(to_record(record, batch.len(), now));
     }
-    let mut by_leader: BTreeMap<i32, Vec<PartitionProduceData>> = BTreeMap::new();
-    for (partition, batch) in by_partition {
-        let leader = cluster
-            .leader(topic, partition)
-            .ok_or_else(|| KafkaError::api("Produce", ResponseError::LeaderNotAvailable).context(topic))?;
-        let mut data = PartitionProduceData::default();
-        data.index = partition;
-        data.records = Some(encode_batch(&batch)?);
-        by_leader.entry(leader).or_default().push(data);
-    }
-    for (leader, partitions) in by_leader {
-        let mut topic_data = TopicProduceData::default();
-        topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
-        topic_data.partition_data = partitions;
-        let mut request = ProduceRequest::default();
-        request.acks = -1;
-        request.timeout_ms = ACK_TIMEOUT_MS;
-        request.topic_data = vec![topic_data];
-        let answer = match cluster.call(leader, &request, 8).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                cluster.forget_topic(topic);
-                return Err(e);
-            }
-        };
-        for response in answer.responses.iter().flat_map(|t| &t.partition_responses) {
-            if let Some(error) = ResponseError::try_from_code(response.error_code) {
-                // A moved leader or a new topic shows up in the next metadata.
-                cluster.forget_topic(topic);
-                // The broker says why it refused a batch (e.g. which record was invalid).
-                let why = response.error_message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
-                return Err(KafkaError::api("Produce", error).context(&format!("{topic}{why}")));
-            }
+    // Kafka takes one batch per partition in a request: the n-th batches of every partition go together.
+    let rounds = by_partition.values().map(Vec::len).max().unwrap_or(0);
+    for round in 0..rounds {
+        let mut by_leader: BTreeMap<i32, Vec<PartitionProduceData>> = BTreeMap::new();
+        for (partition, batches) in &by_partition {
+            let Some(batch) = batches.get(round) else { continue };
+            let leader = cluster
+                .leader(topic, *partition)
+                .ok_or_else(|| KafkaError::api("Produce", ResponseError::LeaderNotAvailable).context(topic))?;
+            let mut data = PartitionProduceData::default();
+            data.index = *partition;
+            data.records = Some(encode_batch(batch)?);
+            by_leader.entry(leader).or_default().push(data);
+        }
+        for (leader, partitions) in by_leader {
+            send(cluster, topic, leader, partitions).await?;
         }
     }
     Ok(())
+}
+
+/// One produce request to `leader`, waiting for every in-sync replica.
+async fn send(
+    cluster: &mut Cluster,
+    topic: &str,
+    leader: i32,
+    partitions: Vec<PartitionProduceData>,
+) -> Result<(), KafkaError> {
+    let mut topic_data = TopicProduceData::default();
+    topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    topic_data.partition_data = partitions;
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = ACK_TIMEOUT_MS;
+    request.topic_data = vec![topic_data];
+    let answer = match cluster.call(leader, &request, 8).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            cluster.forget_topic(topic);
+            return Err(e);
+        }
+    };
+    for response in answer.responses.iter().flat_map(|t| &t.partition_responses) {
+        if let Some(error) = ResponseError::try_from_code(response.error_code) {
+            // A moved leader or a new topic shows up in the next metadata.
+            cluster.forget_topic(topic);
+            // The broker says why it refused a batch (e.g. which record was invalid).
+            let why = response.error_message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
+            return Err(KafkaError::api("Produce", error).context(&format!("{topic}{why}")));
+        }
+    }
+    Ok(())
+}
+
+/// About what a record takes in a batch: its bytes and a few of framing each.
+fn record_size(out: &OutRecord) -> usize {
+    let field = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    let headers: usize = out.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    field(&out.key) + field(&out.value) + headers + 30
 }
 
 /// `out` as the `position`-th record of its partition's batch, written at `timestamp`.
@@ -138,5 +176,16 @@ mod tests {
         assert_eq!(batches.len(), 1, "Kafka refuses a second batch for one partition");
         assert_eq!((batches[0].record_count, batches[0].base_sequence), (3, -1));
         assert_eq!(RecordBatchDecoder::decode(&mut encoded).unwrap().records.len(), 3);
+    }
+
+    #[test]
+    fn record_sizes_count_key_value_and_headers() {
+        let out = OutRecord {
+            key: Some(Bytes::from("k")),
+            value: Some(Bytes::from(vec![0u8; 1000])),
+            headers: vec![("h".to_owned(), Bytes::from("v"))],
+            partition_hint: 0,
+        };
+        assert_eq!(record_size(&out), 1 + 1000 + 12 + 30);
     }
 }
