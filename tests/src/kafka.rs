@@ -12,7 +12,7 @@ use evercache::source::kafka::lag::consumer_lag;
 use evercache::source::{KafkaConfig, RecordBody, SourceRecord};
 use evercache_test_kit::kafka_broker::KafkaBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -28,9 +28,11 @@ pub struct Broker {
     producer: FutureProducer,
 }
 
-/// One record as a test reads it back.
+/// One record as a test reads it back: key and value text exactly as written.
 #[derive(Debug, Clone)]
 pub struct ReadRecord {
+    /// Topic.
+    pub topic: String,
     /// Partition.
     pub partition: i32,
     /// Offset.
@@ -41,6 +43,30 @@ pub struct ReadRecord {
     pub value: Option<String>,
     /// Headers with text values.
     pub headers: Vec<(String, String)>,
+}
+
+impl ReadRecord {
+    /// A consumed message, its bytes as (lossy) text.
+    pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(text),
+            value: message.payload().map(text),
+            headers: message
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(text).unwrap_or_default())).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The value's `payload`, parsed (Null for a tombstone).
+    pub fn payload(&self) -> Value {
+        let value: Value = self.value.as_deref().and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
+        value["payload"].clone()
+    }
 }
 
 impl Broker {
@@ -190,17 +216,7 @@ impl Broker {
         while records.len() < count && start.elapsed() < TIMEOUT {
             let Some(message) = client.poll(Duration::from_millis(100)) else { continue };
             let message = message?;
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            records.push(ReadRecord {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(text),
-                value: message.payload().map(text),
-                headers: message
-                    .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(text).unwrap_or_default())).collect())
-                    .unwrap_or_default(),
-            });
+            records.push(ReadRecord::from_message(&message));
         }
         Ok(records)
     }

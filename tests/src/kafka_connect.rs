@@ -16,11 +16,11 @@ use evercache::event::debezium::{Decoded, SkipReason, decode_record};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::kafka::ReadRecord;
 use crate::{TestEnv, repo_root, wait_until};
 
 /// The suite's shared broker (`scripts/kafka.sh`'s default listener).
@@ -252,53 +252,20 @@ pub fn committed(group: &str, topic: &str) -> Result<i64> {
     })
 }
 
-/// One record as Kafka holds it: key and value text exactly as Connect wrote them.
-#[derive(Debug, Clone)]
-pub struct RawRecord {
-    /// Topic.
-    pub topic: String,
-    /// Offset in partition 0.
-    pub offset: i64,
-    /// Key text, None for a null key.
-    pub key: Option<String>,
-    /// Value text, None for a null value (a tombstone).
-    pub value: Option<String>,
-    /// Headers with text values.
-    pub headers: Vec<(String, String)>,
-}
-
-impl RawRecord {
-    /// The value's `payload`, parsed (Null for a tombstone).
-    pub fn payload(&self) -> Value {
-        let value: Value = self.value.as_deref().and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
-        value["payload"].clone()
-    }
-}
-
 /// Every record of partition 0 of `topic` up to its current end.
-pub fn read_topic(topic: &str) -> Result<Vec<RawRecord>> {
+pub fn read_topic(topic: &str) -> Result<Vec<ReadRecord>> {
     let end = end_offset(topic)?;
     let client = consumer("evercache-test-reader")?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, 0, Offset::Beginning)?;
     client.assign(&list)?;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut records: Vec<RawRecord> = Vec::new();
+    let mut records: Vec<ReadRecord> = Vec::new();
     let start = Instant::now();
     while records.last().map_or(end > 0, |r| r.offset + 1 < end) {
         ensure!(start.elapsed() < TIMEOUT, "read {} of {end} records of {topic}", records.len());
         let Some(message) = client.poll(Duration::from_millis(100)) else { continue };
         let message = message?;
-        records.push(RawRecord {
-            topic: topic.to_owned(),
-            offset: message.offset(),
-            key: message.key().map(text),
-            value: message.payload().map(text),
-            headers: message
-                .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(text).unwrap_or_default())).collect())
-                .unwrap_or_default(),
-        });
+        records.push(ReadRecord::from_message(&message));
     }
     Ok(records)
 }
@@ -357,7 +324,7 @@ fn fixture_path(name: &str) -> PathBuf {
 
 /// Writes `<name>.json`: where the record was, then key and value exactly as
 /// Kafka holds them (JSON text embedded as it is, so its bytes are kept).
-pub fn write_fixture(name: &str, record: &RawRecord) -> Result<()> {
+pub fn write_fixture(name: &str, record: &ReadRecord) -> Result<()> {
     let text = format!(
         "{{\n  \"captured_with\": \"{CAPTURED_WITH}\",\n  \"topic\": {},\n  \"partition\": 0,\n  \"offset\": {},\n  \
          \"headers\": {},\n  \"key\": {},\n  \"value\": {}\n}}\n",
@@ -376,7 +343,7 @@ const CAPTURED_WITH: &str = "Debezium 3.6.1.Final PostgresConnector (pgoutput) o
                              JsonConverter schemas.enable=true";
 
 /// Reads a fixture back, key and value as the exact text that was recorded.
-pub fn read_fixture(name: &str) -> Result<RawRecord> {
+pub fn read_fixture(name: &str) -> Result<ReadRecord> {
     #[derive(serde::Deserialize)]
     struct Fixture {
         topic: String,
@@ -389,8 +356,9 @@ pub fn read_fixture(name: &str) -> Result<RawRecord> {
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let fixture: Fixture = serde_json::from_str(&text)?;
     let raw = |raw: &RawValue| Some(raw.get().to_owned()).filter(|t| t != "null");
-    Ok(RawRecord {
+    Ok(ReadRecord {
         topic: fixture.topic,
+        partition: 0,
         offset: fixture.offset,
         key: raw(&fixture.key),
         value: raw(&fixture.value),
