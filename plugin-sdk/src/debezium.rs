@@ -47,7 +47,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
 
 /// An exact decimal string from Debezium's `precise` decimal encoding: base64 of
 /// the big-endian two's-complement unscaled integer, with the column's scale
-/// (`"C7c="`, scale 2 → `"29.99"`).
+/// (`"C7c="`, scale 2 → `"29.99"`). Only records without a schema arrive so:
+/// the runtime hands plugins decimal text wherever the schema names the
+/// decimals, and the built-in captures always do. Never call it on that text:
+/// `"1234"` is valid base64 too.
 pub fn decimal(base64: &str, scale: u32) -> Result<String, PluginError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(base64)

@@ -49,3 +49,34 @@ pub fn with_schema(payload: Value) -> Value {
         "payload": payload
     })
 }
+
+/// Each envelope's (table, `after.id`, `source.snapshot`, `op`), for checking snapshot marks.
+pub fn snapshot_marks(envelopes: &[Value]) -> Vec<(String, i64, String, String)> {
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+    envelopes
+        .iter()
+        .map(|e| {
+            (
+                text(&e["source"]["table"]),
+                e["after"]["id"].as_i64().unwrap_or(0),
+                text(&e["source"]["snapshot"]),
+                text(&e["op"]),
+            )
+        })
+        .collect()
+}
+
+/// The marks Debezium gives a snapshot of tables `a` (rows 1..=3), `b` (empty),
+/// `c` (row 1), `d` (rows 1, 2) and `e` (empty), read in that order.
+pub fn expected_snapshot_marks() -> Vec<(String, i64, String, String)> {
+    [
+        ("a", 1, "first"),
+        ("a", 2, "true"),
+        ("a", 3, "last_in_data_collection"),
+        ("c", 1, "last_in_data_collection"),
+        ("d", 1, "first_in_data_collection"),
+        ("d", 2, "last"),
+    ]
+    .map(|(table, id, mark)| (table.to_owned(), id, mark.to_owned(), "r".to_owned()))
+    .to_vec()
+}

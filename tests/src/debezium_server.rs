@@ -4,7 +4,7 @@
 //! stream prefix through the environment variables that file reads, and
 //! stopped when dropped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,24 +29,31 @@ impl DebeziumServer {
     /// replica `replica_id` and writing to the Redis at `redis_url`. Offsets
     /// start empty, so it snapshots first.
     pub fn start_example(prefix: &str, database: &str, replica_id: u32, redis_url: &str) -> Result<Self> {
+        let config = repo_root().join(EXAMPLE).join("application.properties");
+        Self::start(&config, prefix, replica_id, redis_url, &[("MARKETPLACE_DATABASE", database)])
+    }
+
+    /// Starts a server with the `application.properties` at `config`, which
+    /// reads `TOPIC_PREFIX`, `MARIADB_REPLICA_ID`, `REDIS_ADDRESS` and the
+    /// `MARIADB_*` connection from the environment, plus `env` of its own.
+    pub fn start(config: &Path, prefix: &str, replica_id: u32, redis_url: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = std::env::temp_dir().join("evercache-debezium-server").join(prefix);
         let _ = std::fs::remove_dir_all(&dir);
         let port = free_port();
-        let config = repo_root().join(EXAMPLE).join("application.properties");
         let start = Instant::now();
         let out = Command::new("bash")
             .arg(repo_root().join("scripts/debezium-server.sh"))
             .arg("--dir")
             .arg(&dir)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .args(["--port", &port.to_string()])
             .env("MARIADB_HOST", "127.0.0.1")
             .env("MARIADB_PORT", "3306")
             .env("MARIADB_REPLICA_ID", replica_id.to_string())
-            .env("MARKETPLACE_DATABASE", database)
             .env("TOPIC_PREFIX", prefix)
             .env("REDIS_ADDRESS", redis_address(redis_url)?)
+            .envs(env.iter().copied())
             .output()
             .context("running scripts/debezium-server.sh")?;
         eprint!("{}", String::from_utf8_lossy(&out.stderr));

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod conformance;
 pub mod debezium;
 pub mod debezium_server;
 pub mod http;

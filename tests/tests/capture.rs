@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use evercache::event::debezium::{Decoded, decode_record, decode_stream_entry};
 use evercache::source::SourceConfig;
+use evercache_e2e::debezium::{expected_snapshot_marks, snapshot_marks};
 use evercache_e2e::{PG_URL, REDIS_URL, Running, RuntimeToml, TestEnv, wait_until};
 use serde_json::{Value, json};
 
@@ -209,5 +210,91 @@ async fn capture_to_redis_stream_writes_what_debezium_consumers_read() -> Result
         [(Op::Create, key.clone()), (Op::Update, key.clone()), (Op::Delete, key), (Op::Truncate, "null".to_owned())]
     );
     redis::cmd("DEL").arg(&stream).query_async::<()>(&mut redis).await?;
+    Ok(())
+}
+
+/// Reads `count` records from the capture, settling each batch, and gives back their envelopes.
+async fn envelopes(source: &mut evercache::source::PostgresCapture, count: usize) -> Result<Vec<Value>> {
+    let mut envelopes = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while envelopes.len() < count {
+            let records = source.next_batch().await?;
+            source.settled(records.len());
+            for record in &records {
+                envelopes.push(serde_json::from_str(&record.fields()[0].1)?);
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{count} records within {WAIT:?}, got {envelopes:?}"))??;
+    Ok(envelopes)
+}
+
+/// The capture of `tables` starting with a fresh slot and, unless `extra` says otherwise, an initial snapshot.
+async fn snapshotting_capture(
+    env: &TestEnv,
+    tables: &[&str],
+    extra: &str,
+) -> Result<evercache::source::PostgresCapture> {
+    env.drop_capture().await?;
+    let mut redis = env.redis.clone();
+    redis::cmd("DEL").arg(format!("evercache:snapshot:test:{}", env.prefix)).query_async::<()>(&mut redis).await?;
+    let runtime = runtime_toml(env, tables).replace("type = \"postgres\"", &format!("type = \"postgres\"\n{extra}"));
+    let config = env.config(&runtime, &[])?;
+    let SourceConfig::Postgres(capture) = &config.runtime.sources["events"] else { unreachable!() };
+    Ok(capture.build("events").await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_reads_are_marked_first_and_last_as_debezium_marks_them() -> Result<()> {
+    let env = TestEnv::new("capture_marks").await?;
+    // Tables b and e are empty; batches of 2 make the marks cross page ends.
+    env.sql(
+        "create table a (id int primary key); insert into a values (1), (2), (3);
+         create table b (id int primary key);
+         create table c (id int primary key); insert into c values (1);
+         create table d (id int primary key); insert into d values (1), (2);
+         create table e (id int primary key);",
+    )
+    .await?;
+    let mut source = snapshotting_capture(&env, &["a", "b", "c", "d", "e"], "batch_size = 2").await?;
+    let read = envelopes(&mut source, 6).await?;
+    assert_eq!(snapshot_marks(&read), expected_snapshot_marks());
+    env.sql("insert into a values (4)").await?;
+    let streamed = envelopes(&mut source, 1).await?;
+    assert_eq!((streamed[0]["op"].as_str(), streamed[0]["source"]["snapshot"].as_str()), (Some("c"), Some("false")));
+    source.shutdown().await;
+    env.drop_capture().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_day_times_and_timestamptz_fractions_read_as_debezium_writes_them() -> Result<()> {
+    let env = TestEnv::new("capture_times").await?;
+    let row = "'24:00:00', '24:00:00', '0001-01-01 00:00:00+00', '2024-02-29 13:45:30.12+00', \
+               '2024-02-29 13:14:15.1+02', '2024-02-29 13:14:15+00'";
+    env.sql(&format!(
+        "create table v (id int primary key, c_time time, c_time3 time(3), c_tz timestamptz, c_tz6 timestamptz(6),
+                         c_tz3 timestamptz(3), c_tz0 timestamptz(0));
+         insert into v values (1, {row});"
+    ))
+    .await?;
+    let mut source = snapshotting_capture(&env, &["v"], "").await?;
+    let snapshot = envelopes(&mut source, 1).await?;
+    env.sql(&format!("insert into v values (2, {row})")).await?;
+    let streamed = envelopes(&mut source, 1).await?;
+    source.shutdown().await;
+    env.drop_capture().await?;
+
+    // What Debezium 3.6 sends: µs for time, ms for time(3), and as many fraction digits as the column's precision.
+    let expected = |id: i64| {
+        json!({
+            "id": id, "c_time": 86_400_000_000i64, "c_time3": 86_400_000,
+            "c_tz": "0001-01-01T00:00:00.000000Z", "c_tz6": "2024-02-29T13:45:30.120000Z",
+            "c_tz3": "2024-02-29T11:14:15.100Z", "c_tz0": "2024-02-29T13:14:15Z",
+        })
+    };
+    assert_eq!((snapshot[0]["op"].as_str(), &snapshot[0]["after"]), (Some("r"), &expected(1)), "snapshot read");
+    assert_eq!((streamed[0]["op"].as_str(), &streamed[0]["after"]), (Some("c"), &expected(2)), "streamed insert");
     Ok(())
 }

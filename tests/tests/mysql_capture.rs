@@ -3,8 +3,8 @@
 //! position is stored only after the writes, a snapshot warms the cache and
 //! misses nothing committed while it opens (with and without the global read
 //! lock MySQL needs), DDL mid-stream keeps columns named, the records read as
-//! Debezium MySQL events, and no key keeps a value older than its position
-//! under concurrent writes.
+//! Debezium MariaDB events (snapshot reads marked first/last as Debezium marks
+//! them), and no key keeps a value older than its position under concurrent writes.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use anyhow::Result;
 use evercache::contract::Op;
 use evercache::event::debezium::{Decoded, decode_stream_entry};
 use evercache::source::mysql::StoredState;
+use evercache_e2e::debezium::{expected_snapshot_marks, snapshot_marks};
 use evercache_e2e::mariadb::{MariaDb, server_id};
 use evercache_e2e::{REDIS_URL, Running, RuntimeToml, TestEnv, wait_until};
 use mysql_async::prelude::Queryable;
@@ -155,7 +156,8 @@ async fn records_read_as_debezium_mysql_events_through_ddl_and_truncate() -> Res
         let fields: Vec<(String, String)> =
             entry.map.into_iter().map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap_or_default())).collect();
         let envelope: Value = serde_json::from_str(&fields[0].1)?;
-        assert_eq!(envelope["source"]["connector"], "mysql", "{envelope}");
+        // The local server is MariaDB, whose Debezium connector names itself so.
+        assert_eq!(envelope["source"]["connector"], "mariadb", "{envelope}");
         assert!(envelope["source"]["file"].as_str().is_some_and(|f| f.contains("bin.")), "{envelope}");
         let Decoded::Change(event) = decode_stream_entry(&stream, &fields)? else { panic!("not a change") };
         events.push(event);
@@ -271,4 +273,66 @@ async fn snapshot_under_inserts(name: &str, extra: &str) -> Result<()> {
     }
     running.stop().await?;
     maria.drop_database().await
+}
+
+/// Reads `count` records from the capture, settling each batch, and gives back their envelopes.
+async fn envelopes(source: &mut evercache::source::MySqlCapture, count: usize) -> Result<Vec<Value>> {
+    let mut envelopes = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while envelopes.len() < count {
+            let records = source.next_batch().await?;
+            source.settled(records.len()).await?;
+            for record in &records {
+                envelopes.push(serde_json::from_str(&record.fields()[0].1)?);
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{count} records within {WAIT:?}, got {envelopes:?}"))??;
+    Ok(envelopes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_reads_are_marked_and_timestamps_padded_as_debeziums_mariadb_connector_does() -> Result<()> {
+    use evercache::source::SourceConfig;
+    let env = TestEnv::new("my_marks").await?;
+    let maria = MariaDb::new(&env.prefix).await?;
+    let row = "'2024-02-29 13:14:15.1', '2024-02-29 13:14:15', '2024-02-29 13:14:15'";
+    // Tables b and e are empty; batches of 2 make the marks cross page ends.
+    maria
+        .sql(&format!(
+            "set time_zone = '+00:00';
+             create table a (id int primary key, ts3 timestamp(3) null, ts6 timestamp(6) null, ts0 timestamp null);
+             insert into a values (1, {row}), (2, null, null, null), (3, null, null, null);
+             create table b (id int primary key);
+             create table c (id int primary key); insert into c values (1);
+             create table d (id int primary key); insert into d values (1), (2);
+             create table e (id int primary key);"
+        ))
+        .await?;
+    let tables: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|t| format!("{}.{t}", env.prefix)).collect();
+    let toml = RuntimeToml::new()
+        .mysql_capture("events", &tables, server_id(&env.prefix), &env.prefix, REDIS_URL.as_str())
+        .line("batch_size = 2")
+        .build();
+    let config = env.config(&toml, &[])?;
+    let SourceConfig::MySql(capture) = &config.runtime.sources["events"] else { unreachable!() };
+    let mut source = capture.build("events").await?;
+    let snapshot = envelopes(&mut source, 6).await?;
+    maria.sql(&format!("set time_zone = '+00:00'; insert into a values (4, {row})")).await?;
+    let streamed = envelopes(&mut source, 1).await?;
+    source.shutdown().await;
+    maria.drop_database().await?;
+
+    assert_eq!(snapshot_marks(&snapshot), expected_snapshot_marks());
+    assert_eq!(streamed[0]["source"]["snapshot"], "false");
+    for envelope in snapshot.iter().chain(&streamed) {
+        assert_eq!(envelope["source"]["connector"], "mariadb", "{envelope}");
+    }
+    // Debezium's ZonedTimestamp has exactly the column's fsp digits, and none for fsp 0.
+    let expected = |id: i64| json!({"id": id, "ts3": "2024-02-29T13:14:15.100Z", "ts6": "2024-02-29T13:14:15.000000Z", "ts0": "2024-02-29T13:14:15Z"});
+    assert_eq!(snapshot[0]["after"], expected(1), "snapshot read");
+    assert_eq!((streamed[0]["op"].as_str(), &streamed[0]["after"]), (Some("c"), &expected(4)), "streamed insert");
+    Ok(())
 }

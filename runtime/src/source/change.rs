@@ -18,6 +18,37 @@ pub struct CapturedChange {
     pub origin: Origin,
     /// When it was captured (the envelope's `ts_ms`).
     pub captured_at_ms: u64,
+    /// Where a snapshot read stands in its snapshot; `None` for a streamed change.
+    pub snapshot: Option<SnapshotMark>,
+}
+
+/// Debezium's `source.snapshot` of a snapshot read: the first and last
+/// records of the snapshot and of each table are marked, the rest are `true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMark {
+    /// The first record of the snapshot's first table.
+    First,
+    /// The first record of a later table.
+    FirstInDataCollection,
+    /// Any other record.
+    True,
+    /// The last record of a table other than the snapshot's last.
+    LastInDataCollection,
+    /// The snapshot's very last record.
+    Last,
+}
+
+impl SnapshotMark {
+    /// The text Debezium writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMark::First => "first",
+            SnapshotMark::FirstInDataCollection => "first_in_data_collection",
+            SnapshotMark::True => "true",
+            SnapshotMark::LastInDataCollection => "last_in_data_collection",
+            SnapshotMark::Last => "last",
+        }
+    }
 }
 
 /// Where a change was read, in the terms of the database's log.
@@ -44,6 +75,8 @@ pub enum Origin {
         row: u32,
         /// Its transaction's GTID, when the server has them (`source.gtid`).
         gtid: Option<String>,
+        /// The server is MariaDB, whose Debezium connector names itself `mariadb`.
+        mariadb: bool,
     },
 }
 
@@ -58,7 +91,7 @@ impl CapturedChange {
     pub fn envelope(&self) -> String {
         let event = &self.event;
         let version = concat!("evercache-", env!("CARGO_PKG_VERSION"));
-        let snapshot = if event.op == Op::SnapshotRead { "true" } else { "false" };
+        let snapshot = self.snapshot.map_or("false", SnapshotMark::as_str);
         let source = match &self.origin {
             Origin::Postgres { xid, commit_lsn, lsn } => json!({
                 "version": version,
@@ -73,9 +106,9 @@ impl CapturedChange {
                 "txId": xid,
                 "lsn": lsn,
             }),
-            Origin::MySql { server_id, file, pos, row, gtid } => json!({
+            Origin::MySql { server_id, file, pos, row, gtid, mariadb } => json!({
                 "version": version,
-                "connector": "mysql",
+                "connector": if *mariadb { "mariadb" } else { "mysql" },
                 "name": event.source,
                 "ts_ms": event.committed_at_ms,
                 "snapshot": snapshot,
@@ -144,26 +177,58 @@ mod tests {
             database: "shop".into(),
             origin: Origin::Postgres { xid: 771, commit_lsn: 4096, lsn: 4000 },
             captured_at_ms: 1_700_000_000_200,
+            snapshot: None,
+        }
+    }
+
+    fn source_of(change: &CapturedChange) -> serde_json::Value {
+        let envelope: serde_json::Value = serde_json::from_str(&change.envelope()).expect("the envelope is JSON");
+        envelope["source"].clone()
+    }
+
+    #[test]
+    fn a_binlog_change_rendered_as_debezium_mysql_or_mariadb_decodes_to_the_same_event() {
+        for (mariadb, connector) in [(true, "mariadb"), (false, "mysql")] {
+            let mut change = captured(Op::Update, r#"{"id":1}"#, Some(r#"{"id":1}"#), Some(r#"{"id":1,"n":"2.50"}"#));
+            change.event.position = position::mysql(3, 1041, 2);
+            change.event.schema = Some("shop".into());
+            change.origin = Origin::MySql {
+                server_id: 1,
+                file: "mariadb-bin.000003".into(),
+                pos: 1041,
+                row: 2,
+                gtid: Some("0-1-77".into()),
+                mariadb,
+            };
+            assert_eq!(source_of(&change)["connector"], connector);
+            let fields = change.debezium_fields();
+            let Ok(Decoded::Change(decoded)) = decode_stream_entry("shop.shop.product", &fields) else {
+                panic!("not a change: {fields:?}")
+            };
+            assert_eq!(decoded, change.event, "{fields:?}");
         }
     }
 
     #[test]
-    fn a_binlog_change_rendered_as_debezium_mysql_decodes_to_the_same_event() {
-        let mut change = captured(Op::Update, r#"{"id":1}"#, Some(r#"{"id":1}"#), Some(r#"{"id":1,"n":"2.50"}"#));
-        change.event.position = position::mysql(3, 1041, 2);
-        change.event.schema = Some("shop".into());
-        change.origin = Origin::MySql {
-            server_id: 1,
-            file: "mariadb-bin.000003".into(),
-            pos: 1041,
-            row: 2,
-            gtid: Some("0-1-77".into()),
-        };
-        let fields = change.debezium_fields();
-        let Ok(Decoded::Change(decoded)) = decode_stream_entry("shop.shop.product", &fields) else {
-            panic!("not a change: {fields:?}")
-        };
-        assert_eq!(decoded, change.event, "{fields:?}");
+    fn source_snapshot_is_the_mark_of_a_snapshot_read_and_false_for_a_streamed_change() {
+        let streamed = captured(Op::Create, r#"{"id":1}"#, None, Some(r#"{"id":1}"#));
+        assert_eq!(source_of(&streamed)["snapshot"], "false");
+        for (mark, text) in [
+            (SnapshotMark::First, "first"),
+            (SnapshotMark::FirstInDataCollection, "first_in_data_collection"),
+            (SnapshotMark::True, "true"),
+            (SnapshotMark::LastInDataCollection, "last_in_data_collection"),
+            (SnapshotMark::Last, "last"),
+        ] {
+            let mut read = captured(Op::SnapshotRead, r#"{"id":1}"#, None, Some(r#"{"id":1}"#));
+            read.snapshot = Some(mark);
+            assert_eq!(source_of(&read)["snapshot"], text);
+            let Ok(Decoded::Change(decoded)) = decode_stream_entry("shop.public.product", &read.debezium_fields())
+            else {
+                panic!("not a change")
+            };
+            assert_eq!(decoded, read.event);
+        }
     }
 
     #[test]
@@ -172,7 +237,10 @@ mod tests {
             captured(Op::Create, r#"{"id":1}"#, None, Some(r#"{"id":1,"name":"a \"b\"","price":"9.90"}"#)),
             captured(Op::Update, r#"{"id":1}"#, Some(r#"{"id":1}"#), Some(r#"{"id":1,"name":null}"#)),
             captured(Op::Delete, r#"{"id":1}"#, Some(r#"{"id":1,"name":"x"}"#), None),
-            captured(Op::SnapshotRead, r#"{"id":2}"#, None, Some(r#"{"id":2}"#)),
+            CapturedChange {
+                snapshot: Some(SnapshotMark::True),
+                ..captured(Op::SnapshotRead, r#"{"id":2}"#, None, Some(r#"{"id":2}"#))
+            },
             captured(Op::Truncate, "null", None, None),
         ] {
             let fields = change.debezium_fields();

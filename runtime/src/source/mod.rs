@@ -14,6 +14,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod record;
 pub mod redis_stream;
+mod snapshot_marks;
 mod snapshot_mode;
 
 use std::time::Duration;
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use crate::redis_conn::RedisTarget;
 
 pub use acker::{Acker, CaptureAcker};
-pub use change::{CapturedChange, Origin};
+pub use change::{CapturedChange, Origin, SnapshotMark};
 pub use dead_letter::{DeadLetter, StoredDeadLetter, read_dead_letters, replay_dead_letter};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaSource};

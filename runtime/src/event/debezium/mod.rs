@@ -11,9 +11,14 @@ use serde_json::value::RawValue;
 use super::position;
 use super::{ChangeEvent, Op};
 
+mod converter;
+mod decimals;
 #[cfg(test)]
 mod tests;
 mod wrapper;
+
+use converter::other_converter;
+use decimals::{DecimalError, RowDecimals, RowSchema};
 
 /// The Redis sink's stand-in for a null key or value.
 const REDIS_NULL: &str = "default";
@@ -87,6 +92,9 @@ pub enum DecodeError {
         /// What the bytes look like.
         found: String,
     },
+    /// A column its schema declares a decimal holds something else.
+    #[error("{0}")]
+    Decimal(#[from] DecimalError),
     /// An `op` this decoder does not know.
     #[error("unknown op '{0}' (expected c, u, d, r, t or m)")]
     UnknownOp(String),
@@ -135,7 +143,7 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
     if let Some(found) = other_converter(value) {
         return Err(DecodeError::OtherConverter { part: "value", found });
     }
-    let Some(envelope) = parse_envelope(value)? else {
+    let Some((envelope, schema)) = parse_envelope(value)? else {
         return Ok(Decoded::Skip(SkipReason::Tombstone));
     };
     let Some(op) = envelope.op.as_deref() else {
@@ -152,14 +160,20 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
     };
     let source = envelope.source.ok_or(DecodeError::MissingField("source"))?;
     let table = source.table.as_deref().ok_or(DecodeError::MissingField("source.table"))?;
+    let (mut before, mut after) = (row(envelope.before), row(envelope.after));
+    if let Some(decimals) = schema.and_then(|schema| RowDecimals::of(schema, RowSchema::Envelope)) {
+        for image in [&mut before, &mut after].into_iter().flatten() {
+            *image = decimals.rewrite(image)?;
+        }
+    }
     Ok(Decoded::Change(ChangeEvent {
         op,
         source: source.name.as_deref().unwrap_or_default().to_owned(),
         schema: source.schema.as_deref().or(source.db.as_deref()).map(str::to_owned),
         table: table.to_owned(),
         key: decode_key(key)?,
-        before: row(envelope.before),
-        after: row(envelope.after),
+        before,
+        after,
         position: source.position(op == Op::SnapshotRead),
         committed_at_ms: source.ts_ms.or(envelope.ts_ms).unwrap_or(0),
     }))
@@ -288,20 +302,24 @@ fn sequence_lsns(text: &str) -> Option<[Option<u64>; 2]> {
     })
 }
 
-/// Parses a value, unwrapping `{"schema":…,"payload":…}`; `None` for a null payload.
-fn parse_envelope(text: &str) -> Result<Option<Envelope<'_>>, DecodeError> {
+/// Parses a value, unwrapping `{"schema":…,"payload":…}`; `None` for a null
+/// payload. The schema's text comes along when there is one.
+fn parse_envelope(text: &str) -> Result<Option<(Envelope<'_>, Option<&str>)>, DecodeError> {
     let invalid = |source| DecodeError::InvalidJson { part: "value", source };
     // What fails here (a wrapper with more keys, say) is parsed in full below.
-    if let Some(payload) = wrapper::payload(text)
-        && let Ok(envelope) = serde_json::from_str(payload)
+    if let Some((schema, payload)) = wrapper::parts(text)
+        && let Ok(envelope) = serde_json::from_str::<Option<Envelope<'_>>>(payload)
     {
-        return Ok(envelope);
+        return Ok(envelope.map(|envelope| (envelope, Some(schema))));
     }
     let outer: Option<Envelope<'_>> = serde_json::from_str(text).map_err(invalid)?;
     let Some(outer) = outer else { return Ok(None) };
     match (outer.schema, outer.payload) {
-        (Some(_), Some(payload)) => serde_json::from_str(payload.get()).map_err(invalid),
-        _ => Ok(Some(outer)),
+        (Some(schema), Some(payload)) => {
+            let envelope: Option<Envelope<'_>> = serde_json::from_str(payload.get()).map_err(invalid)?;
+            Ok(envelope.map(|envelope| (envelope, Some(schema.get()))))
+        }
+        _ => Ok(Some((outer, None))),
     }
 }
 
@@ -342,44 +360,25 @@ fn decode_key(key: Option<&str>) -> Result<String, DecodeError> {
         return Err(DecodeError::OtherConverter { part: "key", found });
     }
     let invalid = |source| DecodeError::InvalidJson { part: "key", source };
-    if let Some(payload) = wrapper::payload(key)
+    if let Some((schema, payload)) = wrapper::parts(key)
         && serde_json::from_str::<&RawValue>(payload).is_ok()
     {
-        return Ok(payload.to_owned());
+        return key_payload(schema, payload);
     }
     match serde_json::from_str::<Wrapper<'_>>(key) {
-        Ok(Wrapper { schema: Some(_), payload: Some(payload) }) => Ok(payload.get().to_owned()),
+        Ok(Wrapper { schema: Some(schema), payload: Some(payload) }) => key_payload(schema.get(), payload.get()),
         Ok(_) => Ok(key.to_owned()),
         // A scalar key (not an object) is still a key.
         Err(_) => serde_json::from_str::<&RawValue>(key).map(|_| key.to_owned()).map_err(invalid),
     }
 }
 
-/// Names the serialisation of bytes that are not JSON but a known other
-/// converter's, as seen through a lossy UTF-8 decoding: the Confluent wire format
-/// (a zero magic byte, then a 4-byte big-endian schema id) of Avro, Protobuf and
-/// JSON Schema converters, and Kafka Connect's `StringConverter` rendering of a
-/// struct (`Struct{id=1}`).
-fn other_converter(text: &str) -> Option<String> {
-    let mut chars = text.chars();
-    if chars.next() == Some('\0') {
-        let id: Option<Vec<u32>> = chars.take(4).map(|c| (c as u32 <= 0x7f).then_some(c as u32)).collect();
-        let id = match id {
-            Some(bytes) if bytes.len() == 4 => bytes.iter().fold(0u32, |id, b| id << 8 | b).to_string(),
-            _ => "unreadable".to_owned(),
-        };
-        return Some(format!(
-            "the Confluent wire format (magic byte 0, schema id {id}), as Avro, Protobuf or JSON Schema \
-             converters with a schema registry write it"
-        ));
+/// A key's payload, its decimals made plain when its schema declares some.
+fn key_payload(schema: &str, payload: &str) -> Result<String, DecodeError> {
+    match RowDecimals::of(schema, RowSchema::Key) {
+        Some(decimals) if payload.trim_start().starts_with('{') => Ok(decimals.rewrite(payload)?),
+        _ => Ok(payload.to_owned()),
     }
-    if text.starts_with("Struct{") {
-        return Some(format!(
-            "text `{}`, as Kafka Connect's StringConverter renders a struct",
-            text.chars().take(60).collect::<String>()
-        ));
-    }
-    None
 }
 
 /// A row image as JSON text, `None` when absent or null.

@@ -7,12 +7,13 @@
 
 use wide::u8x16;
 
-/// The payload text of `{"schema":{…},"payload":…}` as Debezium writes it
-/// (schema first, no spaces between the keys); `None` for any other shape.
-pub(super) fn payload(text: &str) -> Option<&str> {
+/// The schema and payload texts of `{"schema":{…},"payload":…}` as Debezium
+/// writes it (schema first, no spaces between the keys); `None` for any other shape.
+pub(super) fn parts(text: &str) -> Option<(&str, &str)> {
     let rest = text.trim_start().strip_prefix(r#"{"schema":"#)?;
     let end = container_end(rest.as_bytes())?;
-    rest[end..].strip_prefix(r#","payload":"#)?.trim_end().strip_suffix('}')
+    let payload = rest[end..].strip_prefix(r#","payload":"#)?.trim_end().strip_suffix('}')?;
+    Some((&rest[..end], payload))
 }
 
 /// The index just past the object or array that starts at `bytes[0]`, with
@@ -128,6 +129,10 @@ mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
+    fn payload(text: &str) -> Option<&str> {
+        parts(text).map(|(_, payload)| payload)
+    }
+
     /// The reference: serde's own end of the first value.
     fn serde_end(text: &str) -> Option<usize> {
         let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
@@ -138,7 +143,8 @@ mod tests {
     #[test]
     fn finds_the_payload_of_a_wrapper() {
         let schema = r#"{"type":"struct","fields":[{"type":"int64","optional":false,"field":"id"}],"optional":false,"name":"k"}"#;
-        assert_eq!(payload(&format!(r#"{{"schema":{schema},"payload":{{"id":7}}}}"#)), Some(r#"{"id":7}"#));
+        let wrapped = format!(r#"{{"schema":{schema},"payload":{{"id":7}}}}"#);
+        assert_eq!(parts(&wrapped), Some((schema, r#"{"id":7}"#)));
         assert_eq!(payload(&format!(r#" {{"schema":{schema},"payload":null}} "#)), Some("null"));
         assert_eq!(payload(r#"{"schema":null,"payload":{"id":7}}"#), None, "a null schema is left to serde");
         assert_eq!(payload(r#"{"payload":{"id":7},"schema":{}}"#), None, "other orders are left to serde");

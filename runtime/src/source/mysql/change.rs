@@ -5,7 +5,7 @@
 use mysql_async::binlog::events::Event;
 
 use crate::contract::{ChangeEvent, Op};
-use crate::source::{CapturedChange, Origin, RecordBody, SourceRecord};
+use crate::source::{CapturedChange, Origin, RecordBody, SnapshotMark, SourceRecord};
 
 /// One captured row change, before it becomes a record.
 pub(super) struct Change<'a> {
@@ -43,6 +43,8 @@ impl Change<'_> {
                 database: database.clone(),
                 origin: self.origin,
                 captured_at_ms: crate::clock::now_ms(),
+                // The snapshot sets the real mark once the rows after it are read.
+                snapshot: (self.op == Op::SnapshotRead).then_some(SnapshotMark::True),
             })),
         }
     }

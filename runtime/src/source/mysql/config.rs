@@ -168,8 +168,15 @@ impl MySqlCaptureConfig {
             self.snapshot == SnapshotMode::Initial && !stored.as_ref().is_some_and(|s| s.snapshot_done);
         let stored_schemas = stored.as_ref().map(StoredState::schemas).unwrap_or_default();
         let (position, snapshot) = if wants_snapshot {
-            let mut snapshot =
-                Snapshot::new(name, &prefix, opts.clone(), tables.clone(), self.server_id, self.snapshot_lock);
+            let mut snapshot = Snapshot::new(
+                name,
+                &prefix,
+                opts.clone(),
+                tables.clone(),
+                self.server_id,
+                server.mariadb,
+                self.snapshot_lock,
+            );
             let position = snapshot.position().await?;
             tracing::info!(source = %name, tables = ?self.tables, %position, "initial snapshot starting");
             (position, Some(snapshot))
@@ -213,6 +220,7 @@ impl MySqlCaptureConfig {
             snapshot,
             last_commit_ms: 0,
             catalogue,
+            mariadb: server.mariadb,
         })
     }
 }
@@ -223,6 +231,8 @@ struct ServerFacts {
     names_columns: bool,
     /// `@@server_id`: binlog positions are this server's.
     server_id: u32,
+    /// MariaDB rather than MySQL: its events name the connector `mariadb`, as Debezium's do.
+    mariadb: bool,
 }
 
 /// Binlog positions belong to one server, and the version guard orders
@@ -261,8 +271,9 @@ async fn check_server(name: &str, opts: &Opts) -> Result<ServerFacts, SourceErro
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let metadata: Option<String> = conn.query_first("SELECT @@binlog_row_metadata").await.unwrap_or(None);
-    let server_id: Option<u32> =
-        conn.query_first("SELECT @@server_id").await.map_err(|e| unavailable(e.to_string()))?;
+    let facts: Option<(u32, String)> =
+        conn.query_first("SELECT @@server_id, VERSION()").await.map_err(|e| unavailable(e.to_string()))?;
+    let (server_id, version) = facts.unwrap_or_default();
     let _ = conn.disconnect().await;
     let Some((log_bin, format, image)) = settings else { return Err(unavailable("no answer".to_owned())) };
     let mut wrong = Vec::new();
@@ -282,7 +293,8 @@ async fn check_server(name: &str, opts: &Opts) -> Result<ServerFacts, SourceErro
              DDL read from the binlog");
     }
     if wrong.is_empty() {
-        Ok(ServerFacts { names_columns, server_id: server_id.unwrap_or(0) })
+        let mariadb = version.to_ascii_lowercase().contains("mariadb");
+        Ok(ServerFacts { names_columns, server_id, mariadb })
     } else {
         Err(SourceError::BadConfig {
             source_name: name.to_owned(),

@@ -83,6 +83,8 @@ pub struct MySqlCapture {
     last_commit_ms: u64,
     /// Column names for table maps that carry none.
     catalogue: Catalogue,
+    /// The server is MariaDB (`source.connector`).
+    mariadb: bool,
 }
 
 /// The catalogue's description of a rows event's table, when its table map

@@ -31,6 +31,13 @@ fn timestamps_read_the_session_wall_clock_as_utc() {
     let ts1 = column(ColumnType::MYSQL_TYPE_TIMESTAMP, ColumnFlags::empty(), BINARY_CHARSET).with_decimals(1);
     assert_eq!(render(&ts1, Value::Date(2024, 2, 29, 13, 14, 15, 500_000)).unwrap(), json!("2024-02-29T13:14:15.5Z"));
     assert_eq!(render(&ts1, Value::Date(0, 0, 0, 0, 0, 0, 0)).unwrap(), Json::Null);
+    // Padded to the column's fsp, as Debezium pads a ZonedTimestamp.
+    let ts3 = ts1.clone().with_decimals(3);
+    assert_eq!(render(&ts3, Value::Date(2024, 2, 29, 13, 14, 15, 100_000)).unwrap(), json!("2024-02-29T13:14:15.100Z"));
+    let ts6 = ts1.clone().with_decimals(6);
+    assert_eq!(render(&ts6, Value::Date(2024, 2, 29, 13, 14, 15, 0)).unwrap(), json!("2024-02-29T13:14:15.000000Z"));
+    let ts0 = ts1.with_decimals(0);
+    assert_eq!(render(&ts0, Value::Date(2024, 2, 29, 13, 14, 15, 0)).unwrap(), json!("2024-02-29T13:14:15Z"));
 }
 
 #[test]

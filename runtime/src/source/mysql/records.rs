@@ -119,7 +119,7 @@ impl MySqlCapture {
             position: version::mysql(number, pos, row),
             committed_at_ms: u64::from(header.timestamp()) * 1000,
             id: format!("{file}:{pos}:{row}"),
-            origin: Origin::MySql { server_id: header.server_id(), file, pos, row, gtid },
+            origin: Origin::MySql { server_id: header.server_id(), file, pos, row, gtid, mariadb: self.mariadb },
         }
         .into_record()
     }

@@ -20,7 +20,8 @@ use super::position::BinlogPosition;
 use super::query_values;
 use crate::contract::Op;
 use crate::event::position as version;
-use crate::source::{Origin, SourceError, SourceRecord};
+use crate::source::snapshot_marks::SnapshotMarker;
+use crate::source::{Origin, RecordBody, SnapshotMark, SourceError, SourceRecord};
 
 /// Longest one snapshot statement may take before the connection counts as lost.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,7 +38,10 @@ pub(super) struct Snapshot {
     /// Where streaming starts: the first snapshot's position.
     position: Option<BinlogPosition>,
     server_id: u32,
+    /// The server is MariaDB (`source.connector`).
+    mariadb: bool,
     lock: SnapshotLock,
+    marker: SnapshotMarker<SourceRecord>,
 }
 
 /// One consistent snapshot being read, table by table, page by page.
@@ -59,6 +63,7 @@ impl Snapshot {
         opts: Opts,
         tables: Vec<(String, String)>,
         server_id: u32,
+        mariadb: bool,
         lock: SnapshotLock,
     ) -> Self {
         Self {
@@ -66,11 +71,13 @@ impl Snapshot {
             source: source.to_owned(),
             prefix: prefix.to_owned(),
             opts,
+            marker: SnapshotMarker::new(tables.len()),
             tables,
             done: 0,
             reader: None,
             position: None,
             server_id,
+            mariadb,
         }
     }
 
@@ -82,30 +89,42 @@ impl Snapshot {
         self.position.clone().ok_or_else(|| self.unavailable("no snapshot position".to_owned()))
     }
 
-    /// The next page of rows; empty when every table is done.
+    /// The next page of rows, their `source.snapshot` marked; empty when
+    /// every table is done. The last row read is held back until the next
+    /// one tells whether it ends its table or the snapshot.
     pub(super) async fn next_page(&mut self, size: usize) -> Result<Vec<SourceRecord>, SourceError> {
         loop {
             if self.done >= self.tables.len() {
                 if let Some(reader) = self.reader.take() {
                     let _ = timeout(Duration::from_secs(2), reader.conn.disconnect()).await;
                 }
-                return Ok(Vec::new());
+                return Ok(self.marker.finish().map(marked).into_iter().collect());
             }
             if self.reader.is_none() {
                 self.reader = Some(self.open().await?);
             }
+            let first_in_table = self.reader.as_ref().is_some_and(|reader| reader.offset == 0);
             let page = match self.read_page(size).await {
                 Ok(page) => page,
                 Err(e) => {
                     // The table being read is read again from its start in a new snapshot.
                     self.reader = None;
+                    self.marker.restart_table(self.done);
                     tracing::warn!(source = %self.source, error = %e,
                         "snapshot connection lost; going on from the table it was reading");
                     return Err(e);
                 }
             };
             if !page.is_empty() {
-                return Ok(page);
+                let mut records = Vec::with_capacity(page.len());
+                for (index, record) in page.into_iter().enumerate() {
+                    records.extend(self.marker.push(record, self.done, first_in_table && index == 0).map(marked));
+                }
+                // Empty when the page's only row is held back: the table goes on.
+                if !records.is_empty() {
+                    return Ok(records);
+                }
+                continue;
             }
             self.done += 1;
             if let Some(reader) = &mut self.reader {
@@ -274,6 +293,7 @@ impl Snapshot {
                         pos: position.pos,
                         row: 0,
                         gtid: None,
+                        mariadb: self.mariadb,
                     },
                 }
                 .into_record(),
@@ -309,6 +329,14 @@ fn snapshot_error(e: mysql_async::Error) -> String {
         ),
         _ => e.to_string(),
     }
+}
+
+/// A snapshot record with its `source.snapshot` mark.
+fn marked((mut record, mark): (SourceRecord, SnapshotMark)) -> SourceRecord {
+    if let RecordBody::Change(change) = &mut record.body {
+        change.snapshot = Some(mark);
+    }
+    record
 }
 
 fn reader_offset(reader: &Option<Reader>) -> u64 {

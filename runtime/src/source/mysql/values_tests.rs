@@ -51,6 +51,15 @@ fn timestamp_text_splits_and_unwraps_seconds() {
 }
 
 #[test]
+fn timestamp_fraction_is_padded_to_the_column_fsp_as_debezium_does() {
+    // Debezium's `ZonedTimestamp.toIsoString(…, fsp)`: exactly fsp digits for 1..=6, none for 0.
+    assert_eq!(timestamp(1_709_212_455, 100_000, 3).unwrap(), json!("2024-02-29T13:14:15.100Z"));
+    assert_eq!(timestamp(1_709_212_455, 0, 6).unwrap(), json!("2024-02-29T13:14:15.000000Z"));
+    assert_eq!(timestamp(1_709_212_455, 120_000, 6).unwrap(), json!("2024-02-29T13:14:15.120000Z"));
+    assert_eq!(timestamp(1, 0, 0).unwrap(), json!("1970-01-01T00:00:01Z"));
+}
+
+#[test]
 fn set_bitmask_maps_to_labels_in_definition_order() {
     let abc = labels(&["a", "b", "c"]);
     assert_eq!(set_labels(&abc, &[0b101]).unwrap(), "a,c");

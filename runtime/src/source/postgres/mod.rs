@@ -6,6 +6,7 @@
 
 mod config;
 mod pgoutput;
+mod records;
 mod session;
 mod setup;
 mod snapshot;
@@ -15,15 +16,12 @@ mod visibility;
 use crate::redis_conn::RedisConn;
 use std::time::{Duration, Instant};
 
-use pgwire_replication::{Lsn, ReplicationConfig, ReplicationEvent};
-use serde_json::Value;
+use pgwire_replication::{ReplicationConfig, ReplicationEvent};
 
 use super::acker::CaptureAcker;
 use super::confirmations::{Confirmations, RELEASE_AFTER, RELEASE_REASON};
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
-use super::{CapturedChange, Origin, RecordBody, SourceError, SourceRecord};
-use crate::contract::{ChangeEvent, Op};
-use crate::event::position;
+use super::{SourceError, SourceRecord};
 use crate::source::SnapshotMode;
 pub use config::PostgresCaptureConfig;
 pub use pgoutput::{Decoder, RowChange};
@@ -305,27 +303,6 @@ impl PostgresCapture {
         self.batch_xids.clear();
     }
 
-    /// A change the decoder could not read, as a record the pipeline dead-letters.
-    fn undecodable(&self, data: &[u8], lsn: u64, error: &str) -> SourceRecord {
-        let stream = match self.decoder.relation_of(data) {
-            Some(relation) => format!("{}.{}.{}", self.prefix, relation.schema, relation.table),
-            None => format!("{}.pgoutput", self.prefix),
-        };
-        let position = Lsn::from_u64(lsn).to_pg_string();
-        tracing::error!(source = %self.name, %stream, lsn = %position, %error, "undecodable pgoutput message; dead-lettered");
-        SourceRecord {
-            stream,
-            id: position.clone(),
-            body: RecordBody::Fields(vec![
-                (
-                    crate::event::debezium::CAPTURE_ERROR_FIELD.to_owned(),
-                    format!("pgoutput message at LSN {position} could not be decoded: {error}"),
-                ),
-                ("pgoutput".to_owned(), hex::encode(data)),
-            ]),
-        }
-    }
-
     /// The next page of the initial snapshot, or `None` once it is done. The
     /// marker is set only after every page's batch was settled, so a crash
     /// repeats the snapshot.
@@ -340,7 +317,9 @@ impl PostgresCapture {
         }
         if !page.is_empty() {
             let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::clock::now_ms() as i64 };
-            return Ok(Some(page.into_iter().map(|change| self.record_in(change, tx, lsn)).collect()));
+            return Ok(Some(
+                page.into_iter().map(|(change, mark)| self.record_in(change, tx, lsn, Some(mark))).collect(),
+            ));
         }
         redis::cmd("SET")
             .arg(&self.snapshot_marker)
@@ -369,44 +348,6 @@ impl PostgresCapture {
     pub async fn shutdown(&mut self) {
         self.session.confirm(self.confirmations.confirmable().unwrap_or(0));
         self.session.shutdown().await;
-    }
-
-    fn record(&self, change: RowChange, lsn: u64) -> SourceRecord {
-        let tx = self.transaction.unwrap_or(Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: 0 });
-        self.record_in(change, tx, lsn)
-    }
-
-    fn record_in(&self, change: RowChange, tx: Transaction, lsn: u64) -> SourceRecord {
-        let op = match change.op {
-            'c' => Op::Create,
-            'd' => Op::Delete,
-            'r' => Op::SnapshotRead,
-            't' => Op::Truncate,
-            _ => Op::Update,
-        };
-        let text = |image: Option<Value>| image.filter(|v| !v.is_null()).map(|v| v.to_string());
-        let event = ChangeEvent {
-            op,
-            source: self.prefix.clone(),
-            schema: Some(change.schema.clone()),
-            table: change.table.clone(),
-            key: change.key.to_string(),
-            before: text(change.before),
-            after: text(change.after),
-            position: position::postgres(tx.commit_lsn, lsn),
-            committed_at_ms: tx.committed_at_ms.max(0) as u64,
-        };
-        let captured = CapturedChange {
-            event,
-            database: self.database.clone(),
-            origin: Origin::Postgres { xid: tx.xid, commit_lsn: tx.commit_lsn, lsn },
-            captured_at_ms: crate::clock::now_ms(),
-        };
-        SourceRecord {
-            stream: format!("{}.{}.{}", self.prefix, change.schema, change.table),
-            id: Lsn::from_u64(lsn).to_pg_string(),
-            body: RecordBody::Change(Box::new(captured)),
-        }
     }
 
     fn unavailable(&self, message: &str) -> SourceError {

@@ -16,6 +16,8 @@ use tokio::time::timeout;
 use super::pgoutput::RowChange;
 use super::values::debezium_value;
 use crate::source::SourceError;
+use crate::source::change::SnapshotMark;
+use crate::source::snapshot_marks::SnapshotMarker;
 
 /// A table's columns (`$1` schema, `$2` table) in order: name, type oid and
 /// modifier, `format_type`, and the position in the primary key (null outside it).
@@ -42,13 +44,22 @@ pub(super) struct Snapshot {
     done: usize,
     reader: Option<SnapshotReader>,
     lsn: u64,
+    marker: SnapshotMarker<RowChange>,
 }
 
 impl Snapshot {
     /// A snapshot of `tables`, its rows carrying the slot position `lsn`; it
     /// connects on the first page.
     pub(super) fn new(source: &str, url: &str, tables: &[String], lsn: u64) -> Self {
-        Self { source: source.to_owned(), url: url.to_owned(), tables: tables.to_vec(), done: 0, reader: None, lsn }
+        Self {
+            source: source.to_owned(),
+            url: url.to_owned(),
+            tables: tables.to_vec(),
+            done: 0,
+            reader: None,
+            lsn,
+            marker: SnapshotMarker::new(tables.len()),
+        }
     }
 
     /// The slot position the rows carry.
@@ -56,23 +67,46 @@ impl Snapshot {
         self.lsn
     }
 
-    /// The next page of rows; empty when every table is done.
-    pub(super) async fn next_page(&mut self, size: usize) -> Result<Vec<RowChange>, SourceError> {
-        if self.reader.is_none() {
-            self.reader = Some(SnapshotReader::open(&self.source, &self.url, &self.tables[self.done..]).await?);
-        }
-        let Some(reader) = self.reader.as_mut() else { return Ok(Vec::new()) };
-        match reader.next_page(size).await {
-            Ok(page) => Ok(page),
-            Err(e) => {
-                // The table being read is read again from its start in a new transaction.
-                self.done += reader.current;
-                self.reader = None;
-                tracing::warn!(source = %self.source, error = %e, "snapshot connection lost; going on from the table it was reading");
-                Err(e)
+    /// The next page of rows with their `source.snapshot` marks; empty when
+    /// every table is done. The last row read is held back until the next
+    /// one tells whether it ends its table or the snapshot.
+    pub(super) async fn next_page(&mut self, size: usize) -> Result<Vec<(RowChange, SnapshotMark)>, SourceError> {
+        loop {
+            if self.reader.is_none() {
+                self.reader = Some(SnapshotReader::open(&self.source, &self.url, &self.tables[self.done..]).await?);
+            }
+            let Some(reader) = self.reader.as_mut() else { return Ok(Vec::new()) };
+            let page = match reader.next_page(size).await {
+                Ok(page) => page,
+                Err(e) => {
+                    // The table being read is read again from its start in a new transaction.
+                    self.done += reader.current;
+                    self.reader = None;
+                    self.marker.restart_table(self.done);
+                    tracing::warn!(source = %self.source, error = %e, "snapshot connection lost; going on from the table it was reading");
+                    return Err(e);
+                }
+            };
+            let Some(page) = page else { return Ok(self.marker.finish().into_iter().collect()) };
+            let table = self.done + page.table;
+            let mut marked = Vec::with_capacity(page.rows.len());
+            for (index, row) in page.rows.into_iter().enumerate() {
+                marked.extend(self.marker.push(row, table, page.first_in_table && index == 0));
+            }
+            if !marked.is_empty() {
+                return Ok(marked);
             }
         }
     }
+}
+
+/// Rows of one table, read by one fetch.
+struct Page {
+    /// The table's index among the reader's tables.
+    table: usize,
+    /// Its first row is the table's first.
+    first_in_table: bool,
+    rows: Vec<RowChange>,
 }
 
 struct Table {
@@ -126,8 +160,8 @@ impl SnapshotReader {
         Ok(Self { source: source.to_owned(), conn, tables: described, current: 0, cursor_open: false, rows: 0 })
     }
 
-    /// The next page of rows as snapshot changes; empty when every table is done.
-    async fn next_page(&mut self, size: usize) -> Result<Vec<RowChange>, SourceError> {
+    /// The next page of rows as snapshot changes; `None` when every table is done.
+    async fn next_page(&mut self, size: usize) -> Result<Option<Page>, SourceError> {
         while let Some(table) = self.tables.get(self.current) {
             if !self.cursor_open {
                 let select: Vec<String> = table.columns.iter().map(|(n, ..)| format!("\"{n}\"::text")).collect();
@@ -165,10 +199,12 @@ impl SnapshotReader {
                 self.rows = 0;
                 continue;
             }
+            let first_in_table = self.rows == 0;
             self.rows += rows.len() as u64;
-            return Ok(rows.iter().map(|row| change(table, row)).collect());
+            let rows = rows.iter().map(|row| change(table, row)).collect();
+            return Ok(Some(Page { table: self.current, first_in_table, rows }));
         }
-        Ok(Vec::new())
+        Ok(None)
     }
 }
 

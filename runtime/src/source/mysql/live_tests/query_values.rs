@@ -106,6 +106,7 @@ async fn compare(database: String, server_id: u32) {
     assert_eq!(zeroish["dt3"], json!(null));
     assert_eq!(zeroish["ts"], json!("1970-01-01T00:00:01Z"));
     assert_eq!(zeroish["ts1"], json!("1970-01-01T00:00:01.0Z"));
+    assert_eq!(zeroish["ts6"], json!("2024-01-01T00:00:00.000000Z"), "padded to fsp 6, as Debezium pads");
     assert_eq!(zeroish["dec2"], json!("-0.0000000001"));
     assert_eq!(zeroish["bt10"], json!("AAA="));
     assert_eq!(extremes["bu"], json!(9_223_372_036_854_775_808_u64));
