@@ -22,6 +22,7 @@ pub mod http;
 pub mod kafka;
 pub mod kafka_connect;
 pub mod mariadb;
+pub mod shop;
 
 use evercache_test_kit::SETUP_HINT;
 pub use evercache_test_kit::{MYSQL_URL, PG_URL, REDIS_URL, RuntimeToml, plugins_dir, repo_root, wait_until};

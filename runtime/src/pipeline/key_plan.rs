@@ -23,11 +23,14 @@ impl KeyPlan {
         self.named += 1;
         match self.versions.get_mut(&key) {
             Some(version) => {
-                if event.position > version.position {
+                // A key is a snapshot fill only when every event naming it was,
+                // and a change's version comes from changes alone: a snapshot
+                // read's position may rank above a change streamed after it.
+                let first_change = kind == VersionKind::Change && version.kind == VersionKind::Snapshot;
+                if first_change || (kind == version.kind && event.position > version.position) {
                     version.position.clone_from(&event.position);
                     version.committed_at_ms = event.committed_at_ms;
                 }
-                // A key is a snapshot fill only when every event naming it was.
                 if kind == VersionKind::Change {
                     version.kind = VersionKind::Change;
                 }
@@ -101,6 +104,19 @@ mod tests {
         assert_eq!(plan.keys(), ["a", "b"]);
         let a = plan.version("a").unwrap();
         assert_eq!((a.position.as_str(), a.committed_at_ms), ("pg:3", 30));
+    }
+
+    #[test]
+    fn a_change_takes_its_version_from_changes_only() {
+        let mut plan = KeyPlan::default();
+        plan.add("a".into(), &event(Op::SnapshotRead, "pg:5", 50));
+        plan.add("a".into(), &event(Op::Update, "pg:3", 30));
+        plan.add("a".into(), &event(Op::SnapshotRead, "pg:6", 60));
+        let a = plan.version("a").unwrap();
+        assert_eq!((a.kind, a.position.as_str(), a.committed_at_ms), (VersionKind::Change, "pg:3", 30));
+        plan.add("b".into(), &event(Op::SnapshotRead, "pg:5", 50));
+        plan.add("b".into(), &event(Op::SnapshotRead, "pg:6", 60));
+        assert_eq!(plan.version("b").unwrap().position, "pg:6");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 -- KEYS[1] value key, KEYS[2] metadata hash (same cluster slot).
 -- ARGV: 1 action ("put" | "del"), 2 kind ("text" | "hash" | "set" | "zset"),
 --       3 position ("" = unknown), 4 kind of write: "0" a change, "1" a snapshot read
---       (applies only to unversioned keys), "cas:N" a repair (applies only while the
---       metadata's write count is still N, "none" = no metadata; keeps the version),
+--       (applies to unversioned keys and where it is newer than every version the key
+--       has; keeps the change version, records its own as `snap`), "cas:N" a repair
+--       (applies only while the metadata's write count is still N, "none" = no
+--       metadata; keeps the version),
 --       5 committed_at_ms, 6 read_at_ms, 7 plugin, 8 pipeline,
 --       9 ttl_ms ("0" = none), 10 tombstone_ttl_ms, 11.. the value's members.
 -- Returns 0 when stale (nothing written), 1 when stored, 2 when deleted.
@@ -12,9 +14,23 @@ local position = ARGV[3]
 local stored = redis.call('HGET', meta, 'pos')
 
 local committed_at_ms = ARGV[5]
+local snap = nil
 if ARGV[4] == '1' then
-  -- A snapshot read has no order against the stream: it only fills gaps.
-  if redis.call('EXISTS', meta) == 1 then return 0 end
+  -- A snapshot read repairs what a re-snapshot finds changed (changes missed
+  -- while a connector was away), so it applies when newer than every version
+  -- the key has. It never becomes the change version: a transaction open
+  -- across the snapshot is streamed after it with changes ranked below it.
+  if redis.call('EXISTS', meta) == 1 then
+    local newest = stored or ''
+    local seen = redis.call('HGET', meta, 'snap') or ''
+    if seen > newest then newest = seen end
+    if position == '' or newest == '' or position <= newest then return 0 end
+    committed_at_ms = redis.call('HGET', meta, 'committed_at_ms') or '0'
+  else
+    committed_at_ms = '0'
+  end
+  snap = position
+  position = stored or ''
 elseif string.sub(ARGV[4], 1, 4) == 'cas:' then
   -- A fill or resync read the database after observing the write count: any
   -- write since then is at least as new, and any later change outranks the
@@ -33,6 +49,7 @@ if position == '' and stored then position = stored end
 local function fields(deleted)
   redis.call('HSET', meta, 'pos', position, 'committed_at_ms', committed_at_ms, 'read_at_ms', ARGV[6],
     'plugin', ARGV[7], 'pipeline', ARGV[8], 'deleted', deleted)
+  if snap then redis.call('HSET', meta, 'snap', snap) end
   redis.call('HINCRBY', meta, 'writes', 1)
 end
 

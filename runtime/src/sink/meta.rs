@@ -1,7 +1,8 @@
 //! Freshness metadata: every cached key `K` has a hash `{K}:meta` (or `K:meta`
 //! when `K` already has a hash tag) in the same Redis Cluster slot, with fields
-//! `pos`, `committed_at_ms`, `read_at_ms`, `plugin`, `pipeline`, `deleted` and
-//! `writes` (a count of writes, which a fill or resync compares before it stores).
+//! `pos`, `committed_at_ms`, `read_at_ms`, `plugin`, `pipeline`, `deleted`,
+//! `writes` (a count of writes, which a fill or resync compares before it stores)
+//! and `snap` (the newest snapshot read applied, once one was).
 
 use std::collections::HashMap;
 
@@ -53,6 +54,8 @@ pub struct KeyMeta {
     pub deleted: bool,
     /// Writes since the metadata was created (0 for metadata from before the count).
     pub writes: u64,
+    /// Source position of the newest snapshot read applied ("" when none was).
+    pub snapshot_position: String,
 }
 
 /// Reads a key's freshness metadata; `None` when the key was never written.
@@ -77,6 +80,7 @@ impl KeyMeta {
             pipeline: text("pipeline"),
             deleted: text("deleted") == "1",
             writes: number("writes"),
+            snapshot_position: text("snap"),
         })
     }
 }

@@ -65,7 +65,10 @@ pub struct KeyVersion {
 pub enum VersionKind {
     /// A change: applies when its position is newer than the key's.
     Change,
-    /// A snapshot read: applies only to keys that have no version yet.
+    /// A snapshot read: applies to keys that have no version yet, and to keys
+    /// whose every version (change or earlier snapshot read) is older, which
+    /// repairs what a re-snapshot finds changed; it keeps the key's change
+    /// version, so no streamed change ranks below it.
     Snapshot,
     /// A fill or resync that read the database after seeing the key's write
     /// count ([`crate::sink::KeyMeta::writes`], `None` = no metadata): applies

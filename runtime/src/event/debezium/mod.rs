@@ -174,7 +174,7 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
         key: decode_key(key)?,
         before,
         after,
-        position: source.position(op == Op::SnapshotRead),
+        position: source.position(),
         committed_at_ms: source.ts_ms.or(envelope.ts_ms).unwrap_or(0),
     }))
 }
@@ -240,8 +240,8 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn position(&self, snapshot_read: bool) -> String {
-        if let Some(position) = self.postgres_position(snapshot_read) {
+    fn position(&self) -> String {
+        if let Some(position) = self.postgres_position() {
             return position;
         }
         if let (Some(file), Some(pos)) = (&self.file, self.pos)
@@ -258,7 +258,7 @@ impl Source<'_> {
     }
 
     /// `sequence` is `["<lastCommitLsn>","<lsn>"]` as a string; either part may be null.
-    fn postgres_position(&self, snapshot_read: bool) -> Option<String> {
+    fn postgres_position(&self) -> Option<String> {
         if self.connector.as_deref() != Some("postgresql") && self.sequence.is_none() {
             return None;
         }
@@ -267,16 +267,13 @@ impl Source<'_> {
             None => (None, self.lsn),
         };
         let lsn = lsn?;
-        let commit = match commit {
-            Some(commit) => commit,
-            // Debezium's snapshot reads carry `[null, <LSN where the snapshot began>]`,
-            // and a transaction open across the snapshot is streamed after it with
-            // changes before that LSN (and, first streamed, no commit LSN), so a
-            // snapshot read ranks below every streamed change, as the capture's do.
-            None if snapshot_read => 0,
-            // Without a commit LSN the change's own LSN is the best order available.
-            None => lsn,
-        };
+        // Debezium's snapshot reads carry `[null, <LSN where the snapshot began>]`
+        // and rank there, as the capture's do: a later snapshot repairs what an
+        // earlier version missed. (A transaction open across the snapshot is
+        // streamed after it with changes below that LSN; the guard never lets a
+        // snapshot read's position become a key's change version, so they apply.)
+        // Without a commit LSN a change's own LSN is the best order available.
+        let commit = commit.unwrap_or(lsn);
         Some(position::postgres(commit, lsn))
     }
 }

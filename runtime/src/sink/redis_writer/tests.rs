@@ -96,6 +96,7 @@ async fn stores_every_entry_type_with_metadata() {
             pipeline: "p".into(),
             deleted: false,
             writes: 1,
+            snapshot_position: String::new(),
         }
     );
     // A hash rewritten with fewer fields loses the old ones.
@@ -141,24 +142,41 @@ async fn deletes_leave_a_tombstone_that_blocks_older_writes() {
 }
 
 #[tokio::test]
-async fn snapshot_reads_fill_only_unversioned_keys_and_unknown_positions_keep_the_version() {
+async fn snapshot_reads_fill_unversioned_keys_repair_older_ones_and_keep_the_change_version() {
     let cache = cache(Duration::from_secs(60)).await;
     let w = writer(&cache, None);
     let p = prefix("snapshot");
     let (fresh, known) = (format!("{p}:fresh"), format!("{p}:known"));
     let mut c = cache.connection();
     w.write("p@1", &[put(&known, text("streamed"), "pg:5")]).await.unwrap();
-    let mut snap = vec![put(&fresh, text("snap"), "pg:1"), put(&known, text("snap"), "pg:9")];
-    for s in &mut snap {
-        s.version.kind = VersionKind::Snapshot;
-    }
-    assert_eq!(w.write("p@1", &snap).await.unwrap(), WriteReport { applied: 1, deleted: 0, stale: 1 });
-    assert_eq!(c.get::<_, String>(&known).await.unwrap(), "streamed");
-    assert_eq!(c.get::<_, String>(&fresh).await.unwrap(), "snap");
+    let snapshot = |key: &str, value: &str, position: &str| {
+        let mut write = put(key, text(value), position);
+        write.version.kind = VersionKind::Snapshot;
+        write
+    };
+    let (older, newer) = (snapshot(&fresh, "snap", "pg:1"), snapshot(&known, "snap", "pg:4"));
+    assert_eq!(w.write("p@1", &[older, newer]).await.unwrap(), WriteReport { applied: 1, deleted: 0, stale: 1 });
+    assert_eq!(c.get::<_, String>(&known).await.unwrap(), "streamed", "a snapshot read older than the change");
+    assert_eq!(c.get::<_, String>(&fresh).await.unwrap(), "snap", "an unversioned key is filled");
+    assert!(w.write("p@1", &[snapshot(&known, "equal", "pg:5")]).await.unwrap().stale == 1);
+
+    // A re-snapshot newer than the change repairs the value and keeps the change version.
+    assert_eq!(w.write("p@1", &[snapshot(&known, "repaired", "pg:9")]).await.unwrap().applied, 1);
+    assert_eq!(c.get::<_, String>(&known).await.unwrap(), "repaired");
+    let meta = read_meta(&mut c, &known).await.unwrap().unwrap();
+    assert_eq!((meta.position.as_str(), meta.snapshot_position.as_str()), ("pg:5", "pg:9"));
+    assert_eq!(w.write("p@1", &[snapshot(&known, "duplicate", "pg:9")]).await.unwrap().stale, 1);
+    assert_eq!(w.write("p@1", &[snapshot(&known, "older", "pg:7")]).await.unwrap().stale, 1);
+    // A change streamed after the snapshot ranks against the change version only.
+    assert_eq!(w.write("p@1", &[put(&known, text("in flight"), "pg:6")]).await.unwrap().applied, 1);
+    assert_eq!(c.get::<_, String>(&known).await.unwrap(), "in flight");
+    let fresh_meta = read_meta(&mut c, &fresh).await.unwrap().unwrap();
+    assert_eq!((fresh_meta.position.as_str(), fresh_meta.snapshot_position.as_str()), ("", "pg:1"));
+    assert_eq!(w.write("p@1", &[put(&fresh, text("first change"), "pg:0")]).await.unwrap().applied, 1);
 
     assert_eq!(w.write("p@1", &[put(&known, text("unversioned"), "")]).await.unwrap().applied, 1);
     assert_eq!(c.get::<_, String>(&known).await.unwrap(), "unversioned");
-    assert_eq!(read_meta(&mut c, &known).await.unwrap().unwrap().position, "pg:5");
+    assert_eq!(read_meta(&mut c, &known).await.unwrap().unwrap().position, "pg:6");
 }
 
 #[tokio::test]
