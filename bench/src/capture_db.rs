@@ -16,6 +16,40 @@ pub enum Database {
     Mariadb,
 }
 
+/// Which database a capture bench runs on, and where the services are.
+#[derive(clap::Args)]
+pub struct DbArgs {
+    /// Which database: postgres or mariadb.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub database: Database,
+    /// Postgres (needs wal_level = logical).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub pg_url: String,
+    /// MariaDB (needs its binlog on, ROW format, full metadata).
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    pub mysql_url: String,
+    /// Redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
+
+impl DbArgs {
+    /// The URLs, borrowed.
+    pub fn urls(&self) -> Urls<'_> {
+        Urls { pg: &self.pg_url, mysql: &self.mysql_url, redis: &self.redis_url }
+    }
+}
+
+/// Where the bench's services are.
+pub struct Urls<'a> {
+    /// Postgres.
+    pub pg: &'a str,
+    /// MariaDB, without a database.
+    pub mysql: &'a str,
+    /// Redis.
+    pub redis: &'a str,
+}
+
 /// A connected database holding the bench's table `<name>.item`; clones share the pool.
 #[derive(Clone)]
 pub enum Target {
@@ -110,18 +144,41 @@ impl Target {
 
     /// The runtime file's database and source sections for the capture.
     pub fn runtime(&self, runtime: RuntimeToml, name: &str, pg_url: &str, mysql_url: &str, redis: &str) -> RuntimeToml {
+        let urls = Urls { pg: pg_url, mysql: mysql_url, redis };
+        self.capture_source(self.database(runtime, name, &urls), "capture", name, name, 7001, &urls)
+    }
+
+    /// `[databases.db]`, where the bench's table is.
+    pub fn database(&self, runtime: RuntimeToml, name: &str, urls: &Urls<'_>) -> RuntimeToml {
+        match self {
+            Target::Postgres(_) => runtime.database("db", urls.pg),
+            Target::MariaDb(_) => runtime.database("db", &format!("{}/{name}", urls.mysql)),
+        }
+    }
+
+    /// `[sources.<source>]`: the built-in capture of `<name>.item` from now on,
+    /// its slot and publication (Postgres) or position key (MariaDB) named
+    /// `slot`, registering as replica `server_id` (MariaDB), its streams named
+    /// `<name>.<schema>.<table>`. Later lines go to this section.
+    pub fn capture_source(
+        &self,
+        runtime: RuntimeToml,
+        source: &str,
+        slot: &str,
+        name: &str,
+        server_id: u32,
+        urls: &Urls<'_>,
+    ) -> RuntimeToml {
         match self {
             Target::Postgres(_) => runtime
-                .database("db", pg_url)
-                .postgres_capture("capture", pg_url, &[format!("{name}.item")], name, redis)
-                .line("snapshot = \"never\""),
-            Target::MariaDb(_) => {
-                runtime.database("db", &format!("{mysql_url}/{name}")).section("sources.capture").line(&format!(
-                    "type = \"mysql\"\nurl = \"{mysql_url}\"\ntables = [\"{name}.item\"]\nserver_id = 7001\n\
-                     snapshot = \"never\"\ntopic_prefix = \"{name}\"\nposition_key = \"{name}:binlog\"\n\
-                     dead_letter_url = \"{redis}\""
-                ))
-            }
+                .postgres_capture(source, urls.pg, &[format!("{name}.item")], slot, urls.redis)
+                .line(&format!("snapshot = \"never\"\ntopic_prefix = \"{name}\"")),
+            Target::MariaDb(_) => runtime.section(&format!("sources.{source}")).line(&format!(
+                "type = \"mysql\"\nurl = \"{}\"\ntables = [\"{name}.item\"]\nserver_id = {server_id}\n\
+                 snapshot = \"never\"\ntopic_prefix = \"{name}\"\nposition_key = \"{slot}:binlog\"\n\
+                 dead_letter_url = \"{}\"",
+                urls.mysql, urls.redis
+            )),
         }
     }
 

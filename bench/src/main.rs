@@ -8,7 +8,8 @@
 //! `-- capture` measures the built-in capture's commit→cache latency and burst
 //! drain rate; `-- plugin-cost` what compiling, instantiating and calling a
 //! plugin costs; `-- read-path` the read path against Redis and the database;
-//! `-- backlog` the `evercache` binary's peak memory while draining backlogs.
+//! `-- backlog` the `evercache` binary's peak memory while draining backlogs;
+//! `-- visibility` what the visibility gates add to commit→cache delay.
 //! `--tiny` keeps a workload's harness working in CI.
 
 mod backlog;
@@ -20,7 +21,9 @@ mod keys;
 mod plugin_cost;
 mod read_path;
 mod stats;
+mod steady;
 mod stream_floor;
+mod visibility;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +50,8 @@ enum Workload {
     StreamFloor(stream_floor::Options),
     /// The read path: a herd on one missing key; hit and miss latency beside Redis and the database.
     ReadPath(read_path::Options),
+    /// What the visibility gates add to commit→cache delay, gate on vs off, capture and Debezium-fed.
+    Visibility(visibility::Options),
 }
 
 /// The runtime binary's allocator, so the figures are the binary's.
@@ -64,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Workload::KafkaSource(options) => kafka_source::run(options).await,
         Workload::PluginCost(options) => plugin_cost::run(options).await,
         Workload::ReadPath(options) => read_path::run(options).await,
+        Workload::Visibility(options) => visibility::run(options).await,
         Workload::StreamFloor(options) => stream_floor::run(options).await,
     }
 }

@@ -46,7 +46,7 @@ pub const SLOT_LAG_BYTES: &str = "evercache_replication_slot_lag_bytes";
 pub const CAPTURE_LAG_SECONDS: &str = "evercache_capture_lag_seconds";
 /// 1 when the last probe reached the source and its runner is not failing, else 0, by `source`.
 pub const SOURCE_UP: &str = "evercache_source_up";
-/// Failed reads and commands of a source, by `source` and `kind` (unavailable, halted, config).
+/// Failed reads and commands of a source, by `source` and `kind` (unavailable, halted, config, not_visible).
 pub const SOURCE_ERRORS_TOTAL: &str = "evercache_source_errors_total";
 /// Consumer groups found missing and created again, by `source` and `stream`.
 pub const GROUPS_RECREATED_TOTAL: &str = "evercache_source_groups_recreated_total";
@@ -64,6 +64,17 @@ pub const READ_FILLS_TOTAL: &str = "evercache_read_fills_total";
 pub const READ_REFRESHES_TOTAL: &str = "evercache_read_refreshes_total";
 /// Redis `used_memory` of a cache, by `cache`.
 pub const REDIS_USED_MEMORY_BYTES: &str = "evercache_redis_used_memory_bytes";
+/// How long a built-in capture held a batch until its transactions were
+/// visible to new queries, by `source`: every checked batch of streamed
+/// changes, ≈0 when visible at the first check; none with `visibility = "off"`.
+pub const SOURCE_VISIBILITY_WAIT_SECONDS: &str = "evercache_source_visibility_wait_seconds";
+/// How long a pipeline held a batch of Debezium events until their
+/// transactions were visible on its database, by `pipeline`: every checked
+/// batch whose events name their transactions, ≈0 when visible at once.
+pub const PIPELINE_VISIBILITY_WAIT_SECONDS: &str = "evercache_pipeline_visibility_wait_seconds";
+/// Batches still not visible after `event::visibility::REPORT_AFTER` (each is reported
+/// and held, never handed on), by `source` (built-in captures) or `pipeline`.
+pub const VISIBILITY_STALLS_TOTAL: &str = "evercache_visibility_stalls_total";
 
 /// Latency buckets (seconds) shared by the duration histograms.
 const SECONDS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -85,6 +96,8 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 (RECOMPUTE_SECONDS, SECONDS_BUCKETS),
                 (HOST_QUERY_SECONDS, SECONDS_BUCKETS),
                 (DELAY_SECONDS, SECONDS_BUCKETS),
+                (SOURCE_VISIBILITY_WAIT_SECONDS, SECONDS_BUCKETS),
+                (PIPELINE_VISIBILITY_WAIT_SECONDS, SECONDS_BUCKETS),
             ] {
                 builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets).ok()?;
             }
@@ -105,6 +118,20 @@ fn describe() {
     describe_histogram!(HOST_QUERY_SECONDS, Unit::Seconds, "Duration of one host query.");
     describe_counter!(WRITES_TOTAL, "Guarded key writes by outcome (applied, stale, deleted).");
     describe_histogram!(DELAY_SECONDS, Unit::Seconds, "Now minus the source commit time of each written event.");
+    describe_histogram!(
+        SOURCE_VISIBILITY_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long a built-in capture held a batch until its transactions were visible."
+    );
+    describe_histogram!(
+        PIPELINE_VISIBILITY_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long a pipeline held a batch until its Debezium events' transactions were visible."
+    );
+    describe_counter!(
+        VISIBILITY_STALLS_TOTAL,
+        "Batches held past the visibility report threshold, by source or pipeline."
+    );
     describe_counter!(DEAD_LETTERS_TOTAL, "Records written to a dead-letter stream.");
     describe_counter!(PLUGIN_ERRORS_TOTAL, "Failed plugin calls by kind.");
     describe_counter!(PLUGIN_RELOADS_TOTAL, "Plugin hot reloads by outcome.");

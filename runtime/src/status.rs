@@ -234,8 +234,17 @@ pub async fn save_pipeline(
         fields.push(("last_error", error.message.clone()));
         fields.push(("last_error_at_ms", error.at_ms.to_string()));
     }
+    if let Some(gate) = &stats.gate {
+        fields.push(("visibility_gate", gate.clone()));
+    }
     let key = status_key(pipeline);
     let mut pipe = redis::pipe();
+    match &stats.visibility_wait {
+        Some(waiting) => fields.push(("visibility_wait", waiting.clone())),
+        None => {
+            pipe.hdel(&key, "visibility_wait").ignore();
+        }
+    }
     match trouble {
         Some(trouble) => fields.push(("trouble", trouble.to_owned())),
         None => {
@@ -271,6 +280,7 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
         .map(str::to_owned),
     ];
     let mut troubles = Vec::new();
+    // Lines under the table: read-path figures and visibility gates.
     let mut reads = Vec::new();
     for (name, pipeline) in &config.pipelines {
         let saved: BTreeMap<String, String> = match probes.cache_conn(&pipeline.cache).await {
@@ -304,6 +314,14 @@ pub async fn report(config: &Config) -> Result<String, SourceError> {
                 count("read_failed"),
                 count("read_refreshed")
             ));
+        }
+        if let Some(gate) = saved.get("visibility_gate") {
+            reads.push(format!("pipeline {name}: visibility gate {gate}"));
+        }
+        if runtime == "running"
+            && let Some(waiting) = saved.get("visibility_wait")
+        {
+            reads.push(format!("pipeline {name}: {waiting}"));
         }
         if runtime == "running"
             && let Some(trouble) = saved.get("trouble")

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub mod conformance;
 pub mod debezium;
 pub mod debezium_server;
+pub mod held_commit;
 pub mod http;
 pub mod kafka;
 pub mod kafka_connect;

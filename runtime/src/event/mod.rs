@@ -2,5 +2,6 @@
 
 pub mod debezium;
 pub mod position;
+pub mod visibility;
 
 pub use crate::contract::{ChangeEvent, Op};

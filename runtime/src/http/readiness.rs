@@ -82,9 +82,10 @@ impl LagWatch {
             let waiting_for =
                 lag_since.map(|s| now_ms.saturating_sub(s)).filter(|ms| *ms >= stuck_ms && idle_for >= stuck_ms);
             let reason = match (busy_for, waiting_for) {
-                (Some(busy_for), _) => {
-                    Some(format!("one batch has been running for {}{last_error}", seconds(busy_for)))
-                }
+                (Some(busy_for), _) => match &stats.visibility_wait {
+                    Some(waiting) => Some(format!("one batch has been running for {}, {waiting}", seconds(busy_for))),
+                    None => Some(format!("one batch has been running for {}{last_error}", seconds(busy_for))),
+                },
                 (None, Some(waiting_for)) => Some(format!(
                     "{lag} entries waiting for {} and no batch finished{last_error}",
                     seconds(waiting_for)

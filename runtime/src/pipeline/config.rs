@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::key_pattern::KeyPattern;
+use super::visibility::Visibility;
 use crate::plugin::mapper::{MAPPER_PLUGIN, MapperConfig};
 
 /// What a change does to the keys it touches.
@@ -84,6 +85,13 @@ pub struct PipelineConfig {
     /// While a health check fails, the batch waits without limit.
     #[serde(default = "default_max_transient_wait", with = "humantime_serde")]
     pub max_transient_wait: Duration,
+    /// Whether a batch of Debezium events waits until their transactions are
+    /// visible on `database` before it is recomputed: "auto" (default; see
+    /// [`Visibility`] for when it applies, and a warning at the first batch
+    /// where it cannot) or "off". Built-in captures hold their batches
+    /// themselves (their own `visibility` option).
+    #[serde(default)]
+    pub visibility: Visibility,
     /// Handed to the plugin's `init` as string pairs, e.g. `key_prefix = "specialist"`.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,

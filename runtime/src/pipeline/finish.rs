@@ -29,10 +29,12 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Result<Vec<DeadLetter>, Interrupted> {
         // Every attempt of this batch runs on the version live when it was planned.
-        let Planning { generation, events, plan } = planning;
+        let Planning { generation, events, plan, commits } = planning;
         let max_attempts = generation.config.max_attempts;
         tracing::Span::current().record("plugin", generation.config.plugin.as_str());
         self.stats().started();
+        // No recompute before the database shows what the events say happened.
+        generation.gate.wait(&commits, shutdown).await?;
         let all: Vec<&ChangeEvent> = events.iter().map(|(_, e)| e).collect();
         let result = self.retry(&generation, &all, max_attempts, shutdown, plan).await;
         let failures = match result {

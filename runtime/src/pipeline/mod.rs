@@ -5,6 +5,7 @@
 
 mod attempt;
 pub mod build;
+pub mod commits;
 pub mod config;
 mod failure;
 mod finish;
@@ -19,6 +20,7 @@ mod runner;
 mod running;
 mod staging;
 pub mod stats;
+pub mod visibility;
 mod worker;
 
 pub use config::{OnChange, PipelineConfig};

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::commits::{Commits, EventCommit};
 use super::failure::ApplyError;
 use super::key_plan::KeyPlan;
 use super::running::{Generation, Pipeline};
@@ -21,20 +22,27 @@ pub struct Planning {
     /// The keys, or the error that stopped planning (the batch's first
     /// attempt); `None` when the batch is planned as it runs.
     pub(super) plan: Option<Result<KeyPlan, ApplyError>>,
+    /// The transactions the events came from, for the visibility gate.
+    pub(super) commits: Commits,
 }
 
 impl Pipeline {
     /// Starts planning a batch on the generation live now; the batch runs on it to the end.
     pub fn start_planning(&self) -> Planning {
         let plan = (!self.struggling()).then(|| Ok(KeyPlan::default()));
-        Planning { generation: self.generation(), events: Vec::new(), plan }
+        Planning { generation: self.generation(), events: Vec::new(), plan, commits: Commits::default() }
     }
 }
 
 impl Planning {
     /// Adds events and plans their keys. After a failure the events are only
     /// kept: the failed plan is the first attempt, and retries plan anew.
-    pub async fn add(&mut self, events: Vec<(usize, ChangeEvent)>) {
+    pub async fn add(&mut self, routed: Vec<(usize, ChangeEvent, EventCommit)>) {
+        let mut events = Vec::with_capacity(routed.len());
+        for (record, event, commit) in routed {
+            self.commits.add(&commit);
+            events.push((record, event));
+        }
         if let Some(Ok(plan)) = &mut self.plan {
             let limit = self.generation.config.max_batch_keys;
             let mut planner = self.generation.planner().lock().await;

@@ -91,6 +91,12 @@ impl SourceRunner {
             let Some(Ok(permit)) = permit else { break };
             let staged = match gather(&mut self.source, &self.pipelines, &self.routes, &workers, read_ahead).await {
                 Ok(staged) => staged,
+                // The source waited on the batch itself and holds it: read again at once.
+                Err(e @ SourceError::NotVisible { .. }) => {
+                    self.health.failed(&e);
+                    tracing::warn!(source = %name, error = %e, "batch held until its transactions are visible");
+                    continue;
+                }
                 Err(e) => {
                     self.health.failed(&e);
                     failures += 1;

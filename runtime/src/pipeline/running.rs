@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 
 use super::config::PipelineConfig;
 use super::stats::PipelineStats;
+use super::visibility::VisibilityGate;
 use crate::plugin::PluginHandle;
 use crate::query::QueryRunner;
 use crate::sink::{RedisCache, RedisWriter};
@@ -39,14 +40,17 @@ pub(super) struct Generation {
     pub(super) writer: RedisWriter,
     /// Health-checked when a failure may be the database's.
     database: Option<QueryRunner>,
+    /// Holds a batch until its events' transactions are visible on `database`.
+    pub(super) gate: VisibilityGate,
 }
 
 impl Generation {
-    fn new(config: PipelineConfig, parts: Parts) -> Self {
+    fn new(name: &str, config: PipelineConfig, parts: Parts, stats: &Arc<PipelineStats>) -> Self {
         let Parts { plugin, writer, database } = parts;
         let planner = plugin.planner().map(Mutex::new);
         let reader = plugin.planner().map(Mutex::new);
-        Self { config, instance: Mutex::new(plugin), planner, reader, writer, database }
+        let gate = VisibilityGate::new(name, config.visibility, database.clone(), stats.clone());
+        Self { config, instance: Mutex::new(plugin), planner, reader, writer, database, gate }
     }
 
     /// The instance repairs run on.
@@ -88,7 +92,7 @@ impl Pipeline {
         let tables = config.tables.iter().cloned().collect();
         let stats = Arc::new(PipelineStats::new(name, &config.plugin));
         record_plugin(&stats, &parts.plugin);
-        let current = Generation::new(config, parts);
+        let current = Generation::new(name, config, parts, &stats);
         Self {
             name: name.to_owned(),
             tables,
@@ -103,7 +107,7 @@ impl Pipeline {
     /// routing (`source`, `tables`) is fixed for the pipeline's life.
     pub fn replace(&self, config: PipelineConfig, parts: Parts) {
         record_plugin(&self.stats, &parts.plugin);
-        let next = Arc::new(Generation::new(config, parts));
+        let next = Arc::new(Generation::new(&self.name, config, parts, &self.stats));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::commits::EventCommit;
 use super::plan_ahead::Planning;
 use super::running::Pipeline;
 use crate::event::ChangeEvent;
-use crate::event::debezium::{Decoded, decode_stream_entry};
+use crate::event::Op;
+use crate::event::debezium::{Decoded, decode_stream_entry_with_commit};
 use crate::source::{DeadLetter, RecordBody, SourceRecord};
 
 /// A batch read, decoded, routed and planned.
@@ -24,8 +26,8 @@ pub(super) struct Staged {
     pub(super) planning: Vec<Option<Planning>>,
 }
 
-/// Events of one read routed to one pipeline: (record index, event).
-type Routed = Vec<(usize, ChangeEvent)>;
+/// Events of one read routed to one pipeline: (record index, event, what it says of its transaction).
+type Routed = Vec<(usize, ChangeEvent, EventCommit)>;
 
 /// A pipeline's planning task and the way to feed it.
 struct Planner {
@@ -76,12 +78,18 @@ impl Staging {
             let index = offset + index;
             self.bytes += record.bytes();
             let decoded = match &record.body {
-                RecordBody::Fields(fields) => decode_stream_entry(&record.stream, fields),
-                // The capture decoded it already.
-                RecordBody::Change(change) => Ok(Decoded::Change(change.event.clone())),
+                RecordBody::Fields(fields) => decode_stream_entry_with_commit(&record.stream, fields),
+                // The capture decoded it already, and held it until it was visible.
+                RecordBody::Change(change) => Ok((Decoded::Change(change.event.clone()), None)),
             };
             match decoded {
-                Ok(Decoded::Change(event)) => {
+                Ok((Decoded::Change(event), mark)) => {
+                    let commit = match (mark, &record.body) {
+                        (Some(mark), _) => EventCommit::Named(mark),
+                        (None, RecordBody::Change(_)) => EventCommit::Checked,
+                        (None, _) if event.op == Op::SnapshotRead => EventCommit::Checked,
+                        (None, _) => EventCommit::Unnamed,
+                    };
                     table.clear();
                     table.push_str(event.schema.as_deref().unwrap_or(""));
                     table.push('.');
@@ -90,16 +98,16 @@ impl Staging {
                         Some(targets) => {
                             let (&last, others) = targets.split_last().expect("a route names at least one pipeline");
                             for &target in others {
-                                routed[target].push((index, event.clone()));
+                                routed[target].push((index, event.clone(), commit.clone()));
                             }
-                            routed[last].push((index, event));
+                            routed[last].push((index, event, commit));
                         }
                         None => {
                             tracing::debug!(stream = %record.stream, id = %record.id, %table, "no pipeline for table; acked")
                         }
                     }
                 }
-                Ok(Decoded::Skip(reason)) => {
+                Ok((Decoded::Skip(reason), _)) => {
                     tracing::debug!(stream = %record.stream, id = %record.id, reason = reason.as_str(), "record skipped");
                 }
                 Err(e) => {

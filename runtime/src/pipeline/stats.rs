@@ -88,6 +88,11 @@ pub struct StatsSnapshot {
     pub errors: Vec<ErrorEntry>,
     /// The read path's figures.
     pub reads: ReadCounts,
+    /// The visibility gate: "on: <how>" or "off: <why>"; `None` until the
+    /// first batch whose events name their transactions decided it.
+    pub gate: Option<String>,
+    /// What a batch held by the gate waits for, and how long it has.
+    pub visibility_wait: Option<String>,
 }
 
 /// A pipeline's live figures.
@@ -147,6 +152,16 @@ impl PipelineStats {
     /// A batch is being applied from now on.
     pub fn started(&self) {
         self.lock().busy_since_ms = Some(now_ms());
+    }
+
+    /// How the visibility gate checks, or why it does not.
+    pub fn set_gate(&self, state: String) {
+        self.lock().gate = Some(state);
+    }
+
+    /// What a held batch waits for (`None`: nothing is held).
+    pub fn set_visibility_wait(&self, waiting: Option<String>) {
+        self.lock().visibility_wait = waiting;
     }
 
     /// Keys planned for one attempt: `named` by the plugin, `distinct` after coalescing.

@@ -18,6 +18,7 @@ mod mysql;
 mod postgres;
 mod rows;
 mod statement;
+pub(crate) mod visibility;
 
 pub use error::{QueryError, SqlCode};
 pub use statement::Dialect;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use super::{Source, SourceRecord};
+use super::{Source, SourceError, SourceRecord};
 
 /// Writes records to Redis Streams.
 pub struct DebeziumStreamWriter {
@@ -74,6 +74,11 @@ pub async fn forward(capture: &mut Source, writer: &mut DebeziumStreamWriter, sh
             Ok(records) => {
                 failures = 0;
                 records
+            }
+            // The capture waited on the batch itself and holds it: read again at once.
+            Err(e @ SourceError::NotVisible { .. }) => {
+                tracing::warn!(source = %capture.name(), error = %e, "batch held until its transactions are visible");
+                continue;
             }
             Err(e) => {
                 failures += 1;

@@ -262,6 +262,17 @@ pub enum SourceError {
         /// What is wrong.
         message: String,
     },
+    /// A batch's transactions are committed in the log but not yet visible to
+    /// new queries (a synchronous standby or semi-sync replica that does not
+    /// answer holds the commit): the batch is held, never handed on, and the
+    /// next read waits on it again. Reported so `/ready` can say so.
+    #[error("source '{source_name}': {message}")]
+    NotVisible {
+        /// The `[sources.<name>]` name.
+        source_name: String,
+        /// Which transactions, and for how long.
+        message: String,
+    },
     /// The source cannot go on without losing changes (e.g. its replication
     /// slot is gone); an operator must act. Retried, in case it comes back.
     #[error("source '{source_name}': halted: {message}")]
@@ -280,6 +291,7 @@ impl SourceError {
             SourceError::Unavailable { .. } => "unavailable",
             SourceError::BadConfig { .. } => "config",
             SourceError::Halted { .. } => "halted",
+            SourceError::NotVisible { .. } => "not_visible",
         }
     }
 }

@@ -8,17 +8,19 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::position;
+use super::visibility::CommitMark;
 use super::{ChangeEvent, Op};
 
 mod converter;
 mod decimals;
+mod source_block;
 #[cfg(test)]
 mod tests;
 mod wrapper;
 
 use converter::other_converter;
 use decimals::{DecimalError, RowDecimals, RowSchema};
+use source_block::Source;
 
 /// The Redis sink's stand-in for a null key or value.
 const REDIS_NULL: &str = "default";
@@ -116,6 +118,15 @@ pub enum DecodeError {
 /// (one field; name = key JSON, value = value JSON) or `extended` (`key`,
 /// `value`, then upper-cased headers). `stream` is the Debezium topic.
 pub fn decode_stream_entry(stream: &str, fields: &[(String, String)]) -> Result<Decoded, DecodeError> {
+    decode_stream_entry_with_commit(stream, fields).map(|(decoded, _)| decoded)
+}
+
+/// [`decode_stream_entry`], with what the change's `source` block says of its
+/// transaction (never for a snapshot read, which reads only committed rows).
+pub fn decode_stream_entry_with_commit(
+    stream: &str,
+    fields: &[(String, String)],
+) -> Result<(Decoded, Option<CommitMark>), DecodeError> {
     if let Some((field, reason)) = fields.first()
         && field == CAPTURE_ERROR_FIELD
     {
@@ -123,31 +134,36 @@ pub fn decode_stream_entry(stream: &str, fields: &[(String, String)]) -> Result<
     }
     let value = |name: &str| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str());
     if let Some(val) = value("value") {
-        return decode_record(stream, value("key"), Some(val));
+        return decode(stream, value("key"), Some(val));
     }
     match fields {
-        [] => Ok(Decoded::Skip(SkipReason::Empty)),
-        [(key, val)] => decode_record(stream, Some(key), Some(val)),
+        [] => Ok((Decoded::Skip(SkipReason::Empty), None)),
+        [(key, val)] => decode(stream, Some(key), Some(val)),
         _ => Err(DecodeError::UnknownLayout { fields: fields.len() }),
     }
 }
 
 /// A record as Kafka delivers it: key and value text, either possibly null.
 pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Result<Decoded, DecodeError> {
+    decode(topic, key, value).map(|(decoded, _)| decoded)
+}
+
+fn decode(topic: &str, key: Option<&str>, value: Option<&str>) -> Result<(Decoded, Option<CommitMark>), DecodeError> {
+    let skip = |reason| Ok((Decoded::Skip(reason), None));
     if topic.starts_with(HEARTBEAT_PREFIX) {
-        return Ok(Decoded::Skip(SkipReason::Heartbeat));
+        return skip(SkipReason::Heartbeat);
     }
     let Some(value) = value.map(str::trim).filter(|v| *v != REDIS_NULL) else {
-        return Ok(Decoded::Skip(SkipReason::Tombstone));
+        return skip(SkipReason::Tombstone);
     };
     if let Some(found) = other_converter(value) {
         return Err(DecodeError::OtherConverter { part: "value", found });
     }
     let Some((envelope, schema)) = parse_envelope(value)? else {
-        return Ok(Decoded::Skip(SkipReason::Tombstone));
+        return skip(SkipReason::Tombstone);
     };
     let Some(op) = envelope.op.as_deref() else {
-        return Ok(Decoded::Skip(classify_opless(&envelope)?));
+        return skip(classify_opless(&envelope)?);
     };
     let op = match op {
         "c" => Op::Create,
@@ -155,7 +171,7 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
         "d" => Op::Delete,
         "r" => Op::SnapshotRead,
         "t" => Op::Truncate,
-        "m" => return Ok(Decoded::Skip(SkipReason::Message)),
+        "m" => return skip(SkipReason::Message),
         other => return Err(DecodeError::UnknownOp(other.to_owned())),
     };
     let source = envelope.source.ok_or(DecodeError::MissingField("source"))?;
@@ -166,7 +182,7 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
             *image = decimals.rewrite(image)?;
         }
     }
-    Ok(Decoded::Change(ChangeEvent {
+    let event = ChangeEvent {
         op,
         source: source.name.as_deref().unwrap_or_default().to_owned(),
         schema: source.schema.as_deref().or(source.db.as_deref()).map(str::to_owned),
@@ -176,7 +192,9 @@ pub fn decode_record(topic: &str, key: Option<&str>, value: Option<&str>) -> Res
         after,
         position: source.position(),
         committed_at_ms: source.ts_ms.or(envelope.ts_ms).unwrap_or(0),
-    }))
+    };
+    let commit = if op == Op::SnapshotRead { None } else { source.commit() };
+    Ok((Decoded::Change(event), commit))
 }
 
 /// The fields of an envelope this decoder reads; everything else is ignored.
@@ -204,99 +222,6 @@ struct Envelope<'a> {
     table_changes: Option<&'a RawValue>,
     #[serde(default, rename = "databaseName", borrow)]
     database_name: Option<&'a RawValue>,
-}
-
-/// The `source` block: where and when the change happened.
-#[derive(Deserialize)]
-struct Source<'a> {
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    connector: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    db: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    schema: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    table: Option<Cow<'a, str>>,
-    #[serde(default)]
-    ts_ms: Option<u64>,
-    #[serde(default, borrow)]
-    sequence: Option<Cow<'a, str>>,
-    #[serde(default)]
-    lsn: Option<u64>,
-    #[serde(default, borrow)]
-    file: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pos: Option<u64>,
-    #[serde(default)]
-    row: Option<u32>,
-    #[serde(default, borrow)]
-    commit_lsn: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    change_lsn: Option<Cow<'a, str>>,
-    #[serde(default)]
-    event_serial_no: Option<u64>,
-}
-
-impl Source<'_> {
-    fn position(&self) -> String {
-        if let Some(position) = self.postgres_position() {
-            return position;
-        }
-        if let (Some(file), Some(pos)) = (&self.file, self.pos)
-            && let Some(number) = position::binlog_file_number(file)
-        {
-            return position::mysql(number, pos, self.row.unwrap_or(0));
-        }
-        if let (Some(commit), Some(change)) = (&self.commit_lsn, &self.change_lsn)
-            && let Some(position) = position::sqlserver(commit, change, self.event_serial_no.unwrap_or(0))
-        {
-            return position;
-        }
-        String::new()
-    }
-
-    /// `sequence` is `["<lastCommitLsn>","<lsn>"]` as a string; either part may be null.
-    fn postgres_position(&self) -> Option<String> {
-        if self.connector.as_deref() != Some("postgresql") && self.sequence.is_none() {
-            return None;
-        }
-        let (commit, lsn) = match self.sequence.as_deref().and_then(sequence_lsns) {
-            Some([commit, lsn]) => (commit, lsn.or(self.lsn)),
-            None => (None, self.lsn),
-        };
-        let lsn = lsn?;
-        // Debezium's snapshot reads carry `[null, <LSN where the snapshot began>]`
-        // and rank there, as the capture's do: a later snapshot repairs what an
-        // earlier version missed. (A transaction open across the snapshot is
-        // streamed after it with changes below that LSN; the guard never lets a
-        // snapshot read's position become a key's change version, so they apply.)
-        // Without a commit LSN a change's own LSN is the best order available.
-        let commit = commit.unwrap_or(lsn);
-        Some(position::postgres(commit, lsn))
-    }
-}
-
-/// `sequence`'s two LSNs; a part that is null or not a number is `None`, and
-/// text that is not a pair of them is `None` altogether.
-fn sequence_lsns(text: &str) -> Option<[Option<u64>; 2]> {
-    let lsn = |part: &str| match part.trim() {
-        "null" => Some(None),
-        part => part.strip_prefix('"')?.strip_suffix('"').map(|digits| digits.parse().ok()),
-    };
-    // Debezium writes plain digits; anything fancier (escapes) goes through serde.
-    let plain = || {
-        let (first, second) = text.trim().strip_prefix('[')?.strip_suffix(']')?.split_once(',')?;
-        if text.contains('\\') || second.contains(',') {
-            return None;
-        }
-        Some([lsn(first)?, lsn(second)?])
-    };
-    plain().or_else(|| {
-        let parts: [Option<String>; 2] = serde_json::from_str(text).ok()?;
-        Some(parts.map(|part| part.and_then(|p| p.parse().ok())))
-    })
 }
 
 /// Parses a value, unwrapping `{"schema":…,"payload":…}`; `None` for a null

@@ -1,6 +1,8 @@
 //! Every real Debezium fixture in `runtime/tests/fixtures/debezium/` decoded.
 
+use super::source_block::sequence_lsns;
 use super::*;
+use crate::event::position;
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/tests/fixtures/debezium/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -73,6 +73,17 @@ pub struct MySqlCaptureConfig {
     /// read ahead waits for a first one (default "5ms").
     #[serde(default = "default_batch_delay", with = "humantime_serde")]
     pub max_batch_delay: Duration,
+    /// "on" (default): a batch read from the binlog is handed on only once its
+    /// transactions are visible to new queries (MariaDB: a new consistent
+    /// snapshot's `binlog_snapshot_position` reaches them; MySQL: they are in
+    /// `gtid_executed`, so turn on `gtid_mode`). The server writes the binlog
+    /// before the engine commits, and with semi-synchronous replication
+    /// (AFTER_SYNC) the commit waits for a replica's ack: a recompute in that
+    /// window would cache the old value for good. A batch is held as long as
+    /// that takes, reported as not visible (`/ready`) after 2s. "off": batches
+    /// are handed on unchecked (a key can stay stale).
+    #[serde(default)]
+    pub visibility: Visibility,
     /// Redis URL for dead letters and the resume position, e.g. "redis://127.0.0.1:6379".
     pub dead_letter_url: SecretUrl,
     /// Dead-letter stream; `{stream}` is the record's `<prefix>.<database>.<table>`
@@ -92,6 +103,17 @@ pub enum SnapshotLock {
     GlobalReadLock,
     /// Never lock.
     None,
+}
+
+/// Whether the capture waits for a batch's transactions to be visible (see `visibility`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Hand a batch on once its transactions are visible.
+    #[default]
+    On,
+    /// Hand batches on unchecked.
+    Off,
 }
 
 fn default_heartbeat() -> Duration {
@@ -200,6 +222,10 @@ impl MySqlCaptureConfig {
         };
         store.store(&state).await.map_err(|e| unavailable("store the binlog position", e))?;
         tracing::info!(source = %name, %position, key = %store.key(), "binlog capture started");
+        if self.visibility == Visibility::Off {
+            tracing::warn!(source = %name, "visibility = \"off\": batches are handed on before their transactions \
+                are visible to queries, so a recompute may cache a value from before a change");
+        }
         Ok(MySqlCapture {
             name: name.to_owned(),
             prefix,
@@ -213,7 +239,8 @@ impl MySqlCaptureConfig {
             confirmed: position.clone(),
             stored: position,
             stored_at: Instant::now(),
-            visibility: VisibilityGate::new(name, opts.clone()),
+            visibility: (self.visibility == Visibility::On).then(|| VisibilityGate::new(name, opts.clone())),
+            held: None,
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, RedisConn::Node(redis), &self.dead_letter_stream),
@@ -338,3 +365,7 @@ pub(super) async fn master_status(conn: &mut Conn) -> Result<Option<(String, Str
     }
     Err(refused.expect("tried"))
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -8,6 +8,7 @@ mod change;
 mod config;
 mod ddl;
 mod debezium_json;
+mod held;
 pub mod lag;
 mod position;
 mod query_values;
@@ -32,14 +33,15 @@ use super::confirmations::{Confirmations, RELEASE_AFTER, RELEASE_REASON};
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord};
 use change::{mariadb_gtid, truncated_table};
-pub use config::MySqlCaptureConfig;
+pub use config::{MySqlCaptureConfig, Visibility};
+use held::Held;
 use position::PositionStore;
 pub use position::{BinlogPosition, StoredState};
 pub(crate) use query_values::render_query_row;
 use schema::{Catalogue, TableSchema};
 use session::BinlogSession;
 use snapshot::Snapshot;
-use visibility::VisibilityGate;
+use visibility::{Awaited, VisibilityGate};
 
 /// MariaDB's GTID event, unknown to the binlog parser.
 const MARIADB_GTID_EVENT: u8 = 162;
@@ -73,7 +75,10 @@ pub struct MySqlCapture {
     confirmed: BinlogPosition,
     stored: BinlogPosition,
     stored_at: Instant,
-    visibility: VisibilityGate,
+    /// Checks that a batch is visible before it is handed on; `None` with `visibility = "off"`.
+    visibility: Option<VisibilityGate>,
+    /// A batch read and not yet visible, handed on before anything more is read.
+    held: Option<Held>,
     batch_size: usize,
     max_batch_delay: Duration,
     dead_letters: DeadLetterWriter,
@@ -106,16 +111,19 @@ impl MySqlCapture {
     /// pages first (when one runs), then the binlog, waiting up to a second for
     /// a first change. A batch may end inside a large transaction; the
     /// position is then stored only up to the previous commit, and the rest of
-    /// the transaction follows in later batches.
+    /// the transaction follows in later batches. A binlog batch is handed out
+    /// only once its transactions are visible to new queries; one that is not
+    /// after `REPORT_AFTER` is held and reported as `NotVisible`, and the next
+    /// read waits on it again.
     pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
-        self.next_batch_within(Duration::from_secs(1)).await
+        self.next_batch_within(Duration::from_secs(1), false).await
     }
 
     /// Like [`Self::next_batch`], waiting at most `max_batch_delay` for a first
     /// change: a read ahead while a batch is gathered, which must not hold back
     /// what was gathered when the database is quiet.
     pub async fn read_more(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
-        self.next_batch_within(self.max_batch_delay).await
+        self.next_batch_within(self.max_batch_delay, true).await
     }
 
     /// A handle that settles handed-out batches from another task, making
@@ -129,44 +137,13 @@ impl MySqlCapture {
         self.batch_size
     }
 
-    async fn next_batch_within(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
-        // A batch handed out long ago is still not written (the database or a
-        // plugin holds it up): reading ahead stops and the binlog connection
-        // is let go, so a server shutting down is not held by it; reading
-        // resumes from the confirmed position once the batch is settled.
-        if self.confirmations.overdue() {
-            self.session.release(RELEASE_REASON);
-            tokio::time::sleep(first_wait.min(Duration::from_millis(100))).await;
-            return Ok(Vec::new());
-        }
-        if let Some(records) = self.snapshot_batch().await? {
-            self.confirmations.handed_out(records.len(), None);
-            return Ok(records);
-        }
-        let (records, gate_at) = self.stream_batch(first_wait).await?;
-        // A change read from the binlog may not be visible to a new transaction
-        // yet (the engine commits after the binlog is written): wait until it is,
-        // so a recompute never reads the value from before it.
-        if let Some(position) = gate_at
-            && let Err(e) = self.visibility.wait(&position).await
-        {
-            self.forget_stream();
-            self.session.release("the visibility check failed");
-            return Err(e);
-        }
-        self.confirmations.handed_out(records.len(), self.unconfirmed.take());
-        Ok(records)
-    }
-
     async fn stream_batch(
         &mut self,
         first_wait: Duration,
-    ) -> Result<(Vec<SourceRecord>, Option<BinlogPosition>), SourceError> {
+    ) -> Result<(Vec<SourceRecord>, Option<Awaited>), SourceError> {
         let mut records = Vec::new();
-        // The end of the last event that gave this batch a record: once a
-        // consistent snapshot reaches it, every transaction in the batch is visible
-        // (snapshot positions fall between transactions).
-        let mut gate_at = None;
+        // What makes every transaction this batch has a change of visible.
+        let mut awaited = None;
         let mut deadline: Option<Instant> = None;
         // Heartbeats and other databases' traffic keep arriving on an idle
         // stream; an empty batch still ends after a second, and a batch takes
@@ -252,7 +229,9 @@ impl MySqlCapture {
                 _ => false,
             };
             if records.len() > had {
-                gate_at = Some(BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid: None });
+                let gtid = self.transaction.as_ref().and_then(|t| t.gtid.clone());
+                let at = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid };
+                awaited = Some(Awaited::extend(awaited.take(), at));
             }
             if committed {
                 let gtid = self.transaction.take().and_then(|t| t.gtid);
@@ -280,7 +259,7 @@ impl MySqlCapture {
                 break;
             }
         }
-        Ok((records, gate_at))
+        Ok((records, awaited))
     }
 
     /// The next page of the initial snapshot, or `None` once it is done. Its

@@ -50,6 +50,30 @@ pub struct PostgresCaptureConfig {
     /// (default "{stream}:dlq").
     #[serde(default = "default_dead_letter_stream")]
     pub dead_letter_stream: String,
+    /// "on" (default): a batch is handed on only once every transaction in it
+    /// is visible to a new snapshot, however long that takes (a synchronous
+    /// standby that does not answer keeps a decoded commit invisible). Held
+    /// over 2 s, it is reported, and again every 2 s, as the source's error
+    /// (kind `not_visible`, naming the transactions and the wait: `/ready`'s
+    /// `last_error`; `/ready` false and `evercache status` once that lasts
+    /// `[http] stuck_after`), and the capture keeps waiting on it. "off":
+    /// batches are handed on unchecked, so a change read in that window is
+    /// recomputed from the row before it and the key stays stale until the
+    /// row changes again.
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// `visibility` of a `type = "postgres"` source: whether batches wait until
+/// their transactions are visible to new queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Hold each batch until its transactions are visible (the default).
+    #[default]
+    On,
+    /// Hand batches on without checking.
+    Off,
 }
 
 impl PostgresCaptureConfig {
@@ -74,4 +98,25 @@ fn default_batch_delay() -> Duration {
 }
 fn default_dead_letter_stream() -> String {
     "{stream}:dlq".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: &str = r#"
+url = "postgres://u@h/db"
+tables = ["public.t"]
+dead_letter_url = "redis://h"
+"#;
+
+    #[test]
+    fn visibility_is_checked_unless_turned_off() {
+        let parse = |extra: &str| toml::from_str::<PostgresCaptureConfig>(&format!("{REQUIRED}{extra}"));
+        assert_eq!(parse("").unwrap().visibility, Visibility::On);
+        assert_eq!(parse("visibility = \"on\"").unwrap().visibility, Visibility::On);
+        assert_eq!(parse("visibility = \"off\"").unwrap().visibility, Visibility::Off);
+        assert!(parse("visibility = \"sometimes\"").is_err());
+        assert!(parse("visibility = false").is_err(), "a string, as the reference says");
+    }
 }

@@ -23,13 +23,13 @@ use super::confirmations::{Confirmations, RELEASE_AFTER, RELEASE_REASON};
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord};
 use crate::source::SnapshotMode;
-pub use config::PostgresCaptureConfig;
+pub use config::{PostgresCaptureConfig, Visibility};
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
 pub(crate) use snapshot::DESCRIBE_COLUMNS;
 use snapshot::Snapshot;
 pub(crate) use values::debezium_value;
-use visibility::VisibilityGate;
+use visibility::{HeldBatch, Hold, VisibilityGate};
 
 /// Microseconds from the Unix epoch to Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -57,6 +57,9 @@ pub struct PostgresCapture {
     /// Committed transactions in the batch being built.
     batch_xids: Vec<u32>,
     visibility: VisibilityGate,
+    /// A batch read whose transactions are not all visible yet; the next read
+    /// resumes waiting on it before reading anything else.
+    held: Option<HeldBatch>,
     batch_size: usize,
     max_batch_delay: Duration,
     dead_letters: DeadLetterWriter,
@@ -124,7 +127,7 @@ impl PostgresCaptureConfig {
         } else {
             None
         };
-        let visibility = VisibilityGate::new(name, self.url.expose())?;
+        let visibility = VisibilityGate::new(name, self.url.expose(), self.visibility)?;
         let session = Session::open(name, &self.slot, config, &visibility).await?;
         tracing::info!(source = %name, slot = %self.slot, publication = %self.publication, "capture started");
         Ok(PostgresCapture {
@@ -138,6 +141,7 @@ impl PostgresCaptureConfig {
             confirmations: Confirmations::default(),
             batch_xids: Vec::new(),
             visibility,
+            held: None,
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, RedisConn::Node(dead_letter_conn), &self.dead_letter_stream),
@@ -157,16 +161,19 @@ impl PostgresCapture {
     /// Reads the next batch of changes as Debezium-compatible records, waiting
     /// up to a second for the first. A batch may end inside a large
     /// transaction; the slot is then confirmed only up to the previous commit,
-    /// and the rest of the transaction follows in later batches.
+    /// and the rest of the transaction follows in later batches. A batch still
+    /// not visible after [`crate::event::visibility::REPORT_AFTER`] gives
+    /// [`SourceError::NotVisible`] and stays held: the next read resumes it.
     pub async fn next_batch(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
-        self.next_batch_within(Duration::from_secs(1)).await
+        self.next_batch_within(Duration::from_secs(1), None).await
     }
 
     /// Like [`Self::next_batch`], waiting at most `max_batch_delay` for the
     /// first change: a read ahead while a batch is gathered, which must not
-    /// hold back what was gathered when the database is quiet.
+    /// hold back what was gathered when the database is quiet (a batch not
+    /// visible by then is held for the next read, and this one returns nothing).
     pub async fn read_more(&mut self) -> Result<Vec<SourceRecord>, SourceError> {
-        self.next_batch_within(self.max_batch_delay).await
+        self.next_batch_within(self.max_batch_delay, Some(self.max_batch_delay)).await
     }
 
     /// A handle that settles handed-out batches from another task, making
@@ -180,7 +187,15 @@ impl PostgresCapture {
         self.batch_size
     }
 
-    async fn next_batch_within(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+    async fn next_batch_within(
+        &mut self,
+        first_wait: Duration,
+        read_ahead: Option<Duration>,
+    ) -> Result<Vec<SourceRecord>, SourceError> {
+        // Nothing read after a held batch may overtake it, so it goes first.
+        if self.held.is_some() {
+            return self.hand_on(read_ahead).await;
+        }
         // A batch handed out long ago is still not written (the database or a
         // plugin holds it up): reading ahead stops and the replication connection
         // is let go, so a server shutting down is not held by it; reading
@@ -195,16 +210,40 @@ impl PostgresCapture {
             return Ok(records);
         }
         let records = self.stream_batch(first_wait).await?;
-        // A batch that cannot be checked cannot go on: the connection is let go
-        // (a server shutting down waits for it) and the stream sends it again.
-        if let Err(e) = self.visibility.wait(&self.batch_xids).await {
-            self.forget_stream();
-            self.session.release("the transaction visibility check failed");
-            return Err(e);
+        let xids = std::mem::take(&mut self.batch_xids);
+        if records.is_empty() {
+            self.confirmations.handed_out(0, self.unconfirmed.take());
+            return Ok(records);
         }
-        self.batch_xids.clear();
-        self.confirmations.handed_out(records.len(), self.unconfirmed.take());
-        Ok(records)
+        self.held = Some(HeldBatch::new(records, xids, self.unconfirmed.take()));
+        self.hand_on(read_ahead).await
+    }
+
+    /// Waits on the held batch and hands it on once its transactions are
+    /// visible; `read_ahead` bounds the wait of a read ahead, which then returns nothing.
+    async fn hand_on(&mut self, read_ahead: Option<Duration>) -> Result<Vec<SourceRecord>, SourceError> {
+        let Some(held) = self.held.as_mut() else { return Ok(Vec::new()) };
+        let until = read_ahead.map(|wait| Instant::now() + wait);
+        // What the acker settled meanwhile reaches the server while the batch is held.
+        self.session.confirm(self.confirmations.confirmable().unwrap_or(0));
+        match self.visibility.hold(held, until).await {
+            Ok(Hold::Visible) => {
+                let Some(held) = self.held.take() else { return Ok(Vec::new()) };
+                self.confirmations.handed_out(held.records.len(), held.position);
+                Ok(held.records)
+            }
+            Ok(Hold::Waiting) => Ok(Vec::new()),
+            Ok(Hold::Report(e)) => Err(e),
+            // A batch that cannot be checked cannot go on: it is dropped, the
+            // connection let go (a server shutting down waits for it), and the
+            // stream sends the batch again.
+            Err(e) => {
+                self.held = None;
+                self.forget_stream();
+                self.session.release("the transaction visibility check failed");
+                Err(e)
+            }
+        }
     }
 
     async fn stream_batch(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
