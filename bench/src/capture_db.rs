@@ -190,6 +190,25 @@ impl Target {
         }
     }
 
+    /// Forgets where capture `slot` stands (the Postgres slot and publication,
+    /// or the binlog position in Redis), so its next start begins at the log's
+    /// head instead of replaying what was written while it was stopped.
+    pub async fn forget_position(&self, slot: &str, redis: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+        match self {
+            Target::Postgres(pg) => {
+                sqlx::query(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
+                )
+                .bind(slot)
+                .execute(pg)
+                .await?;
+                sqlx::query(&format!("drop publication if exists {slot}")).execute(pg).await?;
+            }
+            Target::MariaDb(_) => redis::cmd("DEL").arg(format!("{slot}:binlog")).query_async::<()>(redis).await?,
+        }
+        Ok(())
+    }
+
     pub async fn cleanup(&self, name: &str) {
         match self {
             Target::Postgres(pg) => {

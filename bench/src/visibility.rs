@@ -62,6 +62,10 @@ pub async fn run(options: Options) -> Result<()> {
         for (path, gate) in runs {
             crate::keys::delete_prefix(&mut conn, NAME).await?;
             redis::cmd("DEL").arg(stream()).query_async::<()>(&mut conn).await?;
+            // Each run reads only its own changes: a capture stopped during the
+            // other runs would otherwise replay theirs into this one.
+            db.forget_position(NAME, &mut conn).await?;
+            db.forget_position(&forwarder_slot(), &mut conn).await?;
             let shutdown = CancellationToken::new();
             let forwarder = match path {
                 Path::Stream => Some(start_forwarder(&options, &db, shutdown.clone()).await?),
@@ -99,7 +103,7 @@ pub async fn run(options: Options) -> Result<()> {
 
 fn report(db: &Target, options: &Options, results: &[(Path, bool, Latencies)]) {
     println!(
-        "visibility gates, {}: {} single-row commits/s for {} s, {} runs of each, commit→cache",
+        "visibility gates, {}: {} single-row commits/s for {} s, {} runs of each, commit→cache (median of the runs)",
         db.label(),
         options.rate,
         options.seconds,
@@ -111,7 +115,12 @@ fn report(db: &Target, options: &Options, results: &[(Path, bool, Latencies)]) {
         let mut values: Vec<Duration> =
             results.iter().filter(|(a, b, _)| *a == path && *b == gate).map(|(_, _, l)| l.percentile(p)).collect();
         values.sort();
-        values.get(values.len() / 2).copied().unwrap_or_default()
+        // The middle run, or the mean of the middle two.
+        match values.len() {
+            0 => Duration::ZERO,
+            n if n % 2 == 1 => values[n / 2],
+            n => (values[n / 2 - 1] + values[n / 2]) / 2,
+        }
     };
     for path in [Path::Capture, Path::Stream] {
         let label = match path {
