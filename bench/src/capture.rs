@@ -44,7 +44,7 @@ pub async fn run(options: Options) -> Result<()> {
     // Keys and versions of an earlier run (perhaps of the other database, whose
     // positions do not compare with this one's) would make every write stale.
     crate::keys::delete_prefix(&mut conn, NAME).await?;
-    let mut arrivals = Arrivals::listen(&redis, NAME).await?;
+    let mut arrivals = Arrivals::listen(&redis, &format!("{NAME}:item:")).await?;
 
     let config = write_config(&options, &db)?;
     let runtime = Runtime::build(Config::load(&config)?).await?;

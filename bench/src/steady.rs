@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::capture_db::Target;
 use crate::stats::Latencies;
 
-/// Keys of `<name>:item:*` as they are written.
+/// Keys under a prefix as they are written.
 pub struct Arrivals {
     keys: mpsc::UnboundedReceiver<(String, Instant)>,
     listener: JoinHandle<()>,
@@ -22,15 +22,16 @@ pub struct Arrivals {
 }
 
 impl Arrivals {
-    /// Turns keyspace notifications on (until [`Self::stop`]) and listens for `<name>:item:*`.
-    pub async fn listen(redis: &redis::Client, name: &str) -> Result<Self> {
+    /// Turns keyspace notifications on (until [`Self::stop`]) and listens for
+    /// writes of keys starting with `prefix`.
+    pub async fn listen(redis: &redis::Client, prefix: &str) -> Result<Self> {
         let mut conn = redis.get_multiplexed_async_connection().await?;
         let old: Vec<String> =
             redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut conn).await?;
         redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("K$").query_async::<()>(&mut conn).await?;
         let (tx, keys) = mpsc::unbounded_channel();
         let mut pubsub = redis.get_async_pubsub().await?;
-        pubsub.psubscribe(format!("__keyspace@0__:{name}:item:*")).await?;
+        pubsub.psubscribe(format!("__keyspace@0__:{prefix}*")).await?;
         let listener = tokio::spawn(async move {
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {

@@ -52,7 +52,7 @@ pub async fn run(options: Options) -> Result<()> {
     db.create(NAME, options.rate * options.seconds).await?;
     let redis = redis::Client::open(options.db.redis_url.as_str())?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
-    let mut arrivals = Arrivals::listen(&redis, NAME).await?;
+    let mut arrivals = Arrivals::listen(&redis, &format!("{NAME}:item:")).await?;
     let mut results: Vec<(Path, bool, Latencies)> = Vec::new();
     for round in 0..options.rounds {
         let mut runs = [(Path::Capture, true), (Path::Capture, false), (Path::Stream, true), (Path::Stream, false)];

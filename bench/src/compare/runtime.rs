@@ -8,13 +8,13 @@ use anyhow::{Result, bail};
 use evercache::config::Config;
 use evercache::runtime::Runtime;
 use evercache_test_kit::RuntimeToml;
-use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Options, SCHEMA, Sent, entry, naive, native};
 use crate::stats::Latencies;
+use crate::steady::Arrivals;
 
 /// What processes the events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,20 +245,7 @@ pub async fn steady(
     let total = (rate * seconds) as usize;
     let rows: i64 = sqlx::query_scalar(&format!("select count(*) from {SCHEMA}.item")).fetch_one(pg).await?;
 
-    let old: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut conn).await?;
-    redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("K$").query_async::<()>(&mut conn).await?;
-    let mut pubsub = redis.get_async_pubsub().await?;
-    pubsub.psubscribe(format!("__keyspace@0__:{prefix}:*")).await?;
-    let (tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let listener = tokio::spawn(async move {
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
-            let key = message.get_channel_name().trim_start_matches("__keyspace@0__:").to_owned();
-            if tx.send((key, Instant::now())).is_err() {
-                break;
-            }
-        }
-    });
+    let mut arrivals = Arrivals::listen(redis, &format!("{prefix}:")).await?;
     redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&stream)
@@ -298,21 +285,18 @@ pub async fn steady(
     let mut latencies = Vec::with_capacity(total);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while latencies.len() < total {
-        let Ok(Some((key, at))) = tokio::time::timeout_at(deadline, arrivals.recv()).await else { break };
+        let Some((key, at)) = arrivals.next(deadline.into_std()).await else { break };
         if let Some(sent_at) = sent.remove(&key) {
             latencies.push(at.duration_since(sent_at));
         }
     }
     let elapsed = start.elapsed();
-    listener.abort();
+    arrivals.stop().await?;
     if let Some(running) = running {
         running.stop().await;
     }
     if let Some(worker) = worker {
         worker.abort();
-    }
-    if let [_, value] = old.as_slice() {
-        redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(value).query_async::<()>(&mut conn).await?;
     }
     cleanup(&mut conn, &stream, &prefix).await?;
     if latencies.len() < total {
