@@ -13,9 +13,12 @@ use anyhow::{Result, bail};
 
 pub mod certs;
 pub mod kafka_broker;
+pub mod mariadb_replica;
 pub mod mariadb_server;
 pub mod pg_cluster;
+pub mod pg_standby;
 pub mod redis_cluster;
+pub mod tcp_proxy;
 
 /// The Redis (or Valkey) every suite uses: the local Redis started by
 /// `scripts/dev-services.sh`, or `EVERCACHE_TEST_REDIS_URL` when set (the test

@@ -26,18 +26,33 @@ impl MariaDbServer {
     pub fn start_with(dir: &Path, options: &[&str]) -> Self {
         let options = options.iter().map(|o| (*o).to_owned()).collect();
         let server = Self { port: free_port(), dir: dir.join("mariadb"), child: None, options };
-        let data = server.dir.join("data");
+        let (data, tmp) = (server.dir.join("data"), server.dir.join("tmp"));
         std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
         let _ = Command::new("chown").args(["-R", "mysql:mysql", server.dir.to_str().unwrap()]).status();
-        let status = Command::new("mariadb-install-db")
+        // A temporary directory of its own: installs sharing /tmp fail now and then on each other's temporary tables.
+        let out = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        assert!(matches!(status, Ok(s) if s.success()), "mariadb-install-db failed: {status:?}");
+            .env("TMPDIR", &tmp)
+            .output();
+        let said = |o: &std::process::Output| {
+            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            text.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+        };
+        assert!(matches!(&out, Ok(o) if o.status.success()), "mariadb-install-db failed: {:?}", out.map(|o| said(&o)));
         let mut server = server;
-        server.start_server();
+        // Another test's server may take the free port first; this one then exits, and another port is tried.
+        for attempt in 1..=3 {
+            match server.try_start_server() {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    eprintln!("{e}; trying another port");
+                    server.port = free_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         server
     }
 
@@ -45,14 +60,56 @@ impl MariaDbServer {
         format!("mysql://root@127.0.0.1:{}", self.port)
     }
 
+    /// Runs `statements` as root with the `mariadb` client over TCP and
+    /// returns what they print, one tab-separated row a line without headers.
+    pub fn sql(&self, statements: &str) -> anyhow::Result<String> {
+        self.client(&["-N"], statements)
+    }
+
+    /// The first row `statement` returns, by column name (empty when it returns none).
+    pub fn sql_row(&self, statement: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let text = self.client(&[], statement)?;
+        let mut lines = text.lines();
+        let (names, values) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+        Ok(names.split('\t').zip(values.split('\t')).map(|(n, v)| (n.to_owned(), v.to_owned())).collect())
+    }
+
+    fn client(&self, options: &[&str], statements: &str) -> anyhow::Result<String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "--protocol=tcp", "-h127.0.0.1", "-uroot", "-B"])
+            .arg(format!("-P{}", self.port))
+            .args(options)
+            .arg("-e")
+            .arg(statements)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`{statements}` on port {} failed: {}",
+            self.port,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// Starts `mariadbd` again on its port; panics if it does not come up.
     pub fn start_server(&mut self) {
+        if let Err(e) = self.try_start_server() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts `mariadbd` and waits until it answers on its own socket and its
+    /// port; fails at once if it exits, as it does when the port is taken.
+    fn try_start_server(&mut self) -> Result<(), String> {
         let data = self.dir.join("data");
+        let socket = self.dir.join("mysqld.sock");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
-        let child = Command::new("/usr/sbin/mariadbd")
+        let mut child = Command::new("/usr/sbin/mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", self.dir.join("mysqld.sock").display()))
+            .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", self.dir.join("mysqld.pid").display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .args(["--bind-address=127.0.0.1", "--user=mysql", "--server-id=1"])
             .arg(format!("--log-bin={}", self.dir.join("data/mariadb-bin").display()))
@@ -63,12 +120,23 @@ impl MariaDbServer {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(60), "mariadbd did not start; see {}", self.dir.display());
+        // Its own socket too: a port that answers may be another test's server.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("mariadbd on port {} exited ({status}); see {}", self.port, self.dir.display()));
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("mariadbd did not start on port {}; see {}", self.port, self.dir.display()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+        self.child = Some(child);
+        Ok(())
     }
 
     /// A clean shutdown (SIGTERM, waited for).

@@ -10,10 +10,10 @@ use crate::free_port;
 /// A Postgres cluster of the test's own (`initdb` + `pg_ctl` from the installed binaries).
 pub struct PgCluster {
     pub port: u16,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     bin: PathBuf,
     /// Server options beyond logical WAL and the port (`-c name=value`).
-    options: Vec<String>,
+    pub(crate) options: Vec<String>,
 }
 
 impl PgCluster {
@@ -26,6 +26,15 @@ impl PgCluster {
     /// `files` (e.g. a certificate and key) into the cluster's directory, owned
     /// by the server's user with mode 0600; options name them relative to it.
     pub fn start_with(dir: &Path, options: &[&str], files: &[&Path]) -> Self {
+        let cluster = Self::without_data(dir, options, files);
+        let data = cluster.dir.join("data");
+        cluster.run("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        cluster.start_server();
+        cluster
+    }
+
+    /// A cluster's directory `dir/pg`, owned by the server's user, with no data directory yet.
+    pub(crate) fn without_data(dir: &Path, options: &[&str], files: &[&Path]) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|versions| {
@@ -48,13 +57,10 @@ impl PgCluster {
         }
         // initdb refuses to run as root; the cluster then belongs to `postgres`.
         let _ = Command::new("chown").args(["-R", "postgres:postgres", cluster.dir.to_str().unwrap()]).status();
-        let data = cluster.dir.join("data");
-        cluster.run("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"]);
-        cluster.start_server();
         cluster
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    pub(crate) fn run(&self, tool: &str, args: &[&str]) {
         let exe = self.bin.join(tool);
         let status = if is_root() {
             Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).stdout(Stdio::null()).status()

@@ -23,6 +23,7 @@ pub mod http;
 pub mod kafka;
 pub mod kafka_connect;
 pub mod mariadb;
+pub mod mariadb_failover;
 pub mod shop;
 
 use evercache_test_kit::SETUP_HINT;

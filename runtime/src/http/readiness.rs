@@ -61,6 +61,8 @@ impl LagWatch {
                 up = false;
                 let error = health.and_then(|h| h.last_error).unwrap_or_default();
                 verdict.failing.insert(source.source.clone(), format!("failing for {}: {error}", seconds(failing_for)));
+            } else if let Some(busy) = health.and_then(|h| h.busy) {
+                verdict.failing.insert(source.source.clone(), busy);
             }
             metrics::gauge!(m::SOURCE_UP, "source" => source.source.clone()).set(if up { 1.0 } else { 0.0 });
         }

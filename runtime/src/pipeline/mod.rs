@@ -18,6 +18,7 @@ pub mod reload;
 pub mod repair;
 mod runner;
 mod running;
+mod snapshot_rank;
 mod staging;
 pub mod stats;
 pub mod visibility;

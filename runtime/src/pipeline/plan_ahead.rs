@@ -39,8 +39,9 @@ impl Planning {
     /// kept: the failed plan is the first attempt, and retries plan anew.
     pub async fn add(&mut self, routed: Vec<(usize, ChangeEvent, EventCommit)>) {
         let mut events = Vec::with_capacity(routed.len());
-        for (record, event, commit) in routed {
+        for (record, mut event, commit) in routed {
             self.commits.add(&commit);
+            self.generation.snapshot_ranks.rank(&mut event).await;
             events.push((record, event));
         }
         if let Some(Ok(plan)) = &mut self.plan {

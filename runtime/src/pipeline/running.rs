@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Mutex;
 
 use super::config::PipelineConfig;
+use super::snapshot_rank::SnapshotRanks;
 use super::stats::PipelineStats;
 use super::visibility::VisibilityGate;
 use crate::plugin::PluginHandle;
@@ -42,6 +43,8 @@ pub(super) struct Generation {
     database: Option<QueryRunner>,
     /// Holds a batch until its events' transactions are visible on `database`.
     pub(super) gate: VisibilityGate,
+    /// Ranks Debezium's MariaDB snapshot reads by GTID on `database`.
+    pub(super) snapshot_ranks: SnapshotRanks,
 }
 
 impl Generation {
@@ -50,7 +53,8 @@ impl Generation {
         let planner = plugin.planner().map(Mutex::new);
         let reader = plugin.planner().map(Mutex::new);
         let gate = VisibilityGate::new(name, config.visibility, database.clone(), stats.clone());
-        Self { config, instance: Mutex::new(plugin), planner, reader, writer, database, gate }
+        let snapshot_ranks = SnapshotRanks::new(name, database.clone());
+        Self { config, instance: Mutex::new(plugin), planner, reader, writer, database, gate, snapshot_ranks }
     }
 
     /// The instance repairs run on.

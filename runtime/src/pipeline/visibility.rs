@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::commits::Commits;
+use super::commits::{BinlogPlace, Commits};
 use super::failure::Interrupted;
 use super::stats::PipelineStats;
+use crate::event::position::parse_mariadb_gtid;
 use crate::event::visibility::REPORT_AFTER;
 use crate::metrics as m;
 use crate::query::visibility as check;
@@ -59,6 +60,8 @@ pub struct VisibilityGate {
     stats: Arc<PipelineStats>,
     check: Mutex<Option<Check>>,
     warned_unnamed: Mutex<bool>,
+    /// MariaDB: the database's binlog files as last listed.
+    binlogs: Mutex<Vec<String>>,
 }
 
 impl VisibilityGate {
@@ -79,6 +82,7 @@ impl VisibilityGate {
             stats,
             check: Mutex::new(check),
             warned_unnamed: Mutex::new(false),
+            binlogs: Mutex::new(Vec::new()),
         }
     }
 
@@ -167,9 +171,7 @@ impl VisibilityGate {
                 }
                 (Check::MariaDb, Some(DatabasePool::MySql(pool))) => {
                     let mut conn = pool.get_conn().await.map_err(|e| e.to_string())?;
-                    let place = check::mariadb_snapshot_place(&mut conn).await.map_err(|e| e.to_string())?;
-                    // A transaction starting at `pos` is visible once the snapshot stands past it.
-                    Ok(place.is_some_and(|seen| commits.binlog.iter().all(|p| seen > p.ordinal)))
+                    mariadb_visible(&mut conn, commits, &self.binlogs).await.map_err(|e| e.to_string())
                 }
                 (Check::MySqlGtid, Some(DatabasePool::MySql(pool))) => {
                     let mut conn = pool.get_conn().await.map_err(|e| e.to_string())?;
@@ -225,7 +227,10 @@ impl VisibilityGate {
                     .binlog
                     .iter()
                     .find(|p| p.server_id != server.server_id || !server.binlogs.contains(&p.file));
+                // MariaDB places of another server's binlog are checked by GTID.
+                let mariadb_gtid = |p: &BinlogPlace| p.gtid.as_deref().and_then(parse_mariadb_gtid).is_some();
                 Ok(match foreign {
+                    Some(place) if server.mariadb && mariadb_gtid(place) => Check::MariaDb,
                     Some(place) if server.mariadb || !server.gtids || place.gtid.is_none() => Check::Skip(format!(
                         "the events were read from binlog {} of server {}, and database '{name}' is server {}{}",
                         place.file,
@@ -252,4 +257,38 @@ impl VisibilityGate {
                 transaction (Postgres txId; MySQL server_id, file and pos) go on unchecked for visibility");
         }
     }
+}
+
+/// MariaDB: whether a consistent snapshot opened now sees every transaction
+/// of the batch. A place in the server's own binlog is compared with the
+/// snapshot's place; a place in another server's (events read before a
+/// failover, or from the primary while this is a replica) by GTID against the
+/// GTID position at the snapshot's place, which any server of the group shares.
+async fn mariadb_visible(
+    conn: &mut mysql_async::Conn,
+    commits: &Commits,
+    binlogs: &Mutex<Vec<String>>,
+) -> Result<bool, mysql_async::Error> {
+    let Some(view) = check::mariadb_view(conn).await? else { return Ok(false) };
+    let listed = |p: &BinlogPlace| binlogs.lock().unwrap_or_else(|e| e.into_inner()).contains(&p.file);
+    // A file of the server's own not listed yet is a new one (or another server's): list them again.
+    if commits.binlog.iter().any(|p| p.server_id == view.server_id && !listed(p)) {
+        let server = check::binlog_server(conn).await?;
+        *binlogs.lock().unwrap_or_else(|e| e.into_inner()) = server.binlogs;
+    }
+    let own = |p: &BinlogPlace| p.server_id == view.server_id && listed(p);
+    // A transaction starting at `pos` is visible once the snapshot stands past it.
+    if commits.binlog.iter().filter(|p| own(p)).any(|p| view.place <= p.ordinal) {
+        return Ok(false);
+    }
+    let foreign: Vec<_> = commits.binlog.iter().filter(|p| !own(p)).collect();
+    if foreign.is_empty() {
+        return Ok(true);
+    }
+    let at = check::mariadb_gtids_at(conn, &view.file, view.place.1).await?.unwrap_or_default();
+    Ok(foreign.iter().all(|p| match p.gtid.as_deref().and_then(parse_mariadb_gtid) {
+        Some(gtid) => at.iter().any(|seen| seen.domain == gtid.domain && seen.seq >= gtid.seq),
+        // Decided at the first batch: a place without a GTID was the server's own then.
+        None => true,
+    }))
 }

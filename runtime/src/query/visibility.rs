@@ -84,6 +84,67 @@ pub(crate) async fn binlog_server(conn: &mut mysql_async::Conn) -> Result<Binlog
     Ok(BinlogServer { server_id, mariadb, binlogs, gtids })
 }
 
+/// MariaDB: the GTID sequence number at binlog place (file number, `pos`) of
+/// this server — the highest of `BINLOG_GTID_POS` there over its domains;
+/// `None` where the server has no such file (another server's, or purged).
+pub(crate) async fn mariadb_gtid_rank_at(
+    conn: &mut mysql_async::Conn,
+    file_number: u64,
+    pos: u64,
+) -> Result<Option<u64>, mysql_async::Error> {
+    let server = binlog_server(conn).await?;
+    let Some(file) = server.binlogs.iter().find(|f| position::binlog_file_number(f) == Some(file_number)) else {
+        return Ok(None);
+    };
+    let gtids = mariadb_gtids_at(conn, &file.clone(), pos).await?;
+    Ok(gtids.map(|g| g.iter().map(|g| g.seq).max().unwrap_or(0)))
+}
+
+/// What a MariaDB consistent snapshot opened now sees: the server, the binlog
+/// file and place (number, position) every transaction ending at or before is
+/// visible, read in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MariaDbView {
+    pub(crate) server_id: u32,
+    pub(crate) file: String,
+    pub(crate) place: (u64, u64),
+}
+
+/// MariaDB: a [`MariaDbView`]; `None` when the server reports no snapshot place.
+pub(crate) async fn mariadb_view(conn: &mut mysql_async::Conn) -> Result<Option<MariaDbView>, mysql_async::Error> {
+    let mut result = conn
+        .query_iter(
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY; SHOW STATUS LIKE 'binlog_snapshot_%'; \
+             SHOW VARIABLES LIKE 'server_id'; COMMIT",
+        )
+        .await?;
+    let mut values: Vec<(String, String)> = Vec::new();
+    while !result.is_empty() {
+        values.extend(result.collect::<(String, String)>().await?);
+    }
+    let value = |name: &str| values.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let (Some(file), Some(pos), Some(server_id)) =
+        (value("binlog_snapshot_file"), value("binlog_snapshot_position"), value("server_id"))
+    else {
+        return Ok(None);
+    };
+    let (Some(number), Ok(pos), Ok(server_id)) = (position::binlog_file_number(file), pos.parse(), server_id.parse())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(MariaDbView { server_id, file: file.to_owned(), place: (number, pos) }))
+}
+
+/// MariaDB: the GTID position at `file`:`pos` of this server (`BINLOG_GTID_POS`).
+pub(crate) async fn mariadb_gtids_at(
+    conn: &mut mysql_async::Conn,
+    file: &str,
+    pos: u64,
+) -> Result<Option<Vec<position::MariaDbGtid>>, mysql_async::Error> {
+    let text: Option<Option<String>> = conn.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file, pos)).await?;
+    Ok(text.flatten().and_then(|t| position::parse_mariadb_gtid_position(&t)))
+}
+
 /// MariaDB: `SHOW STATUS LIKE 'binlog_snapshot_%'` inside a consistent
 /// snapshot opened now, in one round trip (open, read, close): the binlog file
 /// and position every transaction ending at or before is visible.
@@ -103,18 +164,6 @@ pub(crate) async fn binlog_snapshot_status(
         }
     }
     Ok(status)
-}
-
-/// MariaDB: the binlog place (file number, position) a consistent snapshot
-/// opened now stands at.
-pub(crate) async fn mariadb_snapshot_place(
-    conn: &mut mysql_async::Conn,
-) -> Result<Option<(u64, u64)>, mysql_async::Error> {
-    let status = binlog_snapshot_status(conn).await?;
-    let value = |name: &str| status.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-    let file = value("binlog_snapshot_file").and_then(position::binlog_file_number);
-    let pos = value("binlog_snapshot_position").and_then(|p| p.parse().ok());
-    Ok(file.zip(pos))
 }
 
 /// MySQL: whether the transaction with `gtid` is in the executed set.

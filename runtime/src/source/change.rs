@@ -190,7 +190,7 @@ mod tests {
     fn a_binlog_change_rendered_as_debezium_mysql_or_mariadb_decodes_to_the_same_event() {
         for (mariadb, connector) in [(true, "mariadb"), (false, "mysql")] {
             let mut change = captured(Op::Update, r#"{"id":1}"#, Some(r#"{"id":1}"#), Some(r#"{"id":1,"n":"2.50"}"#));
-            change.event.position = position::mysql(3, 1041, 2);
+            change.event.position = position::mariadb(77, 1041, 2);
             change.event.schema = Some("shop".into());
             change.origin = Origin::MySql {
                 server_id: 1,

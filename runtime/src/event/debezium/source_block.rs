@@ -68,6 +68,9 @@ impl Source<'_> {
         if let Some(position) = self.postgres_position() {
             return position;
         }
+        if let (Some(gtid), Some(pos)) = (self.gtid.as_deref().and_then(position::parse_mariadb_gtid), self.pos) {
+            return position::mariadb(gtid.seq, pos, self.row.unwrap_or(0));
+        }
         if let (Some(file), Some(pos)) = (&self.file, self.pos)
             && let Some(number) = position::binlog_file_number(file)
         {

@@ -179,8 +179,10 @@ impl MySqlCaptureConfig {
         let mut store = PositionStore::new(self.position_key(name), redis.clone());
         let stored = store.load().await.map_err(|e| unavailable("read the binlog position", e))?;
         let server = check_server(name, &opts).await?;
-        if let Some(stored) = &stored
-            && let Some(stored_id) = stored.server_id.filter(|&id| id != server.server_id)
+        // Another server behind the URL: a MariaDB failover is followed by GTID once streaming starts.
+        let follows = stored.as_ref().and_then(|s| s.server_id).filter(|&id| id != server.server_id);
+        if let (Some(stored_id), Some(stored)) = (follows, &stored)
+            && !(server.mariadb && stored.position.gtids.is_some())
         {
             return Err(other_server(name, &stored.position, stored_id, server.server_id, &self.position_key(name)));
         }
@@ -207,6 +209,7 @@ impl MySqlCaptureConfig {
         } else {
             (binlog_end(name, &opts).await?, None)
         };
+        let position = super::failover::with_gtids(name, &opts, position, server.mariadb && follows.is_none()).await?;
         let captured: HashSet<_> = tables.iter().cloned().collect();
         let mut catalogue = Catalogue::new(opts.clone(), captured, stored_schemas);
         if !server.names_columns {
@@ -218,7 +221,7 @@ impl MySqlCaptureConfig {
             snapshot_done: snapshot.is_none(),
             committed_at_ms: 0,
             tables: super::position::stored_tables(catalogue.confirmed()),
-            server_id: Some(server.server_id),
+            server_id: Some(follows.unwrap_or(server.server_id)),
         };
         store.store(&state).await.map_err(|e| unavailable("store the binlog position", e))?;
         tracing::info!(source = %name, %position, key = %store.key(), "binlog capture started");
@@ -231,12 +234,13 @@ impl MySqlCaptureConfig {
             prefix,
             tables: tables.iter().cloned().collect::<HashSet<_>>(),
             session: BinlogSession::new(name, opts.clone(), self.server_id, self.heartbeat, position.clone())
-                .on_server(server.server_id, self.position_key(name)),
+                .on_server(follows.unwrap_or(server.server_id), self.position_key(name)),
             store,
             transaction: None,
             unconfirmed: None,
             confirmations: Default::default(),
             confirmed: position.clone(),
+            gtids: position.gtids.as_deref().and_then(super::gtids::GtidPosition::parse),
             stored: position,
             stored_at: Instant::now(),
             visibility: (self.visibility == Visibility::On).then(|| VisibilityGate::new(name, opts.clone())),
@@ -276,10 +280,11 @@ pub(super) fn other_server(
         source_name: name.to_owned(),
         message: format!(
             "the position {position} was read from the server with server_id {stored_id}, but this server's \
-             server_id is {server_id} (a failover, or another server behind the URL?). Binlog positions belong \
-             to one server and order the cache's versions, so the capture does not go on here. Rebuild the \
-             cache from a new snapshot: stop evercache, delete `{position_key}` in Redis, and start it again \
-             with snapshot = \"initial\""
+             server_id is {server_id} (a failover, or another server behind the URL?). A failover is followed by \
+             GTID on MariaDB; here there is no GTID position to follow it from (a MySQL server, or a position \
+             stored before evercache kept one), and binlog places belong to one server, so the capture does not \
+             go on. Rebuild the cache from a new snapshot: stop evercache, delete `{position_key}` in Redis, and \
+             start it again with snapshot = \"initial\""
         ),
     }
 }
@@ -344,7 +349,7 @@ async fn binlog_end(name: &str, opts: &Opts) -> Result<BinlogPosition, SourceErr
         .map_err(|e| unavailable(e.to_string()))?
         .ok_or_else(|| unavailable("the server reports no binlog position (is log_bin on?)".to_owned()))?;
     let pos = pos.parse().map_err(|_| unavailable(format!("odd binlog position {pos}")))?;
-    Ok(BinlogPosition { file, pos, gtid: None })
+    Ok(BinlogPosition { file, pos, gtid: None, gtids: None })
 }
 
 /// The binlog's current file and offset, from `SHOW MASTER STATUS` (or

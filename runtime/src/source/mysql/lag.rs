@@ -38,7 +38,7 @@ fn bytes_after(files: &[(String, u64)], position: &BinlogPosition) -> u64 {
     files
         .iter()
         .map(|(name, size)| {
-            let at = BinlogPosition { file: name.clone(), pos: 0, gtid: None }.ordinal().0;
+            let at = BinlogPosition { file: name.clone(), pos: 0, gtid: None, gtids: None }.ordinal().0;
             match at.cmp(&here.0) {
                 std::cmp::Ordering::Less => 0,
                 std::cmp::Ordering::Equal => size.saturating_sub(here.1),
@@ -55,9 +55,9 @@ mod tests {
     #[test]
     fn counts_the_rest_of_the_file_and_every_later_one() {
         let files = vec![("b.000001".to_owned(), 1000), ("b.000002".to_owned(), 500), ("b.000003".to_owned(), 300)];
-        let at = BinlogPosition { file: "b.000002".into(), pos: 400, gtid: None };
+        let at = BinlogPosition { file: "b.000002".into(), pos: 400, gtid: None, gtids: None };
         assert_eq!(bytes_after(&files, &at), 100 + 300);
-        let end = BinlogPosition { file: "b.000003".into(), pos: 300, gtid: None };
+        let end = BinlogPosition { file: "b.000003".into(), pos: 300, gtid: None, gtids: None };
         assert_eq!(bytes_after(&files, &end), 0);
     }
 }

@@ -8,6 +8,8 @@ mod change;
 mod config;
 mod ddl;
 mod debezium_json;
+mod failover;
+mod gtids;
 mod held;
 pub mod lag;
 mod position;
@@ -34,6 +36,7 @@ use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord};
 use change::{mariadb_gtid, truncated_table};
 pub use config::{MySqlCaptureConfig, Visibility};
+use gtids::GtidPosition;
 use held::Held;
 use position::PositionStore;
 pub use position::{BinlogPosition, StoredState};
@@ -73,6 +76,8 @@ pub struct MySqlCapture {
     confirmations: Confirmations<BinlogPosition>,
     /// The newest position whose changes were all written.
     confirmed: BinlogPosition,
+    /// MariaDB: the GTID position after the last commit read.
+    gtids: Option<GtidPosition>,
     stored: BinlogPosition,
     stored_at: Instant,
     /// Checks that a batch is visible before it is handed on; `None` with `visibility = "off"`.
@@ -159,8 +164,14 @@ impl MySqlCapture {
                 break;
             }
             let wait = until.saturating_duration_since(Instant::now());
+            self.permit_follow();
             let event = match self.session.recv(wait).await {
-                Ok(Some(event)) => event,
+                Ok(Some(event)) => {
+                    if let Some(followed) = self.session.take_followed() {
+                        self.followed(followed).await?;
+                    }
+                    event
+                }
                 Ok(None) => {
                     // Nothing buffered: a good moment to store what was acknowledged.
                     self.store_due(STORE_EVERY).await;
@@ -203,7 +214,8 @@ impl MySqlCapture {
                         false
                     } else {
                         // COMMIT (non-transactional tables) or a DDL statement, which commits on its own.
-                        let at = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid: None };
+                        let at =
+                            BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid: None, gtids: None };
                         self.catalogue.statement(statement, &query.schema(), at.ordinal());
                         if let Some(table) = truncated_table(statement, &query.schema())
                             && self.tables.contains(&table)
@@ -230,12 +242,18 @@ impl MySqlCapture {
             };
             if records.len() > had {
                 let gtid = self.transaction.as_ref().and_then(|t| t.gtid.clone());
-                let at = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid };
+                let at = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid, gtids: None };
                 awaited = Some(Awaited::extend(awaited.take(), at));
             }
             if committed {
                 let gtid = self.transaction.take().and_then(|t| t.gtid);
-                let position = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid };
+                let gtids = self.gtids.as_mut().map(|at| {
+                    if let Some(gtid) = &gtid {
+                        at.commit(gtid);
+                    }
+                    at.to_string()
+                });
+                let position = BinlogPosition { file: self.session.file().to_owned(), pos: end, gtid, gtids };
                 self.last_commit_ms = u64::from(header.timestamp()) * 1000;
                 if records.is_empty() {
                     // A transaction with nothing for us: confirmable with the batches before it.
@@ -296,6 +314,7 @@ impl MySqlCapture {
     /// what was not handed out come again from the confirmed position.
     fn forget_stream(&mut self) {
         self.transaction = None;
+        self.gtids = self.confirmed.gtids.as_deref().and_then(GtidPosition::parse);
         self.unconfirmed = None;
         self.catalogue.rewind();
     }

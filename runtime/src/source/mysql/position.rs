@@ -24,6 +24,11 @@ pub struct BinlogPosition {
     /// The last GTID before this point, when the server has GTIDs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gtid: Option<String>,
+    /// MariaDB: the GTID position at this point, one GTID per domain
+    /// (`0-1-1482`), as `@slave_connect_state` takes it: where any server of
+    /// the replication group can resume, so a failover can be followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtids: Option<String>,
 }
 
 impl BinlogPosition {
@@ -133,7 +138,7 @@ mod tests {
 
     #[test]
     fn positions_order_by_file_number_then_offset() {
-        let at = |file: &str, pos| BinlogPosition { file: file.into(), pos, gtid: None };
+        let at = |file: &str, pos| BinlogPosition { file: file.into(), pos, gtid: None, gtids: None };
         assert!(at("mariadb-bin.000002", 9_000).ordinal() < at("mariadb-bin.000010", 4).ordinal());
         assert!(at("mariadb-bin.000002", 4).ordinal() < at("mariadb-bin.000002", 5).ordinal());
         let state = StoredState {

@@ -20,7 +20,7 @@ impl MySqlCapture {
         if !self.tables.contains(&name) || schema::names_columns(tme) {
             return Ok(None);
         }
-        let at = BinlogPosition { file: self.session.file().to_owned(), pos: at, gtid: None }.ordinal();
+        let at = BinlogPosition { file: self.session.file().to_owned(), pos: at, gtid: None, gtids: None }.ordinal();
         self.catalogue.schema(&name, tme, at).await.map(Some).map_err(|e| SourceError::Unavailable {
             source_name: self.name.clone(),
             operation: "read the table's columns from the catalogue",
@@ -109,6 +109,11 @@ impl MySqlCapture {
         let pos = u64::from(header.log_pos()).saturating_sub(u64::from(header.event_size()));
         let number = version::binlog_file_number(&file).unwrap_or(0);
         let gtid = self.transaction.as_ref().and_then(|t| t.gtid.clone());
+        // MariaDB's sequence numbers go on across a failover; file numbers do not.
+        let position = match gtid.as_deref().and_then(version::parse_mariadb_gtid) {
+            Some(g) => version::mariadb(g.seq, pos, row),
+            None => version::mysql(number, pos, row),
+        };
         Change {
             prefix: &self.prefix,
             table,
@@ -116,7 +121,7 @@ impl MySqlCapture {
             key,
             before,
             after,
-            position: version::mysql(number, pos, row),
+            position,
             committed_at_ms: u64::from(header.timestamp()) * 1000,
             id: format!("{file}:{pos}:{row}"),
             origin: Origin::MySql { server_id: header.server_id(), file, pos, row, gtid, mariadb: self.mariadb },

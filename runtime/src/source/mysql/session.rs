@@ -37,6 +37,34 @@ pub(super) struct BinlogSession {
     lost_at: Option<Instant>,
     /// `@@server_id` of the server the positions are from, and the key they are stored under.
     server: (u32, String),
+    /// Whether a connection that finds another server may follow it.
+    follow: Follow,
+    /// A failover followed by the connection just opened, until taken.
+    followed: Option<Followed>,
+    /// The connection was opened by GTID: the rotate that opens it names the
+    /// file, with its checksum (`true`) or not trailing the name.
+    first_rotate: Option<bool>,
+}
+
+/// Whether a reconnect that finds another server behind the URL follows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) enum Follow {
+    /// No GTID position is known (MySQL, or no GTIDs): it halts.
+    #[default]
+    Never,
+    /// Batches handed out are still being written; it waits for them.
+    Later,
+    /// From this MariaDB GTID position.
+    From(String),
+}
+
+/// A failover the session followed: the binlog now comes from another server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Followed {
+    pub(super) from_server: u32,
+    pub(super) to_server: u32,
+    /// Where on the new server streaming resumed (`None` until its first rotate was read).
+    pub(super) at: Option<BinlogPosition>,
 }
 
 impl BinlogSession {
@@ -53,6 +81,9 @@ impl BinlogSession {
             last_heard: Instant::now(),
             lost_at: None,
             server: (0, String::new()),
+            follow: Follow::Never,
+            followed: None,
+            first_rotate: None,
         }
     }
 
@@ -65,6 +96,21 @@ impl BinlogSession {
     /// `@@server_id` of the server the positions belong to.
     pub(super) fn server_id(&self) -> u32 {
         self.server.0
+    }
+
+    /// Whether a connection is open.
+    pub(super) fn connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Whether the next connection may follow a failover.
+    pub(super) fn may_follow(&mut self, follow: Follow) {
+        self.follow = follow;
+    }
+
+    /// The failover followed by the connection, once streaming resumed on the new server.
+    pub(super) fn take_followed(&mut self) -> Option<Followed> {
+        if self.followed.as_ref().is_some_and(|f| f.at.is_some()) { self.followed.take() } else { None }
     }
 
     /// The binlog file of the last event read.
@@ -80,31 +126,64 @@ impl BinlogSession {
     async fn connect(&mut self) -> Result<(), SourceError> {
         let attempt = async {
             let mut conn = Conn::new(self.opts.clone()).await?;
-            let facts: Option<(String, u32)> = conn.query_first("SELECT VERSION(), @@server_id").await?;
-            let (version, server_id) = facts.unwrap_or_default();
-            if server_id != self.server.0 {
-                return Ok(Err(server_id));
-            }
-            if version.to_ascii_lowercase().contains("mariadb") {
+            let facts: Option<(String, u32, String)> =
+                conn.query_first("SELECT VERSION(), @@server_id, @@global.binlog_checksum").await?;
+            let (version, server_id, checksum) = facts.unwrap_or_default();
+            let mariadb = version.to_ascii_lowercase().contains("mariadb");
+            let follow = match &self.follow {
+                _ if server_id == self.server.0 => None,
+                Follow::From(gtids) if mariadb => Some(gtids.clone()),
+                _ => return Ok(Err(server_id)),
+            };
+            if mariadb {
                 // Without it MariaDB replaces its GTID events with BEGIN queries.
                 conn.query_drop("SET @mariadb_slave_capability = 4").await?;
             }
             // An idle server says nothing otherwise, so a dead one would go unnoticed.
             conn.query_drop(format!("SET @master_heartbeat_period = {}", self.heartbeat.as_nanos())).await?;
-            let request = BinlogStreamRequest::new(self.server_id)
-                .with_filename(self.resume.file.as_bytes())
-                .with_pos(self.resume.pos);
-            conn.get_binlog_stream(request).await.map(Ok)
+            let request = match &follow {
+                // MariaDB sends from the GTID position when the file name is empty.
+                Some(gtids) => {
+                    conn.exec_drop("SET @slave_connect_state = ?", (gtids.as_str(),)).await?;
+                    conn.query_drop("SET @slave_gtid_strict_mode = 1").await?;
+                    BinlogStreamRequest::new(self.server_id).with_filename(&[]).with_pos(4u64)
+                }
+                None => BinlogStreamRequest::new(self.server_id)
+                    .with_filename(self.resume.file.as_bytes())
+                    .with_pos(self.resume.pos),
+            };
+            let stream = conn.get_binlog_stream(request).await?;
+            Ok::<_, mysql_async::Error>(Ok((
+                stream,
+                follow.map(|_| (server_id, !checksum.eq_ignore_ascii_case("NONE"))),
+            )))
         };
         match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(Err(other))) if self.follow == Follow::Later => Err(SourceError::Unavailable {
+                source_name: self.source.clone(),
+                operation: "follow a failover",
+                message: format!(
+                    "server_id {other} is behind the URL, not {}: following it once the batches handed out are written",
+                    self.server.0
+                ),
+            }),
             Ok(Ok(Err(other))) => {
                 let (ours, key) = &self.server;
                 Err(super::config::other_server(&self.source, &self.resume, *ours, other, key))
             }
-            Ok(Ok(Ok(stream))) => {
+            Ok(Ok(Ok((stream, follow)))) => {
                 self.stream = Some(stream);
                 self.file = self.resume.file.clone();
                 self.described = false;
+                self.first_rotate = None;
+                if let Some((server_id, checksum)) = follow {
+                    self.followed = Some(Followed { from_server: self.server.0, to_server: server_id, at: None });
+                    self.server.0 = server_id;
+                    self.first_rotate = Some(checksum);
+                    tracing::warn!(source = %self.source, from_server = self.followed.as_ref().map(|f| f.from_server),
+                        to_server = server_id, gtid_position = %match &self.follow { Follow::From(g) => g.as_str(), _ => "" },
+                        "another server is behind the URL (a failover): following it from the GTID position");
+                }
                 self.last_heard = Instant::now();
                 if let Some(lost_at) = self.lost_at.take() {
                     metrics::counter!(crate::metrics::CAPTURE_RECONNECTS_TOTAL, "source" => self.source.clone())
@@ -135,6 +214,20 @@ impl BinlogSession {
             }
             Ok(Some(Err(mysql_async::Error::Server(e)))) if e.code == BINLOG_GONE => {
                 self.drop_stream();
+                if let Some(followed) = self.followed.take() {
+                    return Err(SourceError::Halted {
+                        source_name: self.source.clone(),
+                        message: format!(
+                            "the new primary (server_id {}) cannot send the binlog from the GTID position {:?} \
+                             read from server_id {} ({}): it lacks transactions the capture read (lost with the old \
+                             primary under asynchronous replication) or purged its binlog. Cached values may come \
+                             from transactions the database no longer has. Rebuild the cache from a new snapshot: \
+                             stop evercache, delete the capture's position key in Redis (see `position_key`), and \
+                             start it again with snapshot = \"initial\"",
+                            followed.to_server, self.follow, followed.from_server, e.message
+                        ),
+                    });
+                }
                 Err(SourceError::Halted {
                     source_name: self.source.clone(),
                     message: format!(
@@ -164,6 +257,24 @@ impl BinlogSession {
     fn follow(&mut self, event: &Event) {
         match event.header().event_type_raw() {
             FORMAT_DESCRIPTION_EVENT => self.described = true,
+            ROTATE_EVENT if self.first_rotate.is_some() => {
+                let checksum = self.first_rotate.take().unwrap_or(true);
+                if let Ok(Some(EventData::RotateEvent(rotate))) = event.read_data() {
+                    let raw = rotate.name_raw();
+                    let raw = if checksum { &raw[..raw.len().saturating_sub(4)] } else { raw };
+                    self.file = super::change::binlog_file_name(&String::from_utf8_lossy(raw));
+                    // Nothing on this server is confirmed yet: a reconnect starts at the file's
+                    // head, before the GTID position (what comes again is applied once).
+                    let gtids = match &self.follow {
+                        Follow::From(gtids) => Some(gtids.clone()),
+                        _ => None,
+                    };
+                    self.resume = BinlogPosition { file: self.file.clone(), pos: 4, gtid: None, gtids };
+                    if let Some(followed) = &mut self.followed {
+                        followed.at = Some(self.resume.clone());
+                    }
+                }
+            }
             ROTATE_EVENT if self.described => {
                 if let Ok(Some(EventData::RotateEvent(rotate))) = event.read_data() {
                     self.file = super::change::binlog_file_name(&rotate.name());
@@ -175,7 +286,7 @@ impl BinlogSession {
 
     /// Everything up to `position` was written: a new connection starts there.
     pub(super) fn confirm(&mut self, position: &BinlogPosition) {
-        if position.ordinal() >= self.resume.ordinal() {
+        if self.followed.is_none() && position.ordinal() >= self.resume.ordinal() {
             self.resume = position.clone();
         }
     }

@@ -177,7 +177,16 @@ impl Snapshot {
                 message: "the server's binlog is off; turn on log_bin with binlog_format = ROW".to_owned(),
             });
         }
-        let here = BinlogPosition { file, pos, gtid: None };
+        // MariaDB's GTID position there is where a failover is followed from, and what snapshot reads rank at.
+        let mut conn = conn;
+        let gtids = match self.mariadb {
+            true => timeout(STATEMENT_TIMEOUT, super::gtids::at_binlog_place(&mut conn, &file, pos))
+                .await
+                .map_err(|_| self.unavailable("no answer while reading the snapshot's GTID position".to_owned()))?
+                .map_err(|e| self.unavailable(snapshot_error(e)))?,
+            false => None,
+        };
+        let here = BinlogPosition { file, pos, gtid: None, gtids: gtids.map(|g| g.to_string()) };
         tracing::info!(source = %self.source, position = %here, tables = self.tables.len() - self.done, ?lock,
             "consistent snapshot opened");
         self.position.get_or_insert(here);
@@ -260,8 +269,12 @@ impl Snapshot {
                 reader.key_columns.iter().map(|k| last.get::<Value, _>(k.as_str())).collect();
             reader.after = key_values;
         }
-        let position = self.position.clone().unwrap_or(BinlogPosition { file: String::new(), pos: 0, gtid: None });
-        let number = version::binlog_file_number(&position.file).unwrap_or(0);
+        let position =
+            self.position.clone().unwrap_or(BinlogPosition { file: String::new(), pos: 0, gtid: None, gtids: None });
+        let rank = match position.gtids.as_deref().and_then(super::gtids::GtidPosition::parse) {
+            Some(gtids) => version::mariadb(gtids.rank(), position.pos, 0),
+            None => version::mysql(version::binlog_file_number(&position.file).unwrap_or(0), position.pos, 0),
+        };
         let key_columns = reader.key_columns.clone();
         let name = (database.clone(), table.clone());
         let mut records = Vec::with_capacity(rows.len());
@@ -284,7 +297,7 @@ impl Snapshot {
                     key,
                     before: None,
                     after: Some(serde_json::Value::Object(rendered.image).to_string()),
-                    position: version::mysql(number, position.pos, 0),
+                    position: rank.clone(),
                     committed_at_ms: crate::clock::now_ms(),
                     id: format!("snapshot:{database}.{table}:{}", index as u64 + reader_offset(&self.reader)),
                     origin: Origin::MySql {

@@ -226,6 +226,7 @@ fn visible_at(status: &[(String, String)]) -> Option<BinlogPosition> {
         file: value("Binlog_snapshot_file")?,
         pos: value("Binlog_snapshot_position")?.parse().ok()?,
         gtid: None,
+        gtids: None,
     })
 }
 

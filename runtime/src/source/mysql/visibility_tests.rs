@@ -9,7 +9,7 @@ use crate::source::SourceError;
 const URL: &str = "mysql://root@127.0.0.1:3306";
 
 fn at(pos: u64, gtid: Option<&str>) -> BinlogPosition {
-    BinlogPosition { file: "mariadb-bin.000002".to_owned(), pos, gtid: gtid.map(str::to_owned) }
+    BinlogPosition { file: "mariadb-bin.000002".to_owned(), pos, gtid: gtid.map(str::to_owned), gtids: None }
 }
 
 #[test]
@@ -55,7 +55,7 @@ async fn master_position(conn: &mut Conn) -> BinlogPosition {
         .unwrap()
         .map(|row: mysql_async::Row| (row.get(0).unwrap(), row.get(1).unwrap()))
         .unwrap();
-    BinlogPosition { file, pos, gtid: Some("0-1-77".to_owned()) }
+    BinlogPosition { file, pos, gtid: Some("0-1-77".to_owned()), gtids: None }
 }
 
 #[tokio::test]

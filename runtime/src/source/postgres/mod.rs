@@ -5,6 +5,7 @@
 //! replication and snapshot connections are opened again when lost.
 
 mod config;
+mod failover;
 mod pgoutput;
 mod records;
 mod session;
@@ -24,6 +25,7 @@ use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::{SourceError, SourceRecord};
 use crate::source::SnapshotMode;
 pub use config::{PostgresCaptureConfig, Visibility};
+use failover::{MarkerStore, Server, Start};
 pub use pgoutput::{Decoder, RowChange};
 use session::Session;
 pub(crate) use snapshot::DESCRIBE_COLUMNS;
@@ -40,6 +42,8 @@ struct Transaction {
     commit_lsn: u64,
     xid: u32,
     committed_at_ms: i64,
+    /// The timeline of the server it was read from, which ranks its positions.
+    timeline: u32,
 }
 
 /// A running capture.
@@ -47,6 +51,10 @@ pub struct PostgresCapture {
     name: String,
     prefix: String,
     database: String,
+    url: String,
+    slot: String,
+    tables: Vec<String>,
+    snapshot_mode: SnapshotMode,
     session: Session,
     decoder: Decoder,
     transaction: Option<Transaction>,
@@ -63,17 +71,19 @@ pub struct PostgresCapture {
     batch_size: usize,
     max_batch_delay: Duration,
     dead_letters: DeadLetterWriter,
-    /// The initial snapshot while it runs.
+    /// The initial snapshot, or the re-read after a failover, while it runs.
     snapshot: Option<Snapshot>,
-    /// Redis key recording that the slot's initial snapshot finished.
-    snapshot_marker: String,
-    marker_conn: redis::aio::ConnectionManager,
+    /// The server whose failover is followed, while its re-read runs.
+    following: Option<Server>,
+    /// Whether the capture ran before, and whether a failover's re-read is owed.
+    marker: MarkerStore,
 }
 
 impl PostgresCaptureConfig {
     /// Checks `wal_level`, creates the publication and slot when missing, warns
     /// about tables whose deletes would lack the key, and starts streaming from
-    /// the slot's confirmed position.
+    /// the slot's confirmed position. A slot missing where the capture ran
+    /// before is a failover followed (`failover.rs`).
     pub async fn build(&self, name: &str) -> Result<PostgresCapture, SourceError> {
         let unavailable =
             |operation, message: String| SourceError::Unavailable { source_name: name.to_owned(), operation, message };
@@ -89,6 +99,19 @@ impl PostgresCaptureConfig {
         let dead_letter_conn = redis::aio::ConnectionManager::new_with_config(dead_letter_client, redis_config)
             .await
             .map_err(|e| unavailable("connect dead-letter Redis", e.to_string()))?;
+        let marker_key = format!("evercache:snapshot:{}:{}", target.database, self.slot);
+        let mut marker = MarkerStore::new(marker_key, dead_letter_conn.clone());
+        let start = failover::on_start(slot.is_none(), &marker.get(name).await?, self.snapshot);
+        let lsn = match slot {
+            Some(lsn) => lsn,
+            None => {
+                // Recorded before the slot exists, so a crash in between still re-reads the tables.
+                if let Start::Follow { previous, .. } = &start {
+                    marker.set(name, &failover::Marker::Following(previous.clone())).await?;
+                }
+                setup::create_slot(name, self).await?
+            }
+        };
         let config = ReplicationConfig::new(
             target.host.clone(),
             target.user.clone(),
@@ -103,37 +126,16 @@ impl PostgresCaptureConfig {
         // Pin how values print so the text format decodes the same everywhere.
         .with_options("-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3")
         .with_status_interval(Duration::from_secs(1));
-        let snapshot_marker = format!("evercache:snapshot:{}:{}", target.database, self.slot);
-        let mut marker_conn = dead_letter_conn.clone();
-        let snapshot = if self.snapshot == SnapshotMode::Initial {
-            if slot.created {
-                redis::cmd("DEL")
-                    .arg(&snapshot_marker)
-                    .query_async::<()>(&mut marker_conn)
-                    .await
-                    .map_err(|e| unavailable("snapshot marker", e.to_string()))?;
-            }
-            let done: bool = redis::cmd("EXISTS")
-                .arg(&snapshot_marker)
-                .query_async(&mut marker_conn)
-                .await
-                .map_err(|e| unavailable("snapshot marker", e.to_string()))?;
-            if done {
-                None
-            } else {
-                tracing::info!(source = %name, tables = ?self.tables, "initial snapshot starting");
-                Some(Snapshot::new(name, self.url.expose(), &self.tables, slot.lsn))
-            }
-        } else {
-            None
-        };
         let visibility = VisibilityGate::new(name, self.url.expose(), self.visibility)?;
-        let session = Session::open(name, &self.slot, config, &visibility).await?;
-        tracing::info!(source = %name, slot = %self.slot, publication = %self.publication, "capture started");
-        Ok(PostgresCapture {
+        let session = Session::open(name, &self.slot, config).await?;
+        let mut capture = PostgresCapture {
             name: name.to_owned(),
             prefix: self.topic_prefix.clone().unwrap_or_else(|| target.database.clone()),
             database: target.database,
+            url: self.url.expose().to_owned(),
+            slot: self.slot.clone(),
+            tables: self.tables.clone(),
+            snapshot_mode: self.snapshot,
             session,
             decoder: Decoder::default(),
             transaction: None,
@@ -145,10 +147,13 @@ impl PostgresCaptureConfig {
             batch_size: self.batch_size.max(1),
             max_batch_delay: self.max_batch_delay,
             dead_letters: DeadLetterWriter::new(name, RedisConn::Node(dead_letter_conn), &self.dead_letter_stream),
-            snapshot,
-            snapshot_marker,
-            marker_conn,
-        })
+            snapshot: None,
+            following: None,
+            marker,
+        };
+        capture.begin(start, lsn).await?;
+        tracing::info!(source = %name, slot = %self.slot, publication = %self.publication, "capture started");
+        Ok(capture)
     }
 }
 
@@ -247,6 +252,11 @@ impl PostgresCapture {
     }
 
     async fn stream_batch(&mut self, first_wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        self.connect_stream().await?;
+        if self.snapshot.is_some() {
+            // A failover followed: its re-read goes first.
+            return Ok(Vec::new());
+        }
         let mut records = Vec::new();
         let mut deadline: Option<Instant> = None;
         let started = Instant::now();
@@ -272,6 +282,7 @@ impl PostgresCapture {
                         commit_lsn: final_lsn.as_u64(),
                         xid,
                         committed_at_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
+                        timeline: self.session.timeline(),
                     });
                 }
                 ReplicationEvent::XLogData { wal_start, data, .. } => {
@@ -340,35 +351,6 @@ impl PostgresCapture {
         self.transaction = None;
         self.unconfirmed = None;
         self.batch_xids.clear();
-    }
-
-    /// The next page of the initial snapshot, or `None` once it is done. The
-    /// marker is set only after every page's batch was settled, so a crash
-    /// repeats the snapshot.
-    async fn snapshot_batch(&mut self) -> Result<Option<Vec<SourceRecord>>, SourceError> {
-        let Some(snapshot) = &mut self.snapshot else { return Ok(None) };
-        let lsn = snapshot.lsn();
-        let page = snapshot.next_page(self.batch_size).await?;
-        if page.is_empty() && !self.confirmations.all_settled() {
-            // Pages read ahead are not written yet: the snapshot is not done until they are.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            return Ok(Some(Vec::new()));
-        }
-        if !page.is_empty() {
-            let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::clock::now_ms() as i64 };
-            return Ok(Some(
-                page.into_iter().map(|(change, mark)| self.record_in(change, tx, lsn, Some(mark))).collect(),
-            ));
-        }
-        redis::cmd("SET")
-            .arg(&self.snapshot_marker)
-            .arg(crate::clock::now_ms())
-            .query_async::<()>(&mut self.marker_conn)
-            .await
-            .map_err(|e| self.unavailable(&format!("snapshot marker: {e}")))?;
-        self.snapshot = None;
-        tracing::info!(source = %self.name, "initial snapshot done; streaming");
-        Ok(None)
     }
 
     /// Settles the next `records` handed out, in read order: call only after

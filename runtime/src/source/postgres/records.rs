@@ -33,7 +33,8 @@ impl PostgresCapture {
 
     /// A streamed change, in the transaction being read.
     pub(super) fn record(&self, change: RowChange, lsn: u64) -> SourceRecord {
-        let tx = self.transaction.unwrap_or(Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: 0 });
+        let timeline = self.session.timeline();
+        let tx = self.transaction.unwrap_or(Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: 0, timeline });
         self.record_in(change, tx, lsn, None)
     }
 
@@ -61,7 +62,7 @@ impl PostgresCapture {
             key: change.key.to_string(),
             before: text(change.before),
             after: text(change.after),
-            position: position::postgres(tx.commit_lsn, lsn),
+            position: position::postgres_on_timeline(tx.timeline, tx.commit_lsn, lsn),
             committed_at_ms: tx.committed_at_ms.max(0) as u64,
         };
         let captured = CapturedChange {

@@ -84,16 +84,9 @@ fn tls_config(query: &str) -> Result<TlsConfig, String> {
     Ok(tls)
 }
 
-/// The replication slot as `prepare` found or made it.
-pub(super) struct Slot {
-    /// True when this start created it.
-    pub created: bool,
-    /// Its confirmed position (the creation point for a new slot).
-    pub lsn: u64,
-}
-
-/// Checks and creates what capture needs; safe to run on every start.
-pub(super) async fn prepare(name: &str, config: &PostgresCaptureConfig) -> Result<Slot, SourceError> {
+/// Checks and creates what capture needs but the slot; safe to run on every
+/// start. Returns the slot's confirmed position, `None` when it is missing.
+pub(super) async fn prepare(name: &str, config: &PostgresCaptureConfig) -> Result<Option<u64>, SourceError> {
     let bad = |message: String| SourceError::BadConfig { source_name: name.to_owned(), message };
     let failed = |operation: &'static str| {
         move |e: sqlx::Error| SourceError::Unavailable {
@@ -182,21 +175,33 @@ pub(super) async fn prepare(name: &str, config: &PostgresCaptureConfig) -> Resul
             .fetch_optional(&mut conn)
             .await
             .map_err(failed("read replication slots"))?;
-    let parse = |lsn: Option<String>| lsn.as_deref().and_then(crate::event::position::parse_pg_lsn).unwrap_or(0);
     match slot {
-        Some((plugin, lsn)) if plugin == "pgoutput" => Ok(Slot { created: false, lsn: parse(lsn) }),
+        Some((plugin, lsn)) if plugin == "pgoutput" => Ok(Some(parse_lsn(lsn))),
         Some((plugin, _)) => Err(bad(format!("slot {} uses plugin {plugin}, not pgoutput", config.slot))),
-        None => {
-            let lsn: Option<String> =
-                sqlx::query_scalar("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')")
-                    .bind(&config.slot)
-                    .fetch_one(&mut conn)
-                    .await
-                    .map_err(failed("create replication slot"))?;
-            tracing::info!(source = %name, slot = %config.slot, "replication slot created");
-            Ok(Slot { created: true, lsn: parse(lsn) })
-        }
+        None => Ok(None),
     }
+}
+
+/// Creates the slot; returns its consistent point.
+pub(super) async fn create_slot(name: &str, config: &PostgresCaptureConfig) -> Result<u64, SourceError> {
+    let failed = |operation: &'static str, e: sqlx::Error| SourceError::Unavailable {
+        source_name: name.to_owned(),
+        operation,
+        message: e.to_string(),
+    };
+    let mut conn = PgConnection::connect(config.url.expose()).await.map_err(|e| failed("connect", e))?;
+    let lsn: Option<String> =
+        sqlx::query_scalar("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')")
+            .bind(&config.slot)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| failed("create replication slot", e))?;
+    tracing::info!(source = %name, slot = %config.slot, "replication slot created");
+    Ok(parse_lsn(lsn))
+}
+
+fn parse_lsn(lsn: Option<String>) -> u64 {
+    lsn.as_deref().and_then(crate::event::position::parse_pg_lsn).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! The initial snapshot: every existing row of the captured tables, emitted as
-//! `r` (snapshot read) changes so the cache is warm before streaming starts.
+//! `r` (snapshot read) changes so the cache is warm before streaming starts;
+//! the same re-reads the tables after a failover (`failover.rs`).
 //!
-//! It need not be consistent with the slot: a snapshot write only fills keys that
-//! have no version yet, and every key is recomputed from the database as it is
-//! now, so a streamed change (which carries a real position) always wins. For
-//! the same reason a snapshot whose connection is lost goes on from the table
-//! it was reading, in a new transaction.
+//! It need not be consistent with the slot: a snapshot read applies only to keys
+//! whose versions are older than the slot's position, never becomes a key's
+//! change version, and every key is recomputed from the database as it is now,
+//! so a streamed change (which carries a real position) always wins. For the
+//! same reason a snapshot whose connection is lost goes on from the table it
+//! was reading, in a new transaction.
 
 use std::time::Duration;
 
@@ -15,9 +17,10 @@ use tokio::time::timeout;
 
 use super::pgoutput::RowChange;
 use super::values::debezium_value;
-use crate::source::SourceError;
+use super::{PostgresCapture, Transaction};
 use crate::source::change::SnapshotMark;
 use crate::source::snapshot_marks::SnapshotMarker;
+use crate::source::{SourceError, SourceRecord};
 
 /// A table's columns (`$1` schema, `$2` table) in order: name, type oid and
 /// modifier, `format_type`, and the position in the primary key (null outside it).
@@ -44,13 +47,14 @@ pub(super) struct Snapshot {
     done: usize,
     reader: Option<SnapshotReader>,
     lsn: u64,
+    timeline: u32,
     marker: SnapshotMarker<RowChange>,
 }
 
 impl Snapshot {
-    /// A snapshot of `tables`, its rows carrying the slot position `lsn`; it
-    /// connects on the first page.
-    pub(super) fn new(source: &str, url: &str, tables: &[String], lsn: u64) -> Self {
+    /// A snapshot of `tables`, its rows carrying the slot position `lsn` on
+    /// `timeline`; it connects on the first page.
+    pub(super) fn new(source: &str, url: &str, tables: &[String], lsn: u64, timeline: u32) -> Self {
         Self {
             source: source.to_owned(),
             url: url.to_owned(),
@@ -58,13 +62,14 @@ impl Snapshot {
             done: 0,
             reader: None,
             lsn,
+            timeline,
             marker: SnapshotMarker::new(tables.len()),
         }
     }
 
-    /// The slot position the rows carry.
-    pub(super) fn lsn(&self) -> u64 {
-        self.lsn
+    /// The slot position the rows carry, and its timeline.
+    pub(super) fn position(&self) -> (u64, u32) {
+        (self.lsn, self.timeline)
     }
 
     /// The next page of rows with their `source.snapshot` marks; empty when
@@ -97,6 +102,31 @@ impl Snapshot {
                 return Ok(marked);
             }
         }
+    }
+}
+
+impl PostgresCapture {
+    /// The next page of the snapshot, or `None` once it is done. The
+    /// marker is set only after every page's batch was settled, so a crash
+    /// repeats the snapshot.
+    pub(super) async fn snapshot_batch(&mut self) -> Result<Option<Vec<SourceRecord>>, SourceError> {
+        let Some(snapshot) = &mut self.snapshot else { return Ok(None) };
+        let (lsn, timeline) = snapshot.position();
+        let page = snapshot.next_page(self.batch_size).await?;
+        if page.is_empty() && !self.confirmations.all_settled() {
+            // Pages read ahead are not written yet: the snapshot is not done until they are.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Ok(Some(Vec::new()));
+        }
+        if !page.is_empty() {
+            let tx = Transaction { commit_lsn: lsn, xid: 0, committed_at_ms: crate::clock::now_ms() as i64, timeline };
+            return Ok(Some(
+                page.into_iter().map(|(change, mark)| self.record_in(change, tx, lsn, Some(mark))).collect(),
+            ));
+        }
+        self.snapshot_done().await?;
+        self.snapshot = None;
+        Ok(None)
     }
 }
 
