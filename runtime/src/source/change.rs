@@ -62,6 +62,10 @@ pub enum Origin {
         commit_lsn: u64,
         /// Its own LSN.
         lsn: u64,
+        /// The server's timeline, rendered as `source.timeline` (not a
+        /// Debezium field) so a pipeline reading forwarded changes ranks them
+        /// as the capture does across a promotion.
+        timeline: u32,
     },
     /// A MySQL or MariaDB binlog.
     MySql {
@@ -93,7 +97,7 @@ impl CapturedChange {
         let version = concat!("evercache-", env!("CARGO_PKG_VERSION"));
         let snapshot = self.snapshot.map_or("false", SnapshotMark::as_str);
         let source = match &self.origin {
-            Origin::Postgres { xid, commit_lsn, lsn } => json!({
+            Origin::Postgres { xid, commit_lsn, lsn, timeline } => json!({
                 "version": version,
                 "connector": "postgresql",
                 "name": event.source,
@@ -105,6 +109,7 @@ impl CapturedChange {
                 "table": event.table,
                 "txId": xid,
                 "lsn": lsn,
+                "timeline": timeline,
             }),
             Origin::MySql { server_id, file, pos, row, gtid, mariadb } => json!({
                 "version": version,
@@ -171,11 +176,11 @@ mod tests {
                 key: key.into(),
                 before: before.map(str::to_owned),
                 after: after.map(str::to_owned),
-                position: position::postgres(4096, 4000),
+                position: position::postgres_on_timeline(1, 4096, 4000),
                 committed_at_ms: 1_700_000_000_123,
             },
             database: "shop".into(),
-            origin: Origin::Postgres { xid: 771, commit_lsn: 4096, lsn: 4000 },
+            origin: Origin::Postgres { xid: 771, commit_lsn: 4096, lsn: 4000, timeline: 1 },
             captured_at_ms: 1_700_000_000_200,
             snapshot: None,
         }
@@ -184,6 +189,17 @@ mod tests {
     fn source_of(change: &CapturedChange) -> serde_json::Value {
         let envelope: serde_json::Value = serde_json::from_str(&change.envelope()).expect("the envelope is JSON");
         envelope["source"].clone()
+    }
+
+    #[test]
+    fn a_postgres_change_forwarded_keeps_its_timeline_in_its_rank() {
+        let change = captured(Op::Update, r#"{"id":1}"#, Some(r#"{"id":1}"#), Some(r#"{"id":1,"n":"2.50"}"#));
+        assert_eq!(source_of(&change)["timeline"], 1);
+        let fields = change.debezium_fields();
+        let Ok(Decoded::Change(decoded)) = decode_stream_entry("shop.public.product", &fields) else {
+            panic!("not a change: {fields:?}")
+        };
+        assert_eq!(decoded.position, position::postgres_on_timeline(1, 4096, 4000));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub(super) struct Source<'a> {
     pub(super) server_id: Option<u32>,
     #[serde(default, borrow)]
     pub(super) gtid: Option<Cow<'a, str>>,
+    /// Not Debezium's: evercache's capture names the Postgres timeline.
+    #[serde(default)]
+    pub(super) timeline: Option<u32>,
 }
 
 impl Source<'_> {
@@ -101,7 +104,10 @@ impl Source<'_> {
         // snapshot read's position become a key's change version, so they apply.)
         // Without a commit LSN a change's own LSN is the best order available.
         let commit = commit.unwrap_or(lsn);
-        Some(position::postgres(commit, lsn))
+        Some(match self.timeline {
+            Some(timeline) => position::postgres_on_timeline(timeline, commit, lsn),
+            None => position::postgres(commit, lsn),
+        })
     }
 }
 

@@ -68,7 +68,7 @@ impl PostgresCapture {
         let captured = CapturedChange {
             event,
             database: self.database.clone(),
-            origin: Origin::Postgres { xid: tx.xid, commit_lsn: tx.commit_lsn, lsn },
+            origin: Origin::Postgres { xid: tx.xid, commit_lsn: tx.commit_lsn, lsn, timeline: tx.timeline },
             captured_at_ms: crate::clock::now_ms(),
             snapshot,
         };
