@@ -106,6 +106,7 @@ impl SourceRunner {
                 }
             };
             self.health.ok();
+            self.health.set_busy(self.source.busy());
             failures = 0;
             if staged.records.is_empty() {
                 continue;

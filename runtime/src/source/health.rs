@@ -2,27 +2,12 @@
 //! how often by kind. `/ready`, the status page and `evercache status` read it,
 //! so a source that keeps failing is reported instead of retried in silence.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::Serialize;
 
 use super::SourceError;
 use crate::metrics as m;
-
-/// What sources are busy with that keeps them from being ready while they
-/// read (a capture re-reading its tables after a failover), by name: a source
-/// has no handle on its runner's health, so it says so here.
-static BUSY: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
-
-/// Says what `source` is busy with; `None` once it is done.
-pub fn set_busy(source: &str, what: Option<String>) {
-    let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-    match what {
-        Some(what) => busy.insert(source.to_owned(), what),
-        None => busy.remove(source),
-    };
-}
 
 /// A source's health as its runner sees it; shared with the HTTP listener.
 #[derive(Debug)]
@@ -49,8 +34,6 @@ pub struct HealthState {
 impl SourceHealth {
     /// A source not yet tried.
     pub fn new(source: &str) -> Self {
-        // A source of an earlier runtime of this process may have left its note.
-        set_busy(source, None);
         Self { source: source.to_owned(), state: Mutex::default() }
     }
 
@@ -76,10 +59,17 @@ impl SourceHealth {
         state.last_ok_ms = Some(crate::clock::now_ms());
     }
 
+    /// What the source says keeps it from being ready while it works (`None`: nothing).
+    pub fn set_busy(&self, what: Option<&str>) {
+        let mut state = self.lock();
+        if state.busy.as_deref() != what {
+            state.busy = what.map(str::to_owned);
+        }
+    }
+
     /// The state now.
     pub fn snapshot(&self) -> HealthState {
-        let busy = BUSY.lock().unwrap_or_else(|e| e.into_inner()).get(&self.source).cloned();
-        HealthState { busy, ..self.lock().clone() }
+        self.lock().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
@@ -93,13 +83,11 @@ mod tests {
 
     #[test]
     fn what_a_source_is_busy_with_shows_in_its_health_until_it_is_done() {
-        let health = SourceHealth::new("health_unit_busy");
+        let health = SourceHealth::new("busy");
         assert_eq!(health.snapshot().busy, None);
-        set_busy("health_unit_busy", Some("following a failover".to_owned()));
+        health.set_busy(Some("following a failover"));
         assert_eq!(health.snapshot().busy.as_deref(), Some("following a failover"));
-        set_busy("health_unit_busy", None);
+        health.set_busy(None);
         assert_eq!(health.snapshot().busy, None);
-        set_busy("health_unit_busy", Some("left over".to_owned()));
-        assert_eq!(SourceHealth::new("health_unit_busy").snapshot().busy, None, "a new runtime's source starts clear");
     }
 }

@@ -204,6 +204,15 @@ impl Source {
         }
     }
 
+    /// What keeps the source from being ready while it works (a capture
+    /// re-reading its tables after a failover), for `/ready`.
+    pub fn busy(&self) -> Option<&str> {
+        match self {
+            Source::Postgres(capture) => capture.busy(),
+            _ => None,
+        }
+    }
+
     /// The batch handed out last has been applied for `waiting` without being
     /// settled (the database or a plugin holds it up). The capture then lets go
     /// of its replication connection, so the server is not held (a shutdown

@@ -14,7 +14,7 @@ use pgwire_replication::Lsn;
 use super::PostgresCapture;
 use super::session::Connect;
 use super::snapshot::Snapshot;
-use crate::source::{SnapshotMode, SourceError, health};
+use crate::source::{SnapshotMode, SourceError};
 
 /// The server behind the URL, as IDENTIFY_SYSTEM names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,18 +205,16 @@ impl PostgresCapture {
         self.confirmations.handed_out(0, Some(lsn));
         self.forget_stream();
         self.snapshot = Some(Snapshot::new(&self.name, &self.url, &self.tables, lsn, server.timeline));
-        self.following = Some(server.clone());
         let same_server = previous.is_some_and(|p| p == server);
-        health::set_busy(&self.name, Some(busy_reason(same_server, self.tables.len())));
+        self.following = Some((server.clone(), busy_reason(same_server, self.tables.len())));
         Ok(())
     }
 
     /// The snapshot's rows are all written: recorded in the marker, and a failover followed is over.
     pub(super) async fn snapshot_done(&mut self) -> Result<(), SourceError> {
-        let server = self.following.clone().or_else(|| self.session.server().cloned());
+        let server = self.following.as_ref().map(|(s, _)| s.clone()).or_else(|| self.session.server().cloned());
         self.marker.set(&self.name, &Marker::Done(server)).await?;
         if self.following.take().is_some() {
-            health::set_busy(&self.name, None);
             tracing::info!(source = %self.name, slot = %self.slot, "failover followed: tables re-read; streaming");
         } else {
             tracing::info!(source = %self.name, "initial snapshot done; streaming");

@@ -73,8 +73,8 @@ pub struct PostgresCapture {
     dead_letters: DeadLetterWriter,
     /// The initial snapshot, or the re-read after a failover, while it runs.
     snapshot: Option<Snapshot>,
-    /// The server whose failover is followed, while its re-read runs.
-    following: Option<Server>,
+    /// The server whose failover is followed, while its re-read runs, and what `/ready` says meanwhile.
+    following: Option<(Server, String)>,
     /// Whether the capture ran before, and whether a failover's re-read is owed.
     marker: MarkerStore,
 }
@@ -161,6 +161,11 @@ impl PostgresCapture {
     /// The `[sources.<name>]` name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What keeps the capture from being ready while it works, e.g. following a failover.
+    pub fn busy(&self) -> Option<&str> {
+        self.following.as_ref().map(|(_, why)| why.as_str())
     }
 
     /// Reads the next batch of changes as Debezium-compatible records, waiting
