@@ -325,3 +325,41 @@ async fn an_old_primarys_change_read_after_the_switch_is_not_held_by_the_visibil
     running.stop().await?;
     env.clear_redis().await
 }
+
+/// MySQL's UUID GTIDs give no order across servers, so MySQL-connector changes
+/// rank by binlog place: after a failover the new server's first change ranks
+/// below the old one's and is dropped. The pipeline says so (log, metric, the
+/// status page's last error) with what to run, instead of freezing the key unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_ranked_changes_from_another_server_are_reported() -> Result<()> {
+    let mut env = TestEnv::new("failover_mysql_rank").await?;
+    let p = env.prefix.clone();
+    let mut conn = mysql_async::Conn::from_url(evercache_test_kit::MYSQL_URL).await?;
+    mysql_async::prelude::Queryable::query_drop(&mut conn, item_table_sql(&p, 5..=5)).await?;
+    let url = format!("{}/{p}", evercache_test_kit::MYSQL_URL);
+    let stream = env.stream("item");
+    let runtime = RuntimeToml::new()
+        .database("db", &url)
+        .cache("main", REDIS_URL.as_str())
+        .redis_stream("dbz", REDIS_URL.as_str(), std::slice::from_ref(&stream), &p)
+        .http(0)
+        .build();
+    let running = Running::start(env.config(&runtime, &[("items", &item_pipeline(&env, "dbz"))])?).await?;
+    let http = running.http.context("an http listener")?;
+    let uuid = |n: u64, server: u32| format!("3e11fa47-71ca-11e1-9e33-c80aa942956{server}:{n}");
+    let (old_gtid, new_gtid) = (uuid(40, 1), uuid(1, 2));
+    let old = BinlogPlace { server_id: 1, gtid: &old_gtid, file: "mysql-bin.000123", pos: 1000 };
+    let (k, v) = item_envelope(&p, Some(item(5, "row", 1)), Some(item(5, "row", 1)), old)?;
+    env.xadd_compact(&stream, &k, &v).await?;
+    let new = BinlogPlace { server_id: 2, gtid: &new_gtid, file: "mysql-bin.000002", pos: 400 };
+    let (k, v) = item_envelope(&p, Some(item(5, "row", 1)), Some(item(5, "row", 1)), new)?;
+    env.xadd_compact(&stream, &k, &v).await?;
+    wait_acknowledged(&mut env, &stream).await?;
+    let (_, metrics) = evercache_e2e::http::get(http, "/metrics").await?;
+    let changes =
+        evercache_e2e::http::sample(&metrics, "evercache_binlog_server_changes_total", &[("pipeline", "items")]);
+    ensure!(changes == Some(1.0), "one change of server counted: {changes:?}");
+    running.stop().await?;
+    mysql_async::prelude::Queryable::query_drop(&mut conn, format!("DROP DATABASE `{p}`")).await?;
+    env.clear_redis().await
+}

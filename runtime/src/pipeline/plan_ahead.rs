@@ -41,7 +41,8 @@ impl Planning {
         let mut events = Vec::with_capacity(routed.len());
         for (record, mut event, commit) in routed {
             self.commits.add(&commit);
-            self.generation.snapshot_ranks.rank(&mut event).await;
+            self.generation.ranks.rank(&mut event).await;
+            self.generation.ranks.check_server(&event, &commit);
             events.push((record, event));
         }
         if let Some(Ok(plan)) = &mut self.plan {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Mutex;
 
 use super::config::PipelineConfig;
-use super::snapshot_rank::SnapshotRanks;
+use super::ranks::Ranks;
 use super::stats::PipelineStats;
 use super::visibility::VisibilityGate;
 use crate::plugin::PluginHandle;
@@ -43,8 +43,8 @@ pub(super) struct Generation {
     database: Option<QueryRunner>,
     /// Holds a batch until its events' transactions are visible on `database`.
     pub(super) gate: VisibilityGate,
-    /// Ranks Debezium's MariaDB snapshot reads by GTID on `database`.
-    pub(super) snapshot_ranks: SnapshotRanks,
+    /// Ranks Debezium's MariaDB snapshot reads; says when binlog events change server unordered.
+    pub(super) ranks: Ranks,
 }
 
 impl Generation {
@@ -53,8 +53,8 @@ impl Generation {
         let planner = plugin.planner().map(Mutex::new);
         let reader = plugin.planner().map(Mutex::new);
         let gate = VisibilityGate::new(name, config.visibility, database.clone(), stats.clone());
-        let snapshot_ranks = SnapshotRanks::new(name, database.clone());
-        Self { config, instance: Mutex::new(plugin), planner, reader, writer, database, gate, snapshot_ranks }
+        let ranks = Ranks::new(name, database.clone(), stats.clone());
+        Self { config, instance: Mutex::new(plugin), planner, reader, writer, database, gate, ranks }
     }
 
     /// The instance repairs run on.

@@ -36,7 +36,7 @@ pub struct Second {
 pub struct ErrorEntry {
     /// When (Unix ms).
     pub at_ms: u64,
-    /// The error's kind (plugin/trap/timeout/contract/unavailable/sink).
+    /// The error's kind (plugin/trap/timeout/contract/unavailable/sink/ordering).
     pub kind: String,
     /// Its message.
     pub message: String,
@@ -252,9 +252,14 @@ impl PipelineStats {
             }
             ApplyError::Sink(_) => "sink",
         };
+        self.error(kind, error.to_string());
+    }
+
+    /// An error of `kind` for the status page's last errors.
+    pub fn error(&self, kind: &str, message: String) {
         let mut inner = self.lock();
         let mut errors: VecDeque<ErrorEntry> = std::mem::take(&mut inner.errors).into();
-        errors.push_back(ErrorEntry { at_ms: now_ms(), kind: kind.to_owned(), message: error.to_string() });
+        errors.push_back(ErrorEntry { at_ms: now_ms(), kind: kind.to_owned(), message });
         while errors.len() > LAST_ERRORS {
             errors.pop_front();
         }
