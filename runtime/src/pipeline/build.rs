@@ -97,7 +97,8 @@ impl Wiring {
     ) -> Result<Parts, BuildError> {
         // Config::load and load_pipeline checked that the cache exists.
         let cache = &self.caches[&config.cache];
-        let settings = WriteSettings { pipeline: pipeline.to_owned(), safety_ttl: config.ttl };
+        let settings =
+            WriteSettings { pipeline: pipeline.to_owned(), safety_ttl: config.ttl, ttl_jitter: config.ttl_jitter };
         let writer = RedisWriter::new(cache.clone(), settings);
         if let Some(mapper) = &config.mapper {
             let call_timeout = config.call_timeout.unwrap_or(self.engine.sandbox().call_timeout);

@@ -59,6 +59,12 @@ pub struct PipelineConfig {
     /// Safety TTL for every written key, e.g. "24h"; a plugin's own TTL wins. Default: none.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// A random share added to every key's TTL (the pipeline's `ttl` or the
+    /// plugin's own), so keys written together do not expire together and
+    /// send their misses to the database at once: a share of the TTL such as
+    /// `0.1` (up to a tenth longer) or a duration such as `"5m"`. Default: none.
+    #[serde(default)]
+    pub ttl_jitter: Option<crate::sink::TtlJitter>,
     /// Attempts for a failing batch before its failing records are isolated by
     /// bisection and dead-lettered (default 5).
     #[serde(default = "default_max_attempts")]

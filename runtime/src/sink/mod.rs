@@ -6,8 +6,10 @@ pub mod error;
 pub mod eviction;
 pub mod meta;
 pub mod redis_writer;
+pub mod ttl_jitter;
 
 pub use cache::{CacheConfig, RedisCache};
 pub use error::SinkError;
 pub use meta::{KeyMeta, companion_key, meta_key, read_meta};
 pub use redis_writer::{KeyAction, KeyVersion, KeyWrite, RedisWriter, VersionKind, WriteReport, WriteSettings};
+pub use ttl_jitter::TtlJitter;

@@ -8,6 +8,7 @@ use redis::{Pipeline, Script};
 use super::cache::RedisCache;
 use super::error::SinkError;
 use super::meta::meta_key;
+use super::ttl_jitter::TtlJitter;
 use crate::contract::{CacheValue, Entry};
 use crate::redis_conn::RedisConn;
 
@@ -18,6 +19,8 @@ pub struct WriteSettings {
     pub pipeline: String,
     /// TTL for keys whose plugin gave none.
     pub safety_ttl: Option<Duration>,
+    /// Added at random to every TTL, so keys written together expire apart.
+    pub ttl_jitter: Option<TtlJitter>,
 }
 
 /// Writes one pipeline's batches.
@@ -171,6 +174,7 @@ impl RedisWriter {
                 KeyAction::Put(CacheValue { ttl_seconds: Some(s), .. }) => u64::from(*s) * 1000,
                 _ => self.settings.safety_ttl.map_or(0, |t| t.as_millis() as u64),
             };
+            let ttl_ms = self.settings.ttl_jitter.map_or(ttl_ms, |jitter| jitter.apply(ttl_ms));
             command
                 .arg(action)
                 .arg(kind)

@@ -445,7 +445,8 @@ async fn a_late_stale_recompute_never_resurrects_a_deleted_key() {
     .build("faults")
     .await
     .unwrap();
-    let writer = Arc::new(RedisWriter::new(cache, WriteSettings { pipeline: name.clone(), safety_ttl: None }));
+    let writer =
+        Arc::new(RedisWriter::new(cache, WriteSettings { pipeline: name.clone(), safety_ttl: None, ttl_jitter: None }));
     let mut rng = Rng::new("delete");
     let version = |lsn: u64| KeyVersion {
         position: position::postgres(lsn, lsn),

@@ -22,7 +22,7 @@ async fn cache(tombstone: Duration) -> RedisCache {
 }
 
 fn writer(cache: &RedisCache, ttl: Option<Duration>) -> RedisWriter {
-    RedisWriter::new(cache.clone(), WriteSettings { pipeline: "p".into(), safety_ttl: ttl })
+    RedisWriter::new(cache.clone(), WriteSettings { pipeline: "p".into(), safety_ttl: ttl, ttl_jitter: None })
 }
 
 fn prefix(test: &str) -> String {
@@ -234,6 +234,34 @@ async fn ttls_from_the_value_or_the_pipeline() {
     assert!((1..=30).contains(&own_ttl), "{own_ttl}");
     assert!((31..=100).contains(&safety_ttl), "{safety_ttl}");
     assert!(meta_ttl > 60, "metadata outlives the value by the tombstone ttl: {meta_ttl}");
+}
+
+#[tokio::test]
+async fn jittered_ttls_of_keys_written_together_spread_over_the_jitter() {
+    let cache = cache(Duration::from_secs(60)).await;
+    let settings = WriteSettings {
+        pipeline: "p".into(),
+        safety_ttl: Some(Duration::from_secs(3600)),
+        ttl_jitter: Some(TtlJitter::Fraction(0.1)),
+    };
+    let w = RedisWriter::new(cache.clone(), settings);
+    let p = prefix("jitter");
+    let writes: Vec<KeyWrite> = (0..1000).map(|i| put(&format!("{p}:{i}"), text("x"), "pg:1")).collect();
+    assert_eq!(w.write("p@1", &writes).await.unwrap().applied, 1000);
+    let mut c = cache.connection();
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.cmd("PTTL").arg(format!("{p}:{i}"));
+    }
+    let mut ttls: Vec<i64> = pipe.query_async(&mut c).await.unwrap();
+    ttls.sort_unstable();
+    let (least, most) = (ttls[0], ttls[999]);
+    // Between the TTL and a tenth more (less the moments the test took), and spread over most of that.
+    assert!(least > 3_590_000 && most <= 3_960_000, "{least}..{most}");
+    assert!(most - least > 300_000, "1,000 keys written together expire over {} s", (most - least) / 1000);
+    let seconds: std::collections::HashSet<i64> = ttls.iter().map(|t| t / 1000).collect();
+    assert!(seconds.len() > 250, "they expire in {} distinct seconds", seconds.len());
+    clear(&cache, &p).await;
 }
 
 #[tokio::test]
