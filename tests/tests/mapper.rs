@@ -229,3 +229,50 @@ async fn the_user_profiles_example_keeps_one_hash_per_user_through_the_capture()
     running.stop().await?;
     env.drop_capture().await
 }
+
+/// `from = "event"`: the event's after-image is stored with no database round
+/// trip. The pipeline's database role may not even read the table, so a value
+/// that arrives can only have come from the event; an update that changes the
+/// key column moves the value, and a delete deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapper_from_the_event_stores_row_images_without_a_query() -> Result<()> {
+    let env = TestEnv::new("mapper_image").await?;
+    env.drop_capture().await?;
+    let p = env.prefix.clone();
+    let role = format!("{p}_noread");
+    env.sql(&format!(
+        "create table users (id bigint primary key, name text, email text);
+         insert into users values (1, 'Ann', 'ann@x');
+         drop role if exists {role}; create role {role} login"
+    ))
+    .await?;
+    let blind_url = evercache_e2e::PG_URL.replace("postgres@", &format!("{role}@"));
+    let mut blind = <sqlx::PgConnection as sqlx::Connection>::connect(&blind_url).await?;
+    let refused = sqlx::query(&format!("select * from {p}.users")).execute(&mut blind).await;
+    ensure!(refused.is_err(), "the pipeline's role cannot read the table");
+    let pipeline =
+        mapper_pipeline(&env, "users", &format!("key = \"{p}:user:{{id}}\"\nfrom = \"event\"\nexclude = [\"email\"]"));
+    let runtime = RuntimeToml::new()
+        .database("db", &blind_url)
+        .cache("main", REDIS_URL.as_str())
+        .postgres_capture("events", evercache_e2e::PG_URL, &[format!("{p}.users")], &p, REDIS_URL.as_str())
+        .build();
+    let running = Running::start(env.config(&runtime, &[("users", &pipeline)])?).await?;
+    let key = |id: i64| format!("{p}:user:{id}");
+
+    wait_json(&env.redis, &key(1), Some(json!({"id": 1, "name": "Ann"})), WAIT).await?;
+    env.sql("update users set name = 'Anne' where id = 1; insert into users values (2, 'Bob', 'bob@x')").await?;
+    wait_json(&env.redis, &key(1), Some(json!({"id": 1, "name": "Anne"})), WAIT).await?;
+    wait_json(&env.redis, &key(2), Some(json!({"id": 2, "name": "Bob"})), WAIT).await?;
+    // The row moves to another key: the old one is deleted with it.
+    env.sql("alter table users replica identity full; update users set id = 3 where id = 2").await?;
+    wait_json(&env.redis, &key(3), Some(json!({"id": 3, "name": "Bob"})), WAIT).await?;
+    wait_json(&env.redis, &key(2), None, WAIT).await?;
+    env.sql("delete from users where id = 1").await?;
+    wait_json(&env.redis, &key(1), None, WAIT).await?;
+
+    running.stop().await?;
+    sqlx::Connection::close(blind).await?;
+    env.drop_capture().await?;
+    env.sql(&format!("drop table users; drop role {role}")).await
+}

@@ -22,6 +22,23 @@ pub enum MapperType {
     String,
 }
 
+/// Where the stored row comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapperSource {
+    /// The row read from the database when the key is recomputed (default):
+    /// right whatever the events say, one query per batch.
+    #[default]
+    Database,
+    /// The event's after-image, with no database round trip (a delete, or the
+    /// old key of an update that moved the row, deletes). Right only while the
+    /// key's value is that one row as the change log renders it: values that
+    /// join other tables, or columns the log leaves out (Postgres TOAST values
+    /// unchanged by an update without `REPLICA IDENTITY FULL`), go stale. Keys
+    /// filled by the read path or a resync are still read from the database.
+    Event,
+}
+
 /// `[mapper]`: the built-in row mapper.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +63,10 @@ pub struct MapperConfig {
     /// Safety TTL of every written key, e.g. "24h"; default: the pipeline's `ttl`.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// "database" (default): recompute from the database; "event": store the
+    /// event's after-image itself.
+    #[serde(default)]
+    pub from: MapperSource,
     /// The query that reads the rows of a batch of keys, e.g. "select id, name
     /// from users where id = any($1)" (MySQL: `?`, expanded to the list). Each
     /// of the key's columns is a parameter, in template order: an array of the

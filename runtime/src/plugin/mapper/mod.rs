@@ -2,7 +2,10 @@
 //! under one key, declared instead of written as a plugin. It runs in the
 //! host with the plugin contract: `keys` renders the key template over the
 //! event's row images, and `recompute` reads the keys' current rows from the
-//! database (never trusting the event's image) and stores their columns.
+//! database (never trusting the event's image) and stores their columns. With
+//! `from = "event"` it stores the newest image `keys` saw for each key instead
+//! (kept aside until `recompute` takes it), and reads the database only for
+//! keys no event named (read-path fills, resyncs).
 
 mod config;
 mod row_query;
@@ -10,14 +13,14 @@ mod template;
 mod value;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
-pub use config::{MapperConfig, MapperType};
+pub use config::{MapperConfig, MapperSource, MapperType};
 pub use row_query::ColumnMistake;
 pub use template::KeyTemplate;
 
@@ -38,7 +41,19 @@ pub struct RowMapper {
     database: Option<QueryRunner>,
     call_timeout: Duration,
     query: Arc<OnceCell<String>>,
+    /// `from = "event"`: each key's newest image (`None`: deleted) and its position, until recomputed.
+    images: Arc<Mutex<HashMap<String, KeptImage>>>,
 }
+
+/// An event's position and its after-image (`None`: the key is deleted).
+type KeptImage = (String, Option<Map<String, Value>>);
+
+/// Images kept aside past this many (events whose batches never recompute,
+/// e.g. dead-lettered) are dropped; their keys are read from the database.
+const MAX_IMAGES: usize = 100_000;
+
+/// Debezium's stand-in for a column value the change log does not carry.
+const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 impl RowMapper {
     /// The mapper of a pipeline over `table`, reading `database`, each call
@@ -58,6 +73,7 @@ impl RowMapper {
             database,
             call_timeout,
             query: Arc::new(OnceCell::new()),
+            images: Arc::default(),
         })
     }
 
@@ -105,13 +121,65 @@ impl RowMapper {
                 Err(message) => first_error = first_error.or(Some(message)),
             }
         }
+        if self.config.from == MapperSource::Event {
+            self.keep_images(event, &keys);
+        }
         match first_error {
             Some(message) if keys.is_empty() => Err(self.failed("keys", format!("bad-event: {message}"))),
             _ => Ok(keys),
         }
     }
 
+    /// Keeps `event`'s after-image for each of its keys the image renders
+    /// (the others, an update's old key or a delete's, get none: deleted).
+    fn keep_images(&self, event: &ChangeEvent, keys: &[String]) {
+        let after = event.after.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
+        let after = after.and_then(|v| v.as_object().cloned()).filter(|_| event.op != Op::Delete);
+        // An image missing a column (Postgres' unchanged TOAST value) is no value: read the row instead.
+        let partial = after.as_ref().is_some_and(|row| row.values().any(|v| v.as_str() == Some(UNAVAILABLE)));
+        let after_key = after.as_ref().and_then(|row| self.template.render(row).ok());
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        if images.len() > MAX_IMAGES {
+            tracing::warn!(plugin = %self.label(), kept = images.len(), "row images never recomputed dropped; \
+                their keys are read from the database");
+            images.clear();
+        }
+        for key in keys {
+            let image = if after_key.as_ref() == Some(key) { after.clone() } else { None };
+            match images.get(key) {
+                Some((position, _)) if *position > event.position => {}
+                _ if partial => {
+                    images.remove(key);
+                }
+                _ => {
+                    images.insert(key.clone(), (event.position.clone(), image));
+                }
+            }
+        }
+    }
+
     async fn recompute_keys(&self, keys: &[String]) -> Result<Vec<Outcome>, CallError> {
+        if self.config.from == MapperSource::Database {
+            return self.read_rows(keys).await;
+        }
+        let taken: Vec<Option<Option<Map<String, Value>>>> = {
+            let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+            keys.iter().map(|key| images.remove(key).map(|(_, image)| image)).collect()
+        };
+        let unnamed: Vec<String> =
+            keys.iter().zip(&taken).filter(|(_, image)| image.is_none()).map(|(key, _)| key.clone()).collect();
+        let mut read = if unnamed.is_empty() { Vec::new() } else { self.read_rows(&unnamed).await? }.into_iter();
+        Ok(taken
+            .into_iter()
+            .map(|image| match image {
+                Some(Some(row)) => value::image_outcome(&row, &self.config),
+                Some(None) => Outcome::Delete,
+                None => read.next().unwrap_or(Outcome::Keep),
+            })
+            .collect())
+    }
+
+    async fn read_rows(&self, keys: &[String]) -> Result<Vec<Outcome>, CallError> {
         let database = self
             .database
             .as_ref()
@@ -173,5 +241,50 @@ impl NativePlugin for RowMapper {
 
     fn planner(&self) -> Option<Box<dyn NativePlugin>> {
         Some(Box::new(self.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::CacheValue;
+
+    fn event(op: Op, position: &str, before: Option<&str>, after: Option<&str>) -> ChangeEvent {
+        ChangeEvent {
+            op,
+            source: "s".into(),
+            schema: Some("public".into()),
+            table: "users".into(),
+            key: r#"{"id":1}"#.into(),
+            before: before.map(str::to_owned),
+            after: after.map(str::to_owned),
+            position: position.into(),
+            committed_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn images_from_events_newest_first_and_none_for_a_partial_row() {
+        let config: MapperConfig = toml::from_str("key = \"user:{id}\"\nfrom = \"event\"").unwrap();
+        let mapper = RowMapper::new(&config, "public.users", None, Duration::from_secs(1)).unwrap();
+        let newer = event(Op::Update, "pg:2", None, Some(r#"{"id":1,"name":"new"}"#));
+        let older = event(Op::Update, "pg:1", None, Some(r#"{"id":1,"name":"old"}"#));
+        assert_eq!(mapper.keys_of(&newer).unwrap(), ["user:1"]);
+        mapper.keys_of(&older).unwrap();
+        let moved = event(Op::Update, "pg:3", Some(r#"{"id":2,"name":"x"}"#), Some(r#"{"id":3,"name":"x"}"#));
+        assert_eq!(mapper.keys_of(&moved).unwrap(), ["user:2", "user:3"]);
+        let outcomes = mapper.recompute_keys(&["user:1".into(), "user:2".into(), "user:3".into()]).await.unwrap();
+        let json = |o: &Outcome| match o {
+            Outcome::Put(CacheValue { entry: crate::contract::Entry::Json(text), .. }) => text.clone(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(json(&outcomes[0]), r#"{"id":1,"name":"new"}"#, "the newest image wins");
+        assert_eq!(outcomes[1], Outcome::Delete, "the row moved away from its old key");
+        assert_eq!(json(&outcomes[2]), r#"{"id":3,"name":"x"}"#);
+
+        let partial = event(Op::Update, "pg:4", None, Some(r#"{"id":1,"bio":"__debezium_unavailable_value"}"#));
+        mapper.keys_of(&partial).unwrap();
+        let error = mapper.recompute_keys(&["user:1".into()]).await.unwrap_err();
+        assert!(error.to_string().contains("no database"), "read from the database instead: {error}");
     }
 }

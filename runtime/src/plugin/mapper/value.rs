@@ -53,6 +53,25 @@ pub fn outcome(columns: &[String], row: &[DbValue], config: &MapperConfig) -> Ou
     }
 }
 
+/// The outcome for an event's row image (Debezium JSON): its cells as the
+/// image encodes them, stored as a database row would be.
+pub fn image_outcome(image: &Map<String, Value>, config: &MapperConfig) -> Outcome {
+    let columns: Vec<String> = image.keys().cloned().collect();
+    let cells: Vec<DbValue> = image.values().map(cell_of).collect();
+    outcome(&columns, &cells, config)
+}
+
+/// A JSON image's cell as the query's would be; objects and arrays as their JSON text.
+fn cell_of(value: &Value) -> DbValue {
+    match value {
+        Value::Null => DbValue::Null,
+        Value::Bool(b) => DbValue::Boolean(*b),
+        Value::Number(n) => n.as_i64().map_or_else(|| DbValue::Float(n.as_f64().unwrap_or(f64::NAN)), DbValue::Int),
+        Value::String(text) => DbValue::Text(text.clone()),
+        other => DbValue::Text(other.to_string()),
+    }
+}
+
 /// The stored cells in the order `columns` lists them, else the table's.
 fn ordered<'a>(
     mut cells: Vec<(&'a String, &'a DbValue)>,
@@ -102,6 +121,19 @@ mod tests {
             panic!("a put")
         };
         assert_eq!(fields, vec![("email".to_owned(), "a@x".to_owned()), ("id".to_owned(), "7".to_owned())]);
+    }
+
+    #[test]
+    fn an_event_image_is_stored_as_its_row_would_be() {
+        let image = serde_json::json!({"id": 7, "name": "Ann", "price": "2.50", "tags": ["a"], "gone": null});
+        let mapper = config("key = \"user:{id}\"\ntype = \"hash\"\nexclude = [\"price\"]");
+        let Outcome::Put(CacheValue { entry: Entry::Hash(fields), .. }) =
+            image_outcome(image.as_object().unwrap(), &mapper)
+        else {
+            panic!("a put")
+        };
+        let expected = [("id", "7"), ("name", "Ann"), ("tags", "[\"a\"]")];
+        assert_eq!(fields, expected.map(|(f, v)| (f.to_owned(), v.to_owned())).to_vec());
     }
 
     #[test]
