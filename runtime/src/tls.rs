@@ -90,7 +90,13 @@ pub fn mysql_opts(url: &str) -> Result<mysql_async::Opts, String> {
         }
     }
     let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
-    let opts = mysql_async::Opts::from_url(&url).map_err(|e| e.to_string())?;
+    let mut opts = mysql_async::Opts::from_url(&url).map_err(|e| e.to_string())?;
+    // mysql_async would reopen a loopback connection on the server's own Unix
+    // socket, bypassing a proxy or virtual IP behind the URL: after a failover
+    // the connection would stay on the old server. The URL may still ask for it.
+    if !rest.iter().any(|pair| pair.starts_with("prefer_socket")) {
+        opts = mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false).into();
+    }
     if ca.is_none() && cert.is_none() {
         return Ok(opts);
     }

@@ -132,9 +132,16 @@ pub fn item_envelope(
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Options that keep a connection on `url`'s address: by default mysql_async
+/// reopens a loopback connection on the server's Unix socket, which would go
+/// around the proxy and stay on the old primary after a switch.
+pub fn through(url: &str) -> Result<mysql_async::Opts> {
+    Ok(mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(url)?).prefer_socket(false).into())
+}
+
 /// Every `item` row of `database` on the server at `url`, on a connection of its own.
 pub async fn database_items(url: &str, database: &str) -> Result<BTreeMap<i64, Value>> {
-    let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(url)?).await?;
+    let mut conn = mysql_async::Conn::new(through(url)?).await?;
     let rows: Vec<(i64, Option<String>, Option<i64>)> =
         conn.query(format!("SELECT id, name, version FROM `{database}`.item")).await?;
     conn.disconnect().await?;
@@ -218,7 +225,7 @@ pub async fn update_rows_until(
     let span = ids.end() - ids.start() + 1;
     while !stop.load(Ordering::SeqCst) {
         let Some(c) = conn.as_mut() else {
-            match mysql_async::Opts::from_url(&url) {
+            match through(&url) {
                 Ok(opts) => match mysql_async::Conn::new(opts).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use evercache::source::mysql::StoredState;
 use evercache_e2e::http::{get, sample};
-use evercache_e2e::mariadb_failover::{item_pipeline, item_table_sql, wait_items_equal};
+use evercache_e2e::mariadb_failover::{item_pipeline, item_table_sql, through, wait_items_equal};
 use evercache_e2e::{REDIS_URL, Running, RuntimeToml, TestEnv, wait_until};
 use evercache_test_kit::MYSQL_URL;
 use evercache_test_kit::mariadb_replica::{MariaDbPair, PRIMARY_BINLOG, REPLICA_BINLOG};
@@ -27,6 +27,7 @@ const ROWS: i64 = 50;
 /// Updates random rows through `url` until `stop`, going on through errors
 /// (the switch cuts connections); counts the commits.
 fn writer(url: String, database: String, stop: Arc<AtomicBool>, paused: Arc<AtomicBool>, commits: Arc<AtomicU64>) {
+    let opts = through(&url).expect("a MySQL URL");
     tokio::spawn(async move {
         let mut version = 10;
         while !stop.load(Ordering::Relaxed) {
@@ -34,7 +35,7 @@ fn writer(url: String, database: String, stop: Arc<AtomicBool>, paused: Arc<Atom
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
-            let Ok(mut conn) = mysql_async::Conn::from_url(&url).await else {
+            let Ok(mut conn) = mysql_async::Conn::new(opts.clone()).await else {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
