@@ -52,8 +52,9 @@ pub const SOURCE_ERRORS_TOTAL: &str = "evercache_source_errors_total";
 pub const GROUPS_RECREATED_TOTAL: &str = "evercache_source_groups_recreated_total";
 /// Times the built-in capture lost its replication connection and reconnected, by `source`.
 pub const CAPTURE_RECONNECTS_TOTAL: &str = "evercache_capture_reconnects_total";
-/// Debezium-fed binlog events from a new server that versions cannot order
-/// against the old one's (MySQL without MariaDB GTIDs), by `pipeline`.
+/// Debezium-fed binlog events whose versions cannot be ordered against the
+/// ones before: from a new server (MySQL, ranked by binlog place) or a new
+/// MariaDB GTID domain, by `pipeline`.
 pub const BINLOG_SERVER_CHANGES_TOTAL: &str = "evercache_binlog_server_changes_total";
 /// Failovers a built-in capture followed to a new primary, by `source`.
 pub const CAPTURE_FAILOVERS_TOTAL: &str = "evercache_capture_failovers_total";
@@ -157,7 +158,7 @@ fn describe() {
     describe_counter!(CAPTURE_FAILOVERS_TOTAL, "Failovers a built-in capture followed to a new primary.");
     describe_counter!(
         BINLOG_SERVER_CHANGES_TOTAL,
-        "Debezium MySQL events from a new server whose binlog places cannot be ordered against the old one's."
+        "Debezium binlog events whose versions cannot be ordered against the ones before (new server or GTID domain)."
     );
     describe_gauge!(PIPELINE_STUCK, "1 while a pipeline is stuck for longer than stuck_after.");
     describe_gauge!(REDIS_USED_MEMORY_BYTES, Unit::Bytes, "Redis used_memory of a cache.");

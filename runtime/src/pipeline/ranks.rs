@@ -37,8 +37,9 @@ pub(super) struct Ranks {
     /// (file number, offset) → GTID sequence number there, or `None` where
     /// the database cannot tell (not MariaDB, another server's file).
     known: Mutex<HashMap<(u64, u64), Option<u64>>>,
-    /// The server the last MySQL-ranked change came from, and when a change of it was last said.
-    mysql_server: Mutex<(Option<u32>, Option<Instant>)>,
+    /// What orders the last binlog change (its server, or its GTID domain),
+    /// and when a change of it was last said.
+    mysql_server: Mutex<(Option<Order>, Option<Instant>)>,
 }
 
 impl Ranks {
@@ -54,15 +55,18 @@ impl Ranks {
     }
 
     /// Says when a change ranked by binlog place comes from another server
-    /// than the one before: its versions and the old server's do not compare.
+    /// than the one before, or one ranked by MariaDB GTID from another
+    /// domain: its version and the ones before do not compare.
     pub(super) fn check_server(&self, event: &ChangeEvent, commit: &EventCommit) {
-        let EventCommit::Named(CommitMark::Binlog { server_id, file, .. }) = commit else { return };
-        if position::parse_mysql(&event.position).is_none() || *server_id == 0 {
-            return;
-        }
+        let EventCommit::Named(CommitMark::Binlog { server_id, file, gtid, .. }) = commit else { return };
+        let order = match gtid.as_deref().and_then(position::parse_mariadb_gtid) {
+            Some(gtid) => Order::Domain(gtid.domain),
+            None if position::parse_mysql(&event.position).is_some() && *server_id != 0 => Order::Server(*server_id),
+            None => return,
+        };
         let mut last = self.mysql_server.lock().unwrap_or_else(|e| e.into_inner());
-        let before = last.0.replace(*server_id);
-        let Some(before) = before.filter(|b| b != server_id) else { return };
+        let before = last.0.replace(order);
+        let Some(before) = before.filter(|b| *b != order) else { return };
         metrics::counter!(crate::metrics::BINLOG_SERVER_CHANGES_TOTAL, "pipeline" => self.pipeline.clone())
             .increment(1);
         // Servers that take turns (multi-source replication) would say it at every event.
@@ -70,7 +74,17 @@ impl Ranks {
             return;
         }
         last.1 = Some(Instant::now());
-        let message = server_change(before, *server_id, file, &self.pipeline);
+        let message = match (before, order) {
+            (Order::Server(before), Order::Server(now)) => server_change(before, now, file, &self.pipeline),
+            (before, now) => format!(
+                "binlog events are now ordered by {now} after {before} ({file}): versions compare MariaDB GTID \
+                 sequence numbers, which two domains (or a domain and binlog places) do not share, so a key may drop \
+                 newer changes as stale. Write in one GTID domain (gtid_domain_id) on every server the pipeline's \
+                 events come from; then delete the pipeline's keys with their `{{key}}:meta` hashes and run \
+                 `evercache resync --all --pipeline {}`",
+                self.pipeline
+            ),
+        };
         tracing::error!(pipeline = %self.pipeline, "{message}");
         self.stats.error("ordering", message);
     }
@@ -113,6 +127,24 @@ impl Ranks {
         };
         if let Some(seq) = seq {
             event.position = position::mariadb(seq, pos, row);
+        }
+    }
+}
+
+/// What orders a binlog event's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Binlog places of this server.
+    Server(u32),
+    /// MariaDB GTID sequence numbers of this domain.
+    Domain(u32),
+}
+
+impl std::fmt::Display for Order {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Server(id) => write!(f, "the binlog places of server_id {id}"),
+            Self::Domain(domain) => write!(f, "GTID domain {domain}"),
         }
     }
 }
@@ -166,8 +198,13 @@ mod tests {
         let errors = stats.snapshot().errors;
         assert_eq!(errors.len(), 1, "said once a minute at most");
         assert!(errors[0].message.contains("server_id 2 (mysql-bin.000003) after server_id 1"), "{errors:?}");
-        // MariaDB GTID ranks order across servers: nothing to say.
+        // MariaDB GTID ranks order across servers of one domain: nothing to say.
+        let ranks = Ranks::new("p", None, stats.clone());
         ranks.check_server(&change(position::mariadb(9, 4, 0)), &binlog(7, Some("0-7-9")));
+        ranks.check_server(&change(position::mariadb(10, 4, 0)), &binlog(8, Some("0-8-10")));
         assert_eq!(stats.snapshot().errors.len(), 1);
+        ranks.check_server(&change(position::mariadb(3, 4, 0)), &binlog(8, Some("1-8-3")));
+        let errors = stats.snapshot().errors;
+        assert!(errors[1].message.contains("GTID domain 1 after GTID domain 0"), "{errors:?}");
     }
 }
