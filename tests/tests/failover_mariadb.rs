@@ -84,20 +84,35 @@ async fn wait_acknowledged(env: &mut TestEnv, stream: &str) -> Result<()> {
     Ok(())
 }
 
+/// A primary and its replica (after `first` runs on the primary) behind a
+/// proxy, the `item` table with row 5 on the primary, and the runtime file of
+/// a Redis Stream source `dbz` whose pipeline's database is the proxy: the
+/// pair, the proxy, that URL, the stream and the runtime file so far.
+async fn behind_a_proxy(env: &TestEnv, first: &str) -> Result<(MariaDbPair, TcpProxy, String, String, RuntimeToml)> {
+    let p = &env.prefix;
+    let pair = block_in_place(|| MariaDbPair::start(&env.dir.join("pair")))?;
+    if !first.is_empty() {
+        pair.primary.sql(first)?;
+    }
+    let proxy = TcpProxy::start(pair.primary.port).await;
+    pair.primary.sql(&item_table_sql(p, 5..=5))?;
+    let url = proxy.url(&format!("{}/{p}", pair.primary.url()));
+    let stream = env.stream("item");
+    let runtime = RuntimeToml::new().database("db", &url).cache("main", REDIS_URL.as_str()).redis_stream(
+        "dbz",
+        REDIS_URL.as_str(),
+        std::slice::from_ref(&stream),
+        p,
+    );
+    Ok((pair, proxy, url, stream, runtime))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_from_a_promoted_replica_and_after_a_failback_replace_the_old_primarys() -> Result<()> {
     let mut env = TestEnv::new("failover_my").await?;
     let p = env.prefix.clone();
-    let mut pair = block_in_place(|| MariaDbPair::start(&env.dir.join("pair")))?;
-    let proxy = TcpProxy::start(pair.primary.port).await;
-    pair.primary.sql(&item_table_sql(&p, 5..=5))?;
-    let url = proxy.url(&format!("{}/{p}", pair.primary.url()));
-    let stream = env.stream("item");
-    let runtime = RuntimeToml::new()
-        .database("db", &url)
-        .cache("main", REDIS_URL.as_str())
-        .redis_stream("dbz", REDIS_URL.as_str(), std::slice::from_ref(&stream), &p)
-        .build();
+    let (mut pair, proxy, url, stream, runtime) = behind_a_proxy(&env, "").await?;
+    let runtime = runtime.build();
     let running = Running::start(env.config(&runtime, &[("items", &item_pipeline(&env, "dbz"))])?).await?;
     let key = format!("{p}:item:5");
 
@@ -279,20 +294,10 @@ async fn debezium_server_follows_a_mariadb_failover_and_the_cache_stays_equal_to
 async fn an_old_primarys_change_read_after_the_switch_is_not_held_by_the_visibility_gate() -> Result<()> {
     let mut env = TestEnv::new("failover_my_gate").await?;
     let p = env.prefix.clone();
-    let mut pair = block_in_place(|| MariaDbPair::start(&env.dir.join("pair")))?;
     // A primary is usually some files further into its binlog than a replica started after it.
-    pair.primary.sql("FLUSH BINARY LOGS; FLUSH BINARY LOGS; FLUSH BINARY LOGS")?;
-    let proxy = TcpProxy::start(pair.primary.port).await;
-    pair.primary.sql(&item_table_sql(&p, 5..=5))?;
-    let url = proxy.url(&format!("{}/{p}", pair.primary.url()));
-    let stream = env.stream("item");
-    let runtime = RuntimeToml::new()
-        .database("db", &url)
-        .cache("main", REDIS_URL.as_str())
-        .redis_stream("dbz", REDIS_URL.as_str(), std::slice::from_ref(&stream), &p)
-        .http(0)
-        .line("probe_interval = \"100ms\"\nstuck_after = \"1s\"")
-        .build();
+    let flush = "FLUSH BINARY LOGS; FLUSH BINARY LOGS; FLUSH BINARY LOGS";
+    let (mut pair, proxy, url, stream, runtime) = behind_a_proxy(&env, flush).await?;
+    let runtime = runtime.http(0).line("probe_interval = \"100ms\"\nstuck_after = \"1s\"").build();
     let running = Running::start(env.config(&runtime, &[("items", &item_pipeline(&env, "dbz"))])?).await?;
     let update =
         |name: &str, version: i64| format!("UPDATE `{p}`.item SET name = '{name}', version = {version} WHERE id = 5");

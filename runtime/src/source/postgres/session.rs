@@ -43,10 +43,9 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// Connects, retrying for a while: after a crash the server may still hold
-    /// the slot for the dead connection until it notices. The slot must exist.
-    pub(super) async fn open(source: &str, slot: &str, config: ReplicationConfig) -> Result<Self, SourceError> {
-        let mut session = Self {
+    /// A session not connected yet.
+    fn new(source: &str, slot: &str, config: ReplicationConfig) -> Self {
+        Self {
             source: source.to_owned(),
             slot: slot.to_owned(),
             config,
@@ -55,7 +54,13 @@ impl Session {
             last_heard: Instant::now(),
             lost_at: None,
             server: None,
-        };
+        }
+    }
+
+    /// Connects, retrying for a while: after a crash the server may still hold
+    /// the slot for the dead connection until it notices. The slot must exist.
+    pub(super) async fn open(source: &str, slot: &str, config: ReplicationConfig) -> Result<Self, SourceError> {
+        let mut session = Self::new(source, slot, config);
         let give_up = Instant::now() + Duration::from_secs(30);
         loop {
             let error = match session.connect().await {
@@ -261,16 +266,7 @@ mod tests {
             .await
             .unwrap();
         let config = ReplicationConfig::new("127.0.0.1", "postgres", "", "test", name.as_str(), name.as_str());
-        let mut session = Session {
-            source: "unit".to_owned(),
-            slot: name.clone(),
-            config,
-            client: None,
-            confirmed: 0,
-            last_heard: Instant::now(),
-            lost_at: None,
-            server: None,
-        };
+        let mut session = Session::new("unit", &name, config);
         let Connect::SlotMissing(server) = session.ensure_connected().await.unwrap() else {
             panic!("the slot does not exist yet")
         };
