@@ -23,6 +23,7 @@ cargo run --quiet -p evercache-bench -- compare --tiny
 cargo run --quiet -p evercache-bench -- capture --rate 200 --seconds 1 --burst 2000
 cargo run --quiet -p evercache-bench -- capture --database mariadb --rate 200 --seconds 1 --burst 2000
 cargo run --quiet -p evercache-bench -- visibility --rate 200 --seconds 1 --rounds 1
+cargo run --quiet -p evercache-bench -- durability --rate 200 --seconds 1 --burst 2000
 cargo run --quiet -p evercache-bench -- plugin-cost --tiny
 cargo run --quiet -p evercache-bench -- read-path --tiny
 cargo run --quiet -p evercache-bench -- kafka-source --tiny

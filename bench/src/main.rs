@@ -9,13 +9,15 @@
 //! drain rate; `-- plugin-cost` what compiling, instantiating and calling a
 //! plugin costs; `-- read-path` the read path against Redis and the database;
 //! `-- backlog` the `evercache` binary's peak memory while draining backlogs;
-//! `-- visibility` what the visibility gates add to commit→cache delay.
+//! `-- visibility` what the visibility gates add to commit→cache delay;
+//! `-- durability` what a cache's `durability` (`WAIT`/`WAITAOF`) adds to it.
 //! `--tiny` keeps a workload's harness working in CI.
 
 mod backlog;
 mod capture;
 mod capture_db;
 mod compare;
+mod durability;
 mod kafka_source;
 mod keys;
 mod plugin_cost;
@@ -42,6 +44,8 @@ enum Workload {
     Capture(capture::Options),
     /// evercache vs the naive worker vs native logic: distinct keys, hot keys, fan-out, steady-rate delay.
     Compare(compare::Options),
+    /// What a cache's `durability` (WAIT / WAITAOF before confirming) adds to commit→cache delay.
+    Durability(durability::Options),
     /// The Kafka source alone: reading and acknowledging a backlog of Debezium changes.
     KafkaSource(kafka_source::Options),
     /// What a Wasm plugin costs: compile, cache load, instantiate, keys, recompute.
@@ -66,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         Workload::Backlog(options) => backlog::run(options).await,
         Workload::Capture(options) => capture::run(options).await,
         Workload::Compare(options) => compare::run(options).await,
+        Workload::Durability(options) => durability::run(options).await,
         Workload::KafkaSource(options) => kafka_source::run(options).await,
         Workload::PluginCost(options) => plugin_cost::run(options).await,
         Workload::ReadPath(options) => read_path::run(options).await,

@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod query;
 pub mod read;
+pub mod recovery;
 pub mod redis_conn;
 pub mod runtime;
 pub mod secret;

@@ -81,6 +81,18 @@ pub const PIPELINE_VISIBILITY_WAIT_SECONDS: &str = "evercache_pipeline_visibilit
 /// Batches still not visible after `event::visibility::REPORT_AFTER` (each is reported
 /// and held, never handed on), by `source` (built-in captures) or `pipeline`.
 pub const VISIBILITY_STALLS_TOTAL: &str = "evercache_visibility_stalls_total";
+/// Times a cache was found to have come back older than evercache's writes
+/// (its watermark behind), by `source` and `cache`.
+pub const CACHE_ROLLBACKS_TOTAL: &str = "evercache_cache_rollbacks_total";
+/// Times a cache's Redis was seen restarted or replaced (its `run_id` or role changed), by `cache`.
+pub const CACHE_RESTARTS_TOTAL: &str = "evercache_cache_restarts_total";
+/// Change records lost before evercache read them (a stream trimmed past the
+/// group, a Kafka offset past retention), by `source`: each gap counted once.
+pub const EVENT_GAPS_TOTAL: &str = "evercache_event_gaps_total";
+/// Repairs after a loss (a cache rollback or an event gap), by `pipeline` and `outcome` (`done`, `failed`).
+pub const LOSS_REPAIRS_TOTAL: &str = "evercache_loss_repairs_total";
+/// Keys recomputed by repairs after a loss, by `pipeline`.
+pub const LOSS_REPAIRED_KEYS_TOTAL: &str = "evercache_loss_repaired_keys_total";
 
 /// Latency buckets (seconds) shared by the duration histograms.
 const SECONDS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -160,6 +172,11 @@ fn describe() {
         BINLOG_SERVER_CHANGES_TOTAL,
         "Debezium binlog events whose versions cannot be ordered against the ones before (new server or GTID domain)."
     );
+    describe_counter!(CACHE_ROLLBACKS_TOTAL, "Times a cache came back older than evercache's writes.");
+    describe_counter!(CACHE_RESTARTS_TOTAL, "Times a cache's Redis was seen restarted or replaced.");
+    describe_counter!(EVENT_GAPS_TOTAL, "Change records lost before evercache read them, per gap.");
+    describe_counter!(LOSS_REPAIRS_TOTAL, "Repairs after a cache rollback or an event gap, by outcome.");
+    describe_counter!(LOSS_REPAIRED_KEYS_TOTAL, "Keys recomputed by repairs after a loss.");
     describe_gauge!(PIPELINE_STUCK, "1 while a pipeline is stuck for longer than stuck_after.");
     describe_gauge!(REDIS_USED_MEMORY_BYTES, Unit::Bytes, "Redis used_memory of a cache.");
     describe_counter!(READS_TOTAL, "Reads of the read path by result (hit, miss).");

@@ -159,6 +159,8 @@ impl Runtime {
                     None
                 }
             };
+            let (losses, _repairer) =
+                crate::recovery::spawn(pipelines.clone(), source_health.clone(), shutdown.clone());
             let (config, name, shutdown) = (source.clone(), source_name.clone(), shutdown.clone());
             tasks.spawn(async move {
                 let source = match built {
@@ -168,7 +170,7 @@ impl Runtime {
                         None => return,
                     },
                 };
-                SourceRunner::new(source, pipelines, source_health).run(shutdown).await
+                SourceRunner::new(source, pipelines, source_health, losses).run(shutdown).await
             });
         }
         self.bind_http().await?;

@@ -61,7 +61,18 @@ impl LagWatch {
                 up = false;
                 let error = health.and_then(|h| h.last_error).unwrap_or_default();
                 verdict.failing.insert(source.source.clone(), format!("failing for {}: {error}", seconds(failing_for)));
-            } else if let Some(busy) = health.and_then(|h| h.busy) {
+            } else if let Some(unconfirmed_for) = health
+                .as_ref()
+                .and_then(|h| h.unconfirmed_since_ms)
+                .map(|s| now_ms.saturating_sub(s))
+                .filter(|ms| *ms >= stuck_ms)
+            {
+                let why = health.and_then(|h| h.unconfirmed_reason).unwrap_or_default();
+                verdict.failing.insert(
+                    source.source.clone(),
+                    format!("settled batches not confirmed for {}: {why}", seconds(unconfirmed_for)),
+                );
+            } else if let Some(busy) = health.and_then(|h| h.busy.or(h.repairing)) {
                 verdict.failing.insert(source.source.clone(), busy);
             }
             metrics::gauge!(m::SOURCE_UP, "source" => source.source.clone()).set(if up { 1.0 } else { 0.0 });

@@ -9,6 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::failure::Interrupted;
+use super::watermarks::Watermarks;
 use crate::source::{Acker, DeadLetter, Source, SourceError, SourceRecord};
 
 /// Wait between attempts at a failing dead-letter or acknowledgement write.
@@ -102,6 +103,7 @@ impl Ledger {
 pub(super) async fn settle_in_order(
     mut acker: Acker,
     mut inbox: mpsc::UnboundedReceiver<Message>,
+    watermarks: std::sync::Arc<Watermarks>,
     shutdown: CancellationToken,
 ) {
     let mut ledger = Ledger::default();
@@ -110,7 +112,9 @@ pub(super) async fn settle_in_order(
         ledger.hear(message);
         while !stopped && let Some(ready) = ledger.ready() {
             let settled = match ready {
-                Ok(batch) => settle(Acks::Acker(&mut acker), &batch.records, batch.letters, &shutdown).await,
+                Ok(batch) => {
+                    settle(Acks::Acker(&mut acker), &batch.records, batch.letters, &watermarks, &shutdown).await
+                }
                 Err(interrupted) => Err(interrupted),
             };
             if settled.is_err() {
@@ -151,11 +155,13 @@ impl Acks<'_> {
     }
 }
 
-/// Writes the batch's dead letters, then acknowledges every record of it.
+/// Writes the batch's dead letters, advances the watermarks past its writes,
+/// then acknowledges every record of it.
 pub(super) async fn settle(
     mut acks: Acks<'_>,
     records: &[SourceRecord],
     letters: Vec<DeadLetter>,
+    watermarks: &Watermarks,
     shutdown: &CancellationToken,
 ) -> Result<(), Interrupted> {
     // Dead letters first: a record is acked only once it is written somewhere.
@@ -166,6 +172,13 @@ pub(super) async fn settle(
         }
     }
     crate::metrics::dead_lettered(acks.name(), &letters);
+    // Before the source hears of it: a cache that loses the batch's writes loses this advance too.
+    loop {
+        match watermarks.advance().await {
+            Ok(()) => break,
+            Err(e) => wait_for_source(acks.name(), &e, shutdown).await?,
+        }
+    }
     loop {
         match acks.ack(records).await {
             Ok(()) => return Ok(()),
@@ -174,8 +187,12 @@ pub(super) async fn settle(
     }
 }
 
-async fn wait_for_source(source: &str, error: &SourceError, shutdown: &CancellationToken) -> Result<(), Interrupted> {
-    tracing::warn!(source = %source, error = %error, "source command failed; retrying");
+async fn wait_for_source(
+    source: &str,
+    error: &(dyn std::fmt::Display + Sync),
+    shutdown: &CancellationToken,
+) -> Result<(), Interrupted> {
+    tracing::warn!(source = %source, error = %error, "settling a batch failed; retrying");
     if shutdown.is_cancelled() {
         return Err(Interrupted);
     }

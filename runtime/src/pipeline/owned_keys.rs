@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::running::Generation;
+use super::running::{Generation, Pipeline};
 use crate::sink::{SinkError, companion_key};
 
 impl Generation {
@@ -17,6 +17,13 @@ impl Generation {
             keys.extend(found.into_iter().filter(|key| pattern.matches(key) && !is_companion(key)));
         }
         Ok(keys.into_iter().collect())
+    }
+}
+
+impl Pipeline {
+    /// Every cached key its current `key_patterns` match (see [`Generation::owned_keys`]).
+    pub async fn owned_keys(&self) -> Result<Vec<String>, SinkError> {
+        self.generation().owned_keys().await
     }
 }
 

@@ -11,8 +11,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::{Acks, Inbox, Ledger, Unsettled, settle, settle_in_order};
+use super::losses::{Loss, LossSender, mark_repairs};
 use super::running::Pipeline;
 use super::staging::{Staged, Staging, joined};
+use super::watermarks::Watermarks;
 use super::worker::Worker;
 use crate::source::health::SourceHealth;
 use crate::source::{ReadAhead, Source, SourceError, SourceRecord};
@@ -36,18 +38,19 @@ pub struct SourceRunner {
     /// `schema.table` → indexes into `pipelines`.
     routes: HashMap<String, Vec<usize>>,
     health: Arc<SourceHealth>,
+    losses: LossSender,
 }
 
 impl SourceRunner {
-    /// Routes each pipeline's tables to it.
-    pub fn new(source: Source, pipelines: Vec<Arc<Pipeline>>, health: Arc<SourceHealth>) -> Self {
+    /// Routes each pipeline's tables to it; losses of writes or records are reported to `losses`.
+    pub fn new(source: Source, pipelines: Vec<Arc<Pipeline>>, health: Arc<SourceHealth>, losses: LossSender) -> Self {
         let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, pipeline) in pipelines.iter().enumerate() {
             for table in pipeline.tables() {
                 routes.entry(table.clone()).or_default().push(index);
             }
         }
-        Self { source, pipelines, routes, health }
+        Self { source, pipelines, routes, health, losses }
     }
 
     /// Runs until `shutdown` is cancelled. Batches already read are finished
@@ -56,6 +59,8 @@ impl SourceRunner {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.source.name().to_owned();
         tracing::info!(source = %name, pipelines = self.pipelines.len(), "source started");
+        let watermarks = Arc::new(Watermarks::new(&name, &self.pipelines, self.losses.clone(), self.health.clone()));
+        let watch = tokio::spawn(watermarks.clone().watch(shutdown.clone()));
         let (inbox, inbox_receiver) = Inbox::new();
         let mut workers = Vec::new();
         let mut worker_tasks = Vec::new();
@@ -70,7 +75,7 @@ impl SourceRunner {
         let read_ahead = self.source.read_ahead();
         let (settler, mut own_inbox, unsettled) = match (read_ahead, self.source.acker()) {
             (Some(_), Some(acker)) => {
-                let task = tokio::spawn(settle_in_order(acker, inbox_receiver, shutdown.clone()));
+                let task = tokio::spawn(settle_in_order(acker, inbox_receiver, watermarks.clone(), shutdown.clone()));
                 (Some(task), None, Arc::new(Semaphore::new(MAX_UNSETTLED_BATCHES)))
             }
             _ => (None, Some(inbox_receiver), Arc::new(Semaphore::new(1))),
@@ -107,6 +112,10 @@ impl SourceRunner {
             };
             self.health.ok();
             self.health.set_busy(self.source.busy());
+            let gaps = self.source.take_gaps();
+            if !gaps.is_empty() {
+                self.record_gaps(gaps, &shutdown).await;
+            }
             failures = 0;
             if staged.records.is_empty() {
                 continue;
@@ -129,7 +138,7 @@ impl SourceRunner {
                     match ledger.ready() {
                         Some(Ok(batch)) => {
                             let acks = Acks::Source(&mut self.source);
-                            break settle(acks, &batch.records, batch.letters, &shutdown).await;
+                            break settle(acks, &batch.records, batch.letters, &watermarks, &shutdown).await;
                         }
                         Some(Err(interrupted)) => break Err(interrupted),
                         None => match tokio::time::timeout(STALL_CHECK, inbox_receiver.recv()).await {
@@ -154,8 +163,37 @@ impl SourceRunner {
         if let Some(settler) = settler {
             joined(settler).await;
         }
+        watch.abort();
+        watermarks.stop().await;
         self.source.close().await;
         tracing::info!(source = %name, "source stopped");
+    }
+}
+
+impl SourceRunner {
+    /// Logs and counts records lost before they were read, records in the
+    /// caches that the source's pipelines owe a repair (retried until they
+    /// answer), and only then lets the source move past the gaps.
+    async fn record_gaps(&mut self, gaps: Vec<String>, shutdown: &CancellationToken) {
+        let name = self.source.name().to_owned();
+        for gap in &gaps {
+            tracing::error!(source = %name, "{gap}; the pipelines fed by it are repaired");
+            metrics::counter!(crate::metrics::EVENT_GAPS_TOTAL, "source" => name.clone()).increment(1);
+        }
+        let why = format!("source '{name}' lost change records before they were read");
+        let mut failures = 0;
+        while let Err(e) = mark_repairs(&self.pipelines, &why).await {
+            failures += 1;
+            tracing::warn!(source = %name, error = %e, "recording a repair failed; retrying");
+            sleep_unless(shutdown, backoff(failures)).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+        for gap in gaps {
+            self.losses.report(Loss::Events(gap));
+        }
+        self.source.gaps_recorded().await;
     }
 }
 

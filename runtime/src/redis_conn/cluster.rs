@@ -140,6 +140,22 @@ impl ClusterConn {
             .clone())
     }
 
+    /// One slot served by each primary of the current slot map (its first),
+    /// for keys that must land on every primary.
+    pub fn slot_per_primary(&self) -> Vec<u16> {
+        let topology = self.topology();
+        let mut seen = std::collections::HashSet::new();
+        let mut slots = Vec::with_capacity(topology.primaries.len());
+        for (slot, primary) in topology.slots.iter().enumerate() {
+            if let Some(primary) = primary
+                && seen.insert(primary.clone())
+            {
+                slots.push(slot as u16);
+            }
+        }
+        slots
+    }
+
     /// A connection to every primary of the current slot map.
     pub async fn primary_connections(&self) -> RedisResult<Vec<ConnectionManager>> {
         let topology = self.topology();

@@ -44,6 +44,14 @@ pub struct CacheConfig {
     /// startup, "refuse" refuses to start. `noeviction` and `volatile-*` are safe.
     #[serde(default)]
     pub unsafe_eviction: UnsafeEviction,
+    /// Confirm a batch to its source only once the cache made its writes
+    /// durable: `{ replicas = 1 }` waits for a replica (`WAIT`), `{ fsync =
+    /// true }` for the AOF's fsync (`WAITAOF`, Redis 7.2+/Valkey), both
+    /// together for a replica's fsync; `timeout` (default "1s") bounds each
+    /// wait, after which it is tried again. Default: none (a crash may then
+    /// take back writes, which evercache notices and repairs).
+    #[serde(default)]
+    pub durability: Option<super::durability::Durability>,
 }
 
 fn default_tombstone_ttl() -> Duration {
@@ -60,6 +68,9 @@ pub struct RedisCache {
     pub(super) conn: RedisConn,
     pub(super) script: Script,
     pub(super) tombstone_ttl_ms: u64,
+    pub(super) durability: Option<super::durability::Durability>,
+    target: RedisTarget,
+    response_timeout: Duration,
 }
 
 impl CacheConfig {
@@ -70,7 +81,18 @@ impl CacheConfig {
         let script = Script::new(include_str!("guard.lua"));
         // For a cluster this loads it on every node, replicas included.
         script.prepare_invoke().load_async(&mut conn).await.map_err(SinkError::redis)?;
-        Ok(RedisCache { name: name.to_owned(), conn, script, tombstone_ttl_ms: self.tombstone_ttl.as_millis() as u64 })
+        if let Some(durability) = &self.durability {
+            durability.check(&mut conn, name).await?;
+        }
+        Ok(RedisCache {
+            name: name.to_owned(),
+            conn,
+            script,
+            tombstone_ttl_ms: self.tombstone_ttl.as_millis() as u64,
+            durability: self.durability.clone(),
+            target: self.target(),
+            response_timeout: self.response_timeout,
+        })
     }
 
     /// Where the cache is.
@@ -88,6 +110,15 @@ impl RedisCache {
     /// A connection to the cache, e.g. for reading metadata.
     pub fn connection(&self) -> RedisConn {
         self.conn.clone()
+    }
+
+    /// A connection of its own to the cache, for commands that must not queue
+    /// behind the writer's or block it (`WAIT` blocks its connection).
+    pub async fn dedicated_connection(&self) -> Result<RedisConn, SinkError> {
+        self.target
+            .connect(self.response_timeout.max(self.durability.as_ref().map_or(Duration::ZERO, |d| d.timeout * 2)))
+            .await
+            .map_err(SinkError::redis)
     }
 
     /// Does the cache take a write within `timeout`? A write, not a `PING`:

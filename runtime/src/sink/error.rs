@@ -22,6 +22,23 @@ pub enum SinkError {
         /// The policy.
         policy: String,
     },
+    /// The cache did not make a batch's writes durable (`durability`) in time;
+    /// the batch is confirmed to its source only once it has.
+    #[error("cache '{cache}': writes not durable yet: {message}")]
+    NotDurable {
+        /// The `[caches.<name>]` name.
+        cache: String,
+        /// How far it got.
+        message: String,
+    },
+    /// The cache cannot do what its `durability` asks (no AOF, no `WAITAOF`).
+    #[error("durability: {message}")]
+    DurabilityUnsupported {
+        /// The `[caches.<name>]` name.
+        cache: String,
+        /// What is missing.
+        message: String,
+    },
     /// A key the plugin returned cannot be written.
     #[error("key '{key}' {reason}")]
     BadKey {
@@ -44,7 +61,10 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         match self {
             SinkError::Redis(_, e) => redis_transient(e),
-            SinkError::BadKey { .. } | SinkError::UnsafeEviction { .. } => false,
+            SinkError::NotDurable { .. } => true,
+            SinkError::BadKey { .. } | SinkError::UnsafeEviction { .. } | SinkError::DurabilityUnsupported { .. } => {
+                false
+            }
         }
     }
 }

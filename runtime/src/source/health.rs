@@ -29,6 +29,14 @@ pub struct HealthState {
     pub last_ok_ms: Option<u64>,
     /// What it is busy with that keeps it from being ready, e.g. following a failover.
     pub busy: Option<String>,
+    /// The repair under way after a loss (a cache rollback, an event gap),
+    /// which keeps it from being ready too.
+    pub repairing: Option<String>,
+    /// Since when settled batches cannot be confirmed to the source because
+    /// the cache's watermark cannot be advanced (Unix ms), and why.
+    pub unconfirmed_since_ms: Option<u64>,
+    /// Why they cannot.
+    pub unconfirmed_reason: Option<String>,
 }
 
 impl SourceHealth {
@@ -65,6 +73,26 @@ impl SourceHealth {
         if state.busy.as_deref() != what {
             state.busy = what.map(str::to_owned);
         }
+    }
+
+    /// Settled batches cannot be confirmed (`Some(why)`), or can again (`None`).
+    pub fn set_unconfirmed(&self, why: Option<String>) {
+        let mut state = self.lock();
+        match why {
+            Some(why) => {
+                state.unconfirmed_since_ms.get_or_insert_with(crate::clock::now_ms);
+                state.unconfirmed_reason = Some(why);
+            }
+            None => {
+                state.unconfirmed_since_ms = None;
+                state.unconfirmed_reason = None;
+            }
+        }
+    }
+
+    /// What repair runs after a loss (`None`: none).
+    pub fn set_repairing(&self, what: Option<String>) {
+        self.lock().repairing = what;
     }
 
     /// The state now.

@@ -213,6 +213,29 @@ impl Source {
         }
     }
 
+    /// Records found lost since the last call, before they were read (a
+    /// stream trimmed past the group, a Kafka offset past retention), each said
+    /// in a sentence; the runner has the pipelines fed by the source repaired.
+    pub fn take_gaps(&mut self) -> Vec<String> {
+        match self {
+            Source::RedisStream(s) => s.take_gaps(),
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.take_gaps(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The gaps taken last are recorded for repair: the source moves past
+    /// them, so they are not found again.
+    pub async fn gaps_recorded(&mut self) {
+        match self {
+            Source::RedisStream(s) => s.gaps_recorded().await,
+            #[cfg(feature = "kafka")]
+            Source::Kafka(s) => s.gaps_recorded().await,
+            _ => {}
+        }
+    }
+
     /// The batch handed out last has been applied for `waiting` without being
     /// settled (the database or a plugin holds it up). The capture then lets go
     /// of its replication connection, so the server is not held (a shutdown

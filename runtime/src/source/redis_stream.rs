@@ -4,6 +4,7 @@
 
 mod acker;
 mod config;
+mod gaps;
 mod reply;
 mod trim;
 
@@ -13,11 +14,14 @@ use std::time::{Duration, Instant};
 use redis::{Value, cmd};
 
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
-use super::{SourceError, SourceRecord};
+use super::{RecordBody, SourceError, SourceRecord};
 use crate::redis_conn::{RedisConn, key_slot};
 pub use acker::StreamAcker;
 pub use config::RedisStreamConfig;
 use reply::{parse_autoclaim_reply, parse_pending_deliveries, parse_read_reply};
+
+/// How often the streams are checked for entries deleted before the group read them.
+const GAP_CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a read ahead blocks at most: entries gathered meanwhile wait for it.
 const READ_MORE_BLOCK: Duration = Duration::from_millis(5);
@@ -38,6 +42,11 @@ pub struct RedisStreamSource {
     claim_cursors: HashMap<String, String>,
     next_claim: Instant,
     next_trim: Instant,
+    /// Gaps found and not yet taken by the runner, and when to look again.
+    gaps: Vec<String>,
+    /// Where to move the group past gaps taken, once they are recorded.
+    moves: Vec<(String, (String, Option<u64>))>,
+    next_gap_check: Instant,
 }
 
 impl RedisStreamConfig {
@@ -94,6 +103,10 @@ impl RedisStreamConfig {
             claim_cursors: HashMap::new(),
             next_claim: Instant::now(),
             next_trim: Instant::now() + self.trim_interval,
+            gaps: Vec::new(),
+            moves: Vec::new(),
+            // Checked before the first read.
+            next_gap_check: Instant::now(),
         })
     }
 }
@@ -196,6 +209,37 @@ impl RedisStreamSource {
         }
         self.pending_cursor = Some(self.pending_start());
         self.claim_cursors.clear();
+        self.next_gap_check = Instant::now();
+        Ok(())
+    }
+
+    /// Gaps found since the last call, each in a sentence.
+    pub fn take_gaps(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.gaps)
+    }
+
+    /// The gaps taken are recorded for repair: the group is moved past them,
+    /// so they are not found again (a failure is logged; the next check finds
+    /// the gap again and it is repaired once more).
+    pub async fn gaps_recorded(&mut self) {
+        for (stream, to) in std::mem::take(&mut self.moves) {
+            if let Err(e) = gaps::move_past(&mut self.commands, &stream, &self.config.group, &to).await {
+                tracing::warn!(source = %self.name, %stream, error = %e, "moving the group past a gap failed");
+            }
+        }
+    }
+
+    async fn find_gaps(&mut self) -> Result<(), ReadError> {
+        for stream in &self.config.streams {
+            let found = gaps::find(&mut self.commands, stream, &self.config.group).await;
+            if let Some(gap) = found.map_err(|e| self.read_error("XINFO STREAM", e))? {
+                self.gaps.push(gap.to_string());
+                if let Some(to) = gap.move_to {
+                    self.moves.push((stream.clone(), to));
+                }
+            }
+        }
+        self.next_gap_check = Instant::now() + GAP_CHECK_EVERY;
         Ok(())
     }
 
@@ -204,6 +248,9 @@ impl RedisStreamSource {
     }
 
     async fn next_records(&mut self, block: Duration) -> Result<Vec<SourceRecord>, ReadError> {
+        if Instant::now() >= self.next_gap_check {
+            self.find_gaps().await?;
+        }
         while let Some(mut cursor) = self.pending_cursor.take() {
             let ids: Vec<&str> = self.config.streams.iter().map(|s| cursor[s].as_str()).collect();
             let mut records = self.read(&ids, None).await?;
@@ -213,6 +260,17 @@ impl RedisStreamSource {
             }
             for record in &records {
                 cursor.insert(record.stream.clone(), record.id.clone());
+            }
+            let deleted: Vec<&SourceRecord> =
+                records.iter().filter(|r| matches!(&r.body, RecordBody::Fields(f) if f.is_empty())).collect();
+            if let (Some(first), Some(last)) = (deleted.first(), deleted.last()) {
+                self.gaps.push(format!(
+                    "stream '{}': {} entries delivered to this consumer ({} … {}) were deleted before they were applied",
+                    first.stream,
+                    deleted.len(),
+                    first.id,
+                    last.id
+                ));
             }
             self.pending_cursor = Some(cursor);
             self.acker.untracked(&mut records);

@@ -63,24 +63,73 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
-    persistent: bool,
+    persistence: Persistence,
+    /// `--replicaof 127.0.0.1 <port>` at every start, until promoted.
+    primary: Option<u16>,
+}
+
+/// What a test's Redis keeps on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persistence {
+    /// AOF with every write fsynced.
+    Always,
+    /// Nothing.
+    Volatile,
+    /// An RDB file written only by `SAVE`, loaded at start (as with `save` points).
+    Snapshot,
 }
 
 impl RedisServer {
     pub fn start(dir: &Path) -> Self {
-        Self::launch(dir, "redis", true)
+        Self::launch(dir, "redis", Persistence::Always, None)
     }
 
     /// A server without persistence: a restart loses every stream, group and key.
     pub fn start_volatile(dir: &Path, name: &str) -> Self {
-        Self::launch(dir, name, false)
+        Self::launch(dir, name, Persistence::Volatile, None)
     }
 
-    fn launch(dir: &Path, name: &str, persistent: bool) -> Self {
-        let mut server = Self { port: free_port(), dir: dir.join(name), child: None, persistent };
+    /// A server whose disk holds what the last [`Self::save`] wrote: a restart
+    /// brings back that snapshot, older than the writes after it.
+    pub fn start_snapshotting(dir: &Path, name: &str) -> Self {
+        Self::launch(dir, name, Persistence::Snapshot, None)
+    }
+
+    /// A replica of `primary` keeping nothing on disk.
+    pub fn start_replica(dir: &Path, name: &str, primary: u16) -> Self {
+        Self::launch(dir, name, Persistence::Volatile, Some(primary))
+    }
+
+    fn launch(dir: &Path, name: &str, persistence: Persistence, primary: Option<u16>) -> Self {
+        let mut server = Self { port: free_port(), dir: dir.join(name), child: None, persistence, primary };
         std::fs::create_dir_all(&server.dir).unwrap();
         server.spawn();
         server
+    }
+
+    /// `SAVE`: the RDB file now holds every write so far.
+    pub fn save(&self) {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string(), "save"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("OK"), "SAVE on {} failed: {out:?}", self.port);
+    }
+
+    /// `REPLICAOF NO ONE`: a replica becomes a primary (and stays one across restarts).
+    pub fn promote(&mut self) {
+        self.primary = None;
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string(), "replicaof", "no", "one"]).output();
+        assert!(
+            out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("OK")),
+            "promotion of {} failed",
+            self.port
+        );
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen replica takes nothing from its primary.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+        }
     }
 
     pub fn url(&self) -> String {
@@ -88,10 +137,24 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let appendonly = if self.persistent { "yes" } else { "no" };
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", appendonly])
-            .args(["--appendfsync", "always", "--save", "", "--dir", self.dir.to_str().unwrap()])
+        let appendonly = if self.persistence == Persistence::Always { "yes" } else { "no" };
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", appendonly]).args([
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--dir",
+            self.dir.to_str().unwrap(),
+        ]);
+        if self.persistence == Persistence::Volatile {
+            // A restart must not load an RDB file an earlier `SAVE` or shutdown left behind.
+            let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        }
+        if let Some(primary) = self.primary {
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server not installed; run bash scripts/dev-services.sh");
@@ -414,4 +477,65 @@ pub async fn wait_ready(port: u16, ready: bool, timeout: Duration) -> (Duration,
         assert!(start.elapsed() < timeout, "/ready did not turn {ready} within {timeout:?}; last reasons: {reasons:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `(id, name, version)` of an `item` row.
+pub type ItemRow = (i64, Option<String>, i64);
+
+/// Keys under `prefix` that differ from `rows`, strictly: each row's key holds
+/// its JSON and no key outlives its row. Names what does not answer instead.
+pub async fn strict_differences(rows: &[ItemRow], cache: &mut MultiplexedConnection, prefix: &str) -> Vec<String> {
+    let Ok(held) = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async::<Vec<String>>(cache).await else {
+        return vec!["(the cache does not answer)".into()];
+    };
+    let keys: Vec<String> = rows.iter().map(|(id, _, _)| format!("{prefix}:{id}")).collect();
+    let Ok(cached) = redis::cmd("MGET").arg(&keys).query_async::<Vec<Option<String>>>(cache).await else {
+        return vec!["(the cache does not answer)".into()];
+    };
+    let mut wrong: Vec<String> = held.into_iter().filter(|key| !keys.contains(key)).collect();
+    for ((id, name, version), value) in rows.iter().zip(cached) {
+        let expected = json!({ "id": id, "name": name, "version": version });
+        if value.as_deref().and_then(|v| serde_json::from_str::<Value>(v).ok()) != Some(expected) {
+            wrong.push(format!("{prefix}:{id}"));
+        }
+    }
+    wrong
+}
+
+/// A runtime over `<schema>.item` fed by a Redis Streams source `events` on the
+/// shared Redis, caching in `cache_url` (`cache_lines` added to its section):
+/// the config written in `dir`, its HTTP port, the stream and the key prefix.
+pub fn stream_fed_config(
+    dir: &Path,
+    schema: &str,
+    cache_url: &str,
+    cache_lines: &str,
+) -> (PathBuf, u16, String, String) {
+    let stream = format!("{schema}.{schema}.item");
+    let port = free_port();
+    let runtime = RuntimeToml::new()
+        .http(port)
+        .line("stuck_after = \"1s\"")
+        .database("db", SHARED_PG)
+        .cache("main", cache_url)
+        .line(cache_lines)
+        .redis_stream("events", SHARED_REDIS, std::slice::from_ref(&stream), "c1");
+    let prefix = format!("{schema}:item");
+    let config = write_config(dir, runtime, &[("items", testkit_pipeline("events", schema, &prefix, "", ""))]);
+    (config, port, stream, prefix)
+}
+
+/// Waits until `stream` (on the shared Redis) is drained and every key in the
+/// cache at `cache_url` equals the database.
+pub async fn drained_and_equal(pg: &PgPool, cache_url: &str, schema: &str, stream: &str, what: &str) -> Duration {
+    let (streams, cache) = (connect(SHARED_REDIS).await, connect(cache_url).await);
+    let prefix = format!("{schema}:item");
+    wait_until(what, Duration::from_secs(90), || {
+        let (pg, mut streams, mut cache, prefix) = (pg.clone(), streams.clone(), cache.clone(), prefix.clone());
+        async move {
+            backlog(&mut streams, stream).await == (0, 0)
+                && mismatches(&pg, &mut cache, schema, &prefix).await.is_empty()
+        }
+    })
+    .await
 }

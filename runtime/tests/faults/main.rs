@@ -7,7 +7,11 @@
 
 mod black_hole;
 mod cache_down;
+mod cache_rollback;
+mod cache_rollback_sources;
 mod capture_read_ahead;
+mod durability;
+mod event_gaps;
 mod harness;
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -17,6 +21,8 @@ mod poison;
 mod postgres_restarts;
 mod proxy;
 mod redis_failures;
+mod repair_resume;
+mod rollback_at_start;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -441,6 +447,7 @@ async fn a_late_stale_recompute_never_resurrects_a_deleted_key() {
         tls: None,
         tombstone_ttl: Duration::from_secs(600),
         response_timeout: Duration::from_secs(10),
+        durability: None,
     }
     .build("faults")
     .await

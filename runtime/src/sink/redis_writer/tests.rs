@@ -17,6 +17,7 @@ async fn cache(tombstone: Duration) -> RedisCache {
         tls: None,
         tombstone_ttl: tombstone,
         response_timeout: Duration::from_secs(10),
+        durability: None,
     };
     config.build("test").await.expect("Redis at 127.0.0.1:6379; start it with: bash scripts/dev-services.sh")
 }
@@ -295,6 +296,7 @@ async fn bad_keys_are_permanent_and_connection_errors_transient() {
         tls: None,
         tombstone_ttl: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),
+        durability: None,
     };
     match refused.build("down").await {
         Err(e) => assert!(e.is_transient(), "{e}"),

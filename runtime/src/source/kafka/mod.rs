@@ -34,6 +34,8 @@ pub struct KafkaSource {
     tracker: OffsetTracker,
     assigned: Vec<TopicPartition>,
     fetched: VecDeque<FetchedRecord>,
+    /// Partitions moved past a gap, to commit once the gap is recorded.
+    skipped: Vec<(TopicPartition, i64)>,
 }
 
 impl KafkaConfig {
@@ -58,6 +60,7 @@ impl KafkaConfig {
             tracker: OffsetTracker::default(),
             assigned: Vec::new(),
             fetched: VecDeque::new(),
+            skipped: Vec::new(),
             config: self.clone(),
         })
     }
@@ -67,6 +70,22 @@ impl KafkaSource {
     /// The `[sources.<name>]` name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Records lost before they were read (offsets past retention), since the last call.
+    pub fn take_gaps(&mut self) -> Vec<String> {
+        let (gaps, resumed) = self.fetcher.take_gaps();
+        self.skipped.extend(resumed);
+        gaps
+    }
+
+    /// The gaps taken are recorded for repair: their partitions' new start is
+    /// committed, so a restart does not find them again.
+    pub async fn gaps_recorded(&mut self) {
+        for (partition, offset) in std::mem::take(&mut self.skipped) {
+            self.tracker.skip_to(&partition, offset);
+        }
+        self.commit_ready(None).await;
     }
 
     /// The dead-letter topic for records of `topic`.

@@ -74,6 +74,17 @@ impl OffsetTracker {
         }
     }
 
+    /// Moves a partition whose records before `offset` are gone (deleted by
+    /// retention before they were read) to `offset`, when nothing delivered
+    /// waits before it, so the gap is committed and not found again.
+    pub fn skip_to(&mut self, partition: &TopicPartition, offset: i64) {
+        let Some(state) = self.partitions.get_mut(partition) else { return };
+        if state.delivered.values().any(|done| !done) {
+            return;
+        }
+        state.done_upto = Some(state.done_upto.map_or(offset, |done| done.max(offset)));
+    }
+
     /// Partitions whose finished prefix moved past the last commit, with the offset
     /// to commit (the next one to read). Optionally only among `only`.
     pub fn ready(&self, only: Option<&[TopicPartition]>) -> Vec<(TopicPartition, i64)> {

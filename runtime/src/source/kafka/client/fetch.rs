@@ -29,12 +29,25 @@ pub struct Fetcher {
     /// Where a partition without a valid position starts: [`EARLIEST`] or [`LATEST`].
     reset_to: i64,
     stale_metadata: bool,
+    /// Partitions whose position the broker refused as out of range, with it.
+    out_of_range: Vec<(TopicPartition, i64)>,
+    /// Records lost before they were read, each said in a sentence, not yet taken.
+    gaps: Vec<String>,
+    /// Where the partitions of those gaps resumed.
+    resumed: Vec<(TopicPartition, i64)>,
 }
 
 impl Fetcher {
     /// A fetcher that starts partitions without a position at `reset_to`.
     pub fn new(reset_to: i64) -> Self {
-        Self { positions: BTreeMap::new(), reset_to, stale_metadata: false }
+        Self {
+            positions: BTreeMap::new(),
+            reset_to,
+            stale_metadata: false,
+            out_of_range: Vec::new(),
+            gaps: Vec::new(),
+            resumed: Vec::new(),
+        }
     }
 
     /// Reads from `positions` on (a negative position means "reset").
@@ -45,6 +58,49 @@ impl Fetcher {
     /// Stops reading every partition.
     pub fn clear(&mut self) {
         self.positions.clear();
+        self.out_of_range.clear();
+    }
+
+    /// Records lost before they were read since the last call, each in a
+    /// sentence, with the partitions and the offsets reading resumed at.
+    pub fn take_gaps(&mut self) -> (Vec<String>, Vec<(TopicPartition, i64)>) {
+        (std::mem::take(&mut self.gaps), std::mem::take(&mut self.resumed))
+    }
+
+    /// Moves partitions whose position was out of range to where their log
+    /// now starts (retention deleted records the group had not read) or ends
+    /// (the log was truncated below it), saying what was lost either way.
+    async fn recover_out_of_range(&mut self, cluster: &mut Cluster) -> Result<(), KafkaError> {
+        if self.out_of_range.is_empty() {
+            return Ok(());
+        }
+        let partitions: Vec<TopicPartition> = self.out_of_range.iter().map(|(tp, _)| tp.clone()).collect();
+        let read_committed = cluster.settings().read_committed;
+        let starts = list_offsets(cluster, &partitions, EARLIEST, read_committed).await?;
+        let ends = list_offsets(cluster, &partitions, LATEST, read_committed).await?;
+        for (tp, position) in std::mem::take(&mut self.out_of_range) {
+            let (Some(&start), Some(&end)) = (starts.get(&tp), ends.get(&tp)) else { continue };
+            let (resume, what) = if position < start {
+                (
+                    start,
+                    format!(
+                        "{} records before the log start {start} were deleted before the group read them",
+                        start - position
+                    ),
+                )
+            } else {
+                (end, format!("the log now ends at {end}: records the group read past it were truncated away"))
+            };
+            self.gaps.push(format!(
+                "topic '{}' partition {}: the group's offset {position} is out of range: {what}; reading on from {resume}",
+                tp.0, tp.1
+            ));
+            if self.positions.contains_key(&tp) {
+                self.resumed.push((tp.clone(), resume));
+                self.positions.insert(tp, resume);
+            }
+        }
+        Ok(())
     }
 
     /// Resolves partitions without a position to [`Self::new`]'s reset point.
@@ -76,6 +132,7 @@ impl Fetcher {
             self.stale_metadata = false;
         }
         self.reset(cluster).await?;
+        self.recover_out_of_range(cluster).await?;
         let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
         for (tp, position) in &self.positions {
             if let Some(leader) = cluster.leader(&tp.0, tp.1) {
@@ -147,8 +204,7 @@ impl Fetcher {
                 match ResponseError::try_from_code(data.error_code) {
                     None => {}
                     Some(ResponseError::OffsetOutOfRange) => {
-                        tracing::warn!(topic = %tp.0, partition = tp.1, position, "offset out of range; resetting");
-                        self.positions.insert(tp, -1);
+                        self.out_of_range.push((tp, position));
                         continue;
                     }
                     Some(error) if error.is_retriable() => {
