@@ -130,7 +130,7 @@ mod tests {
     fn a_redis_started_after_the_watermark_may_have_lost_writes() {
         let restarted = "uptime_in_seconds:10\r\nrole:master\r\nsecond_repl_offset:-1\r\n";
         let said = verdict(restarted, 60_000).expect("started after the watermark");
-        assert!(said.contains("started 10s ago") && said.contains("60s ago"), "{said}");
+        assert!(said.contains("started 10s ago") && said.contains("60.0s ago"), "{said}");
         assert_eq!(verdict(UP_AN_HOUR, 60_000), None, "up since before the watermark");
         assert!(verdict(restarted, 9_500).is_some(), "within the second uptime rounds away counts as after");
         assert_eq!(verdict(restarted, 8_000), None, "up since before the watermark");
