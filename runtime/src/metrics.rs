@@ -89,6 +89,9 @@ pub const CACHE_RESTARTS_TOTAL: &str = "evercache_cache_restarts_total";
 /// Change records lost before evercache read them (a stream trimmed past the
 /// group, a Kafka offset past retention), by `source`: each gap counted once.
 pub const EVENT_GAPS_TOTAL: &str = "evercache_event_gaps_total";
+/// Cache rollbacks repaired by delivering the lost batches again instead of
+/// recomputing (a Redis Streams group moved back), by `source`.
+pub const LOSS_REPLAYS_TOTAL: &str = "evercache_loss_replays_total";
 /// Repairs after a loss (a cache rollback or an event gap), by `pipeline` and `outcome` (`done`, `failed`).
 pub const LOSS_REPAIRS_TOTAL: &str = "evercache_loss_repairs_total";
 /// Keys recomputed by repairs after a loss, by `pipeline`.
@@ -175,6 +178,7 @@ fn describe() {
     describe_counter!(CACHE_ROLLBACKS_TOTAL, "Times a cache came back older than evercache's writes.");
     describe_counter!(CACHE_RESTARTS_TOTAL, "Times a cache's Redis was seen restarted or replaced.");
     describe_counter!(EVENT_GAPS_TOTAL, "Change records lost before evercache read them, per gap.");
+    describe_counter!(LOSS_REPLAYS_TOTAL, "Cache rollbacks repaired by delivering the lost batches again.");
     describe_counter!(LOSS_REPAIRS_TOTAL, "Repairs after a cache rollback or an event gap, by outcome.");
     describe_counter!(LOSS_REPAIRED_KEYS_TOTAL, "Keys recomputed by repairs after a loss.");
     describe_gauge!(PIPELINE_STUCK, "1 while a pipeline is stuck for longer than stuck_after.");

@@ -126,7 +126,16 @@ fn spawn_reader(
     tokio::spawn(async move {
         let mut source = config.build(owner).await?;
         while !stop.is_cancelled() {
-            let batch = source.next_batch().await?;
+            // As the runtime's runner does, a failing read (a join refused while
+            // the group settles under load) is retried, not the end of the reader.
+            let batch = match source.next_batch().await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    eprintln!("reader {owner}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             seen.lock().unwrap().extend(batch.iter().map(|r| {
                 let (partition, offset) = partition_offset(r);
                 (owner, partition, offset)

@@ -174,7 +174,7 @@ pub(super) async fn settle(
     crate::metrics::dead_lettered(acks.name(), &letters);
     // Before the source hears of it: a cache that loses the batch's writes loses this advance too.
     loop {
-        match watermarks.advance().await {
+        match watermarks.advance(records).await {
             Ok(()) => break,
             Err(e) => wait_for_source(acks.name(), &e, shutdown).await?,
         }

@@ -18,6 +18,7 @@ mod plan_ahead;
 mod ranks;
 pub mod reload;
 pub mod repair;
+mod replay;
 mod runner;
 mod running;
 mod staging;

@@ -59,7 +59,8 @@ impl SourceRunner {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.source.name().to_owned();
         tracing::info!(source = %name, pipelines = self.pipelines.len(), "source started");
-        let watermarks = Arc::new(Watermarks::new(&name, &self.pipelines, self.losses.clone(), self.health.clone()));
+        let (losses, health, rewinder) = (self.losses.clone(), self.health.clone(), self.source.rewinder());
+        let watermarks = Arc::new(Watermarks::new(&name, &self.pipelines, losses, health, rewinder));
         let watch = tokio::spawn(watermarks.clone().watch(shutdown.clone()));
         let (inbox, inbox_receiver) = Inbox::new();
         let mut workers = Vec::new();

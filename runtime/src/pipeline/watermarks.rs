@@ -11,10 +11,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::losses::{Loss, LossSender, mark_repairs};
+use super::replay::Replay;
 use super::running::Pipeline;
 use crate::metrics as m;
 use crate::sink::{Lost, SinkError, Watermark};
 use crate::source::health::SourceHealth;
+use crate::source::{SourceRecord, StreamAcker};
 
 /// How often the watch advances the watermarks and checks who answers.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -26,15 +28,18 @@ pub(super) struct Watermarks {
     pipelines: Vec<Arc<Pipeline>>,
     losses: LossSender,
     health: Arc<SourceHealth>,
+    replay: Replay,
 }
 
 impl Watermarks {
-    /// A watermark on each cache `pipelines` write to, kept by this process.
+    /// A watermark on each cache `pipelines` write to, kept by this process;
+    /// a loss is replayed through `rewinder` where it can be.
     pub(super) fn new(
         source: &str,
         pipelines: &[Arc<Pipeline>],
         losses: LossSender,
         health: Arc<SourceHealth>,
+        rewinder: Option<StreamAcker>,
     ) -> Self {
         let instance = instance_name();
         let mut marks: Vec<Watermark> = Vec::new();
@@ -44,22 +49,41 @@ impl Watermarks {
                 marks.push(Watermark::new(cache, source, &instance));
             }
         }
-        Self { source: source.to_owned(), marks, pipelines: pipelines.to_vec(), losses, health }
+        let replay = Replay::new(rewinder);
+        Self { source: source.to_owned(), marks, pipelines: pipelines.to_vec(), losses, health, replay }
     }
 
-    /// Advances every watermark; a cache found behind is logged, counted and
-    /// reported for repair.
-    pub(super) async fn advance(&self) -> Result<(), SinkError> {
-        let advanced = self.advance_each().await;
+    /// Advances every watermark past the writes of `settled` (the batch
+    /// being settled; none for the watch); a cache found behind is logged,
+    /// counted, and replayed or reported for repair.
+    pub(super) async fn advance(&self, settled: &[SourceRecord]) -> Result<(), SinkError> {
+        let advanced = self.advance_each(settled).await;
         // Until it advances, nothing settled is confirmed: the source's health says why.
         self.health.set_unconfirmed(advanced.as_ref().err().map(ToString::to_string));
         advanced
     }
 
-    async fn advance_each(&self) -> Result<(), SinkError> {
-        for mark in &self.marks {
-            self.report(mark.advance().await?).await?;
+    async fn advance_each(&self, settled: &[SourceRecord]) -> Result<(), SinkError> {
+        let mut tokens = Vec::with_capacity(self.marks.len());
+        for (index, mark) in self.marks.iter().enumerate() {
+            let advanced = mark.advance().await?;
+            tokens.push(advanced.token);
+            let mut unreplayed = Vec::new();
+            for lost in advanced.lost {
+                match self.replay.rewind(index, lost.survived, settled).await {
+                    Some(how) => {
+                        tracing::error!(source = %self.source, cache = %lost.cache, node = %lost.node,
+                            "{lost}; replayed instead of recomputed: {how}");
+                        metrics::counter!(m::CACHE_ROLLBACKS_TOTAL, "source" => self.source.clone(), "cache" => lost.cache.clone())
+                            .increment(1);
+                        metrics::counter!(m::LOSS_REPLAYS_TOTAL, "source" => self.source.clone()).increment(1);
+                    }
+                    None => unreplayed.push(lost),
+                }
+            }
+            self.report(unreplayed).await?;
         }
+        self.replay.settled(tokens, settled);
         Ok(())
     }
 
@@ -69,8 +93,8 @@ impl Watermarks {
         for mark in &self.marks {
             // A cache that does not answer must not hold up the shutdown.
             match tokio::time::timeout(WATCH_EVERY, mark.stop()).await {
-                Ok(Ok(lost)) => {
-                    let _ = self.report(lost).await;
+                Ok(Ok(advanced)) => {
+                    let _ = self.report(advanced.lost).await;
                 }
                 Ok(Err(e)) => tracing::warn!(source = %self.source, cache = %mark.cache(), error = %e,
                     "the last watermark could not be written; the next start will check this cache"),
@@ -132,7 +156,7 @@ impl Watermarks {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(WATCH_EVERY) => {}
             }
-            match self.advance().await {
+            match self.advance(&[]).await {
                 Ok(()) if unreachable => {
                     unreachable = false;
                     tracing::warn!(source = %self.source, "the cache's watermark advances again");

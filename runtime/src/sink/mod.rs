@@ -16,4 +16,4 @@ pub use error::SinkError;
 pub use meta::{KeyMeta, companion_key, meta_key, read_meta};
 pub use redis_writer::{KeyAction, KeyVersion, KeyWrite, RedisWriter, VersionKind, WriteReport, WriteSettings};
 pub use ttl_jitter::TtlJitter;
-pub use watermark::{Lost, Watermark};
+pub use watermark::{Advanced, Lost, Watermark};

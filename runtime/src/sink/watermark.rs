@@ -33,6 +33,18 @@ pub struct Lost {
     pub node: String,
     /// What was found, in a sentence.
     pub what: String,
+    /// The watermark still there, when one is: every write made before this
+    /// process advanced it survived.
+    pub survived: Option<u64>,
+}
+
+/// What an advance did.
+#[derive(Debug, Clone, Default)]
+pub struct Advanced {
+    /// The value advanced to (on every primary).
+    pub token: u64,
+    /// Where the cache was found to have lost writes.
+    pub lost: Vec<Lost>,
 }
 
 impl fmt::Display for Lost {
@@ -102,17 +114,17 @@ impl Watermark {
     /// Advances the watermark on every primary, in one round trip each; says
     /// where it was found behind the value advanced before (the first advance
     /// of a process compares with nothing).
-    pub async fn advance(&self) -> Result<Vec<Lost>, SinkError> {
+    pub async fn advance(&self) -> Result<Advanced, SinkError> {
         self.advance_marked(false).await
     }
 
     /// The last advance of a process stopping cleanly: a process starting
     /// later that finds it knows nothing was written after it.
-    pub async fn stop(&self) -> Result<Vec<Lost>, SinkError> {
+    pub async fn stop(&self) -> Result<Advanced, SinkError> {
         self.advance_marked(true).await
     }
 
-    async fn advance_marked(&self, stopping: bool) -> Result<Vec<Lost>, SinkError> {
+    async fn advance_marked(&self, stopping: bool) -> Result<Advanced, SinkError> {
         let mut state = self.state.lock().await;
         let mut conn = match &state.conn {
             Some(conn) => conn.clone(),
@@ -157,10 +169,11 @@ impl Watermark {
                 && found.is_none_or(|found| found < expected)
             {
                 let node = place.map_or_else(|| "server".to_owned(), |slot| format!("the primary of slot {slot}"));
-                lost.push(Lost { cache: self.cache.name().to_owned(), node, what: behind(found, expected) });
+                let what = behind(found, expected);
+                lost.push(Lost { cache: self.cache.name().to_owned(), node, what, survived: found });
             }
         }
-        Ok(lost)
+        Ok(Advanced { token: value, lost })
     }
 }
 
@@ -215,7 +228,8 @@ mod tests {
 
     #[test]
     fn a_loss_says_how_far_behind_the_cache_is() {
-        let lost = Lost { cache: "main".into(), node: "server".into(), what: behind(Some(1_000_000), 3_500_000) };
+        let what = behind(Some(1_000_000), 3_500_000);
+        let lost = Lost { cache: "main".into(), node: "server".into(), what, survived: Some(1_000_000) };
         assert!(lost.to_string().contains("2500 ms older"), "{lost}");
         assert!(behind(None, 1).contains("no watermark at all"));
     }

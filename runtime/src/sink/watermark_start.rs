@@ -56,7 +56,7 @@ impl Watermark {
             let info: String = redis::cmd("INFO").query_async(&mut node).await.map_err(SinkError::redis)?;
             let since_ms = now_ms().saturating_sub(newest.token / 1000);
             if let Some(what) = verdict(&info, since_ms) {
-                lost.push(Lost { cache: self.cache.name().to_owned(), node: name, what });
+                lost.push(Lost { cache: self.cache.name().to_owned(), node: name, what, survived: None });
             }
         }
         Ok(lost)

@@ -179,6 +179,15 @@ impl Source {
         }
     }
 
+    /// What moves the source back to deliver again what a cache lost, where
+    /// the source can: a Redis Streams group whose entries are still there.
+    pub fn rewinder(&self) -> Option<StreamAcker> {
+        match self {
+            Source::RedisStream(s) => Some(s.acker().clone()),
+            _ => None,
+        }
+    }
+
     /// Writes dead letters for records that failed for good.
     pub async fn dead_letter(&mut self, records: &[SourceRecord], letters: &[DeadLetter]) -> Result<(), SourceError> {
         match self {

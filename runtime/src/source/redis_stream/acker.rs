@@ -1,7 +1,7 @@
 //! Acknowledging a Redis Streams source's entries from any task, so the runner
 //! settles one batch while the reader goes on with the next.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::redis_conn::RedisConn;
@@ -90,6 +90,56 @@ impl StreamAcker {
         self.dead_letters.write(records, letters).await
     }
 
+    /// Moves the group back so every entry from `since` on (per stream, ids
+    /// as `(ms, seq)`) and every entry in flight is delivered again, for a
+    /// cache that lost their writes: `XGROUP SETID` to just before the oldest,
+    /// never forward (another consumer may have moved it back further). False
+    /// when an entry to replay is gone from its stream (trimmed or deleted), so
+    /// replaying cannot repair.
+    pub async fn rewind(&mut self, since: &HashMap<String, (u64, u64)>) -> Result<bool, redis::RedisError> {
+        let mut from: HashMap<String, (u64, u64)> = since.clone();
+        for (stream, id) in self.in_flight().iter() {
+            if let Some(name) = self.streams.get(*stream) {
+                let oldest = from.entry(name.clone()).or_insert(*id);
+                *oldest = (*oldest).min(*id);
+            }
+        }
+        let mut moves = Vec::new();
+        for (stream, oldest) in &from {
+            let info: HashMap<String, redis::Value> =
+                redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(&mut self.commands).await?;
+            let first = match info.get("first-entry") {
+                Some(redis::Value::Array(entry)) => entry.first().cloned().map(|id| super::reply::text(Some(id))),
+                _ => None,
+            };
+            let deleted = super::reply::text(info.get("max-deleted-entry-id").cloned());
+            let trimmed = first.as_deref().is_none_or(|first| id_key(first) > *oldest);
+            if trimmed || (!deleted.is_empty() && id_key(&deleted) >= *oldest) {
+                return Ok(false);
+            }
+            let groups: Vec<HashMap<String, redis::Value>> =
+                redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut self.commands).await?;
+            let delivered = groups
+                .iter()
+                .find(|g| super::reply::text(g.get("name").cloned()) == *self.group)
+                .map(|g| id_key(&super::reply::text(g.get("last-delivered-id").cloned())));
+            let before = predecessor(*oldest);
+            if delivered.is_some_and(|delivered| delivered > before) {
+                moves.push((stream.clone(), format!("{}-{}", before.0, before.1)));
+            }
+        }
+        for (stream, to) in moves {
+            redis::cmd("XGROUP")
+                .arg("SETID")
+                .arg(&stream)
+                .arg(&*self.group)
+                .arg(&to)
+                .query_async::<()>(&mut self.commands)
+                .await?;
+        }
+        Ok(true)
+    }
+
     /// A record's identity without allocating: its stream's index and its id.
     fn key(&self, record: &SourceRecord) -> EntryKey {
         let stream = self.streams.iter().position(|s| *s == record.stream).unwrap_or(usize::MAX);
@@ -98,5 +148,14 @@ impl StreamAcker {
 
     fn in_flight(&self) -> MutexGuard<'_, HashSet<EntryKey>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The id just before `id`.
+fn predecessor((ms, seq): (u64, u64)) -> (u64, u64) {
+    match (ms, seq) {
+        (0, 0) => (0, 0),
+        (ms, 0) => (ms - 1, u64::MAX),
+        (ms, seq) => (ms, seq - 1),
     }
 }
