@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use crate::source::redis_stream::entry_id;
 use crate::source::{SourceRecord, StreamAcker};
 
 /// Settled batches remembered, at most; a loss reaching further back is recomputed.
@@ -96,16 +97,11 @@ impl Replay {
 fn oldest_per_stream(records: &[SourceRecord]) -> HashMap<String, EntryId> {
     let mut oldest: HashMap<String, EntryId> = HashMap::new();
     for record in records {
-        let Some(id) = parse_id(&record.id) else { continue };
+        let Some(id) = entry_id(&record.id) else { continue };
         let entry = oldest.entry(record.stream.clone()).or_insert(id);
         *entry = (*entry).min(id);
     }
     oldest
-}
-
-fn parse_id(id: &str) -> Option<EntryId> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 fn describe(since: &HashMap<String, EntryId>) -> String {

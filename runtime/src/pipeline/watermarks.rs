@@ -72,10 +72,7 @@ impl Watermarks {
             for lost in advanced.lost {
                 match self.replay.rewind(index, lost.survived, settled).await {
                     Some(how) => {
-                        tracing::error!(source = %self.source, cache = %lost.cache, node = %lost.node,
-                            "{lost}; replayed instead of recomputed: {how}");
-                        metrics::counter!(m::CACHE_ROLLBACKS_TOTAL, "source" => self.source.clone(), "cache" => lost.cache.clone())
-                            .increment(1);
+                        self.announce(&lost, &format!("replayed instead of recomputed: {how}"));
                         metrics::counter!(m::LOSS_REPLAYS_TOTAL, "source" => self.source.clone()).increment(1);
                     }
                     None => unreplayed.push(lost),
@@ -128,15 +125,19 @@ impl Watermarks {
         }
     }
 
+    /// Logs a loss with what is done about it, and counts it.
+    fn announce(&self, lost: &Lost, done: &str) {
+        tracing::error!(source = %self.source, cache = %lost.cache, node = %lost.node, "{lost}; {done}");
+        metrics::counter!(m::CACHE_ROLLBACKS_TOTAL, "source" => self.source.clone(), "cache" => lost.cache.clone())
+            .increment(1);
+    }
+
     /// Logs, counts and records each loss for repair (in the cache, so a
     /// process stopped before the repair is done repairs at its next start),
     /// then hands it to the repairer.
     async fn report(&self, losses: Vec<Lost>) -> Result<(), SinkError> {
         for lost in losses {
-            tracing::error!(source = %self.source, cache = %lost.cache, node = %lost.node,
-                "{lost}; every key its pipelines wrote since may be stale: repairing them");
-            metrics::counter!(m::CACHE_ROLLBACKS_TOTAL, "source" => self.source.clone(), "cache" => lost.cache.clone())
-                .increment(1);
+            self.announce(&lost, "every key its pipelines wrote since may be stale: repairing them");
             let affected: Vec<Arc<Pipeline>> =
                 self.pipelines.iter().filter(|p| p.cache().name() == lost.cache).cloned().collect();
             mark_repairs(&affected, &format!("cache '{}' lost writes", lost.cache)).await?;

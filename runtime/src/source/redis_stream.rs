@@ -438,8 +438,14 @@ impl From<SourceError> for ReadError {
     }
 }
 
-/// Entry ids compare as (milliseconds, sequence), not as text.
-fn id_key(id: &str) -> (u64, u64) {
+/// An entry id as (milliseconds, sequence), as ids compare (not as text);
+/// `None` when it is not one.
+pub fn entry_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// [`entry_id`], with anything else first.
+fn id_key(id: &str) -> (u64, u64) {
+    entry_id(id).unwrap_or((0, 0))
 }

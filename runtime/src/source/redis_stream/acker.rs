@@ -108,10 +108,7 @@ impl StreamAcker {
         for (stream, oldest) in &from {
             let info: HashMap<String, redis::Value> =
                 redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(&mut self.commands).await?;
-            let first = match info.get("first-entry") {
-                Some(redis::Value::Array(entry)) => entry.first().cloned().map(|id| super::reply::text(Some(id))),
-                _ => None,
-            };
+            let first = super::gaps::first_entry(&info);
             let deleted = super::reply::text(info.get("max-deleted-entry-id").cloned());
             let trimmed = first.as_deref().is_none_or(|first| id_key(first) > *oldest);
             if trimmed || (!deleted.is_empty() && id_key(&deleted) >= *oldest) {

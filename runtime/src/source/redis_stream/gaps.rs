@@ -28,6 +28,14 @@ pub(super) struct Gap {
     pub move_to: Option<(String, Option<u64>)>,
 }
 
+/// The id of a stream's oldest entry, from its `XINFO STREAM` reply.
+pub(super) fn first_entry(info: &HashMap<String, Value>) -> Option<String> {
+    match info.get("first-entry") {
+        Some(Value::Array(entry)) => entry.first().cloned().map(|id| text(Some(id))),
+        _ => None,
+    }
+}
+
 /// Moves the group past a gap recorded for repair.
 pub(super) async fn move_past(
     conn: &mut RedisConn,
@@ -66,10 +74,7 @@ pub(super) async fn find(conn: &mut RedisConn, stream: &str, group: &str) -> red
     let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await?;
     let Some(ours) = groups.into_iter().find(|g| text(g.get("name").cloned()) == group) else { return Ok(None) };
     let last_delivered = text(ours.get("last-delivered-id").cloned());
-    let first_entry = match info.get("first-entry") {
-        Some(Value::Array(entry)) => entry.first().cloned().map(|id| text(Some(id))),
-        _ => None,
-    };
+    let first_entry = first_entry(&info);
     let number = |name: &str| match info.get(name).or(ours.get(name)) {
         Some(Value::Int(n)) => Some(*n as u64),
         _ => None,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use crate::redis_conn::RedisConn;
 use redis::Value;
 
+use super::entry_id;
 use super::reply::text;
 
 /// What one group still needs of a stream.
@@ -26,18 +27,13 @@ pub(super) fn safe_min_id(groups: &[GroupState]) -> Option<String> {
     let mut bound: Option<(u64, u64)> = None;
     for group in groups {
         let needed = match (&group.oldest_pending, group.pending) {
-            (Some(oldest), n) if n > 0 => parse_id(oldest)?,
+            (Some(oldest), n) if n > 0 => entry_id(oldest)?,
             // Everything up to the last delivered entry was acknowledged.
-            _ => successor(parse_id(&group.last_delivered)?),
+            _ => successor(entry_id(&group.last_delivered)?),
         };
         bound = Some(bound.map_or(needed, |b: (u64, u64)| b.min(needed)));
     }
     bound.filter(|b| *b > (0, 1)).map(|(ms, seq)| format!("{ms}-{seq}"))
-}
-
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 fn successor((ms, seq): (u64, u64)) -> (u64, u64) {
