@@ -75,7 +75,15 @@ pub async fn run(options: Options) -> Result<()> {
                 }
             })
             .collect();
-        produce(&mut cluster, topic, &out).await?;
+        // A topic just created may not have its leaders elected yet (NotLeaderOrFollower):
+        // ask again with fresh metadata, as a producer's retries would.
+        let mut tries = 0;
+        while let Err(e) = produce(&mut cluster, topic, &out).await {
+            tries += 1;
+            anyhow::ensure!(tries < 50, "producing to {topic}: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            cluster = Cluster::new(&broker.address(), Arc::new(config.settings().map_err(anyhow::Error::msg)?));
+        }
     }
     let produced = started.elapsed();
 
